@@ -1,0 +1,1 @@
+"""Shopper personas as Dagster assets: import, compute, index and query."""

@@ -1,0 +1,200 @@
+"""The full rebuild: raw affinities → vocabulary → normalised personas → search index.
+
+Intermediate long tables are handed from one asset to the next as Parquet files under
+``PERSONA_HOME/work``; each step is one DuckDB pass over whole tables.
+"""
+
+
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+
+from persona_assets.assets.reference import load_pincode_tiers
+from persona_assets.compute import affinities
+from persona_assets.resources import EventStoreResource, RelationalStore, SearchIndexResource
+from persona_assets.stores import relational
+from persona_assets.stores.changes import CALCULATED, NEEDS_CALCULATION, SEARCHABLE, advance_flags, snapshot_flags
+from persona_assets.stores.embedded_index import build_index
+
+RAW_EVENT_DEPS = ["raw_visits", "raw_checkouts", "raw_searches"]
+
+
+def _work(event_store: EventStoreResource, name: str) -> Path:
+    return event_store.layout.work_dir / f"{name}.parquet"
+
+
+def _read_work(con: duckdb.DuckDBPyConnection, event_store: EventStoreResource, name: str) -> None:
+    path = _work(event_store, name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: materialise the upstream asset that writes {name} first")
+    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+
+
+def _connect_with_reference(event_store: EventStoreResource, relational_store: RelationalStore) -> duckdb.DuckDBPyConnection:
+    con = affinities.connect()
+    engine = relational_store.engine
+    affinities.register_events(con, event_store.store)
+    affinities.register_reference(
+        con,
+        relational.read_frame(engine, relational.products),
+        relational.read_frame(engine, relational.categories),
+        load_pincode_tiers(event_store),
+    )
+    return con
+
+
+@asset(
+    group_name="personas",
+    deps=["product_catalog", "category_hierarchy", "pincode_tiers", *RAW_EVENT_DEPS],
+    kinds={"duckdb", "sql"},
+)
+def user_raw_affinities(
+    context: AssetExecutionContext, event_store: EventStoreResource, relational_store: RelationalStore
+) -> MaterializeResult:
+    """Weighted interaction sums per user (contract section 2), also written to the legacy ``user_persona`` columns."""
+    started = time.perf_counter()
+    engine = relational_store.engine
+    # Read the flags before any event, so a user changed from here on keeps hasChanged = 1.
+    snapshot = snapshot_flags(engine)
+    con = _connect_with_reference(event_store, relational_store)
+    affinities.compute_raw_affinities(con)
+    context.log.info(f"raw affinities computed in {time.perf_counter() - started:.1f}s")
+    work = event_store.layout.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    affinities.write_parquet(con, "raw_affinity", _work(event_store, "raw_affinity"))
+    affinities.write_parquet(con, "users", _work(event_store, "users"))
+    snapshot.to_parquet(_work(event_store, "flag_snapshot"), index=False)
+    legacy = affinities.legacy_rows(con)
+    with engine.begin() as conn:
+        relational.bulk_upsert(conn, relational.user_persona, legacy, update=[c for c in legacy.columns if c != "extId"])
+    stats = con.execute(
+        """
+        SELECT
+          (SELECT COUNT(*) FROM users) AS users,
+          (SELECT COUNT(*) FROM raw_affinity) AS affinity_rows,
+          (SELECT COUNT(*) FROM visits) + (SELECT COUNT(*) FROM checkouts) AS product_events,
+          (SELECT COUNT(*) FROM (SELECT pid FROM visits UNION ALL SELECT pid FROM checkouts) e
+             WHERE e.pid NOT IN (SELECT pid FROM products)) AS unknown_pid_events,
+          (SELECT COUNT(*) FROM (SELECT pincode FROM visits UNION ALL SELECT pincode FROM checkouts) e
+             WHERE e.pincode NOT IN (SELECT pincode FROM pincode_tiers)) AS unknown_pincode_events,
+          (SELECT COUNT(*) FROM searches) AS searches
+        """
+    ).df().iloc[0]
+    metadata = {name: int(value) for name, value in stats.items()}
+    metadata["seconds"] = round(time.perf_counter() - started, 3)
+    return MaterializeResult(metadata=metadata)
+
+
+@asset(group_name="personas", deps=["product_catalog", *RAW_EVENT_DEPS], kinds={"duckdb", "sql"})
+def user_activity(event_store: EventStoreResource, relational_store: RelationalStore) -> MaterializeResult:
+    """Each user's products (latest visit and purchase) and search texts: the query's ``visited``,
+    ``purchased`` and ``search_terms`` come from here."""
+    started = time.perf_counter()
+    con = affinities.connect()
+    affinities.register_events(con, event_store.store)
+    products, searches = affinities.activity_rows(con)
+    engine = relational_store.engine
+    with engine.begin() as conn:
+        conn.execute(relational.user_products.delete())
+        conn.execute(relational.user_searches.delete())
+        relational.bulk_insert(conn, relational.user_products, products)
+        relational.bulk_insert(conn, relational.user_searches, searches)
+    return MaterializeResult(
+        metadata={
+            "user_products": len(products),
+            "user_searches": len(searches),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+class VocabularyConfig(Config):
+    """How many brands and generic names enter the vocabulary (the legacy ``getBrandGenericName``)."""
+
+    brand_size: int = 300
+    generic_size: int = 500
+
+
+@asset(group_name="personas", deps=[user_raw_affinities], kinds={"duckdb", "sql"})
+def attribute_vocabulary(
+    config: VocabularyConfig, event_store: EventStoreResource, relational_store: RelationalStore
+) -> MaterializeResult:
+    """Top brands and generic names by raw affinity summed over all users (ties: name ascending)."""
+    if config.brand_size < 0 or config.generic_size < 0:
+        raise ValueError("attribute_vocabulary: brand_size and generic_size must be ≥ 0")
+    con = affinities.connect()
+    _read_work(con, event_store, "raw_affinity")
+    vocabulary = affinities.compute_vocabulary(con, config.brand_size, config.generic_size)
+    vocabulary.to_parquet(_work(event_store, "vocabulary"), index=False)
+    relational.replace_table(relational_store.engine, relational.attribute_vocabulary, vocabulary)
+    counts = vocabulary["kind"].value_counts()
+    return MaterializeResult(
+        metadata={
+            "brands": int(counts.get("brand", 0)),
+            "generic_names": int(counts.get("generic", 0)),
+            "top_brands": MetadataValue.md(
+                ", ".join(vocabulary.loc[vocabulary["kind"] == "brand", "name"].head(10).tolist())
+            ),
+        }
+    )
+
+
+@asset(group_name="personas", deps=[user_raw_affinities, attribute_vocabulary, "category_hierarchy"], kinds={"duckdb", "sql"})
+def user_personas(
+    context: AssetExecutionContext, event_store: EventStoreResource, relational_store: RelationalStore
+) -> MaterializeResult:
+    """Normalised personas (contract section 3): gender label, maps kept to the vocabulary and summing to 1."""
+    started = time.perf_counter()
+    engine = relational_store.engine
+    con = affinities.connect()
+    for name in ("raw_affinity", "users"):
+        _read_work(con, event_store, name)
+    categories = relational.read_frame(engine, relational.categories)
+    con.register("categories_df", categories[["cat_id"]])
+    con.execute("CREATE OR REPLACE TABLE categories AS SELECT CAST(cat_id AS VARCHAR) AS cat_id FROM categories_df")
+    vocabulary = pd.read_parquet(_work(event_store, "vocabulary"))
+    affinities.compute_personas(con, vocabulary)
+    affinities.write_parquet(con, "persona_affinity", _work(event_store, "persona_affinity"))
+    affinities.write_parquet(con, "persona_users", _work(event_store, "persona_users"))
+    rows = affinities.persona_rows(con)
+    relational.replace_table(engine, relational.user_personas, rows)
+    snapshot = pd.read_parquet(_work(event_store, "flag_snapshot"))
+    calculated = advance_flags(engine, snapshot, [NEEDS_CALCULATION], CALCULATED)
+    context.log.info(f"{len(rows):,} personas stored; {calculated:,} users moved 1 → 2")
+    genders = rows["gender"].value_counts().to_dict()
+    return MaterializeResult(
+        metadata={
+            "personas": len(rows),
+            "by_gender": MetadataValue.json(genders),
+            "flags_1_to_2": calculated,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+@asset(group_name="personas", deps=[user_personas], kinds={"parquet"})
+def persona_index(
+    context: AssetExecutionContext, event_store: EventStoreResource, relational_store: RelationalStore,
+    search_index: SearchIndexResource,
+) -> MaterializeResult:
+    """A fresh segment-search index of the normalised personas, swapped in atomically."""
+    started = time.perf_counter()
+    search_index.check_backend()
+    users = pd.read_parquet(_work(event_store, "persona_users"))
+    affinity = pd.read_parquet(_work(event_store, "persona_affinity"))
+    build = build_index(users, affinity, search_index.index_dir)
+    snapshot = pd.read_parquet(_work(event_store, "flag_snapshot"))
+    searchable = advance_flags(relational_store.engine, snapshot, [CALCULATED], SEARCHABLE)
+    context.log.info(f"index build {build.build_id}: {build.document_count:,} documents; {searchable:,} users 2 → 0")
+    return MaterializeResult(
+        metadata={
+            "build_id": build.build_id,
+            "documents": build.document_count,
+            "postings": build.posting_count,
+            "flags_2_to_0": searchable,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )

@@ -1,0 +1,218 @@
+"""``persona``: the command line door into the assets (import, materialise, export, query, generate, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from persona_assets.settings import PersonaSettings
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"persona: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_import(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    from persona_assets.ingest.importer import import_directory
+    from persona_assets.ingest.validation import ImportFileError
+    from persona_assets.pipeline import dagster_instance, materialize_event_days, materialize_reference
+    from persona_assets.resources import resources_from_settings
+    from persona_assets.stores.events import EventStore
+
+    engine = resources_from_settings(settings)["relational_store"].engine  # type: ignore[attr-defined]
+    store = EventStore(settings.layout.landing_dir, settings.layout.events_dir)
+    started = time.perf_counter()
+    try:
+        report = import_directory(Path(args.directory), engine, store, first_day=settings.events_start)
+    except ImportFileError as error:
+        return _fail(f"import stopped, nothing written: {error}")
+    _progress(f"validated and landed {args.directory} in {time.perf_counter() - started:.1f}s ({report.import_id})")
+    instance = dagster_instance(settings)
+    materialize_reference(settings, instance, _progress)
+    landed = {kind: days for kind, days in report.landed_days.items() if days}
+    if landed:
+        materialize_event_days(settings, instance, landed, _progress)
+    print(_import_summary(report))
+    return 0
+
+
+def _import_summary(report) -> str:
+    lines = [f"import {report.import_id} from {report.source}"]
+    lines.append(f"  {'file':<16}{'read':>12}{'imported':>12}{'rejected':>12}")
+    for name, file in report.files.items():
+        rejected = sum(file.rejected_by_reason.values())
+        lines.append(f"  {name:<16}{file.rows_read:>12,}{file.imported:>12,}{rejected:>12,}")
+        for reason, count in sorted(file.rejected_by_reason.items(), key=lambda item: -item[1]):
+            lines.append(f"      {count:>8,}  {reason}")
+    if report.rejected:
+        lines.append(
+            f"  rejected rows are kept with their reasons in table import_rejects (import_id = '{report.import_id}'); "
+            f"see `persona rejects {report.import_id}`"
+        )
+    return "\n".join(lines)
+
+
+def cmd_rejects(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    import sqlalchemy as sa
+
+    from persona_assets.resources import resources_from_settings
+    from persona_assets.stores import relational
+
+    engine = resources_from_settings(settings)["relational_store"].engine  # type: ignore[attr-defined]
+    table = relational.import_rejects
+    select = sa.select(table).order_by(table.c.id).limit(args.limit)
+    if args.import_id:
+        select = select.where(table.c.import_id == args.import_id)
+    for row in relational.read_frame(engine, select).itertuples(index=False):
+        print(json.dumps({"import_id": row.import_id, "file": row.file, "row": row.row_number,
+                          "reason": row.details, "raw": row.raw}, ensure_ascii=False))
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    from persona_assets.pipeline import materialize_everything
+
+    started = time.perf_counter()
+    materialize_everything(settings, _progress)
+    _progress(f"materialised every asset in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    from persona_assets.query.service import export_rows
+    from persona_assets.resources import resources_from_settings
+
+    engine = resources_from_settings(settings)["relational_store"].engine  # type: ignore[attr-defined]
+    rows = export_rows(engine)
+    out = Path(args.file)
+    with out.open("w", encoding="utf-8") as handle:
+        for row in rows.itertuples(index=False):
+            handle.write(
+                f'{{"ext_id": {json.dumps(row.ext_id, ensure_ascii=False)}, "gender": "{row.gender}", '
+                f'"city": {row.city}, "ecomm": {row.ecomm}, "brand_affinity": {row.brand_affinity}, '
+                f'"generic_affinity": {row.generic_affinity}, "category_affinity": {row.category_affinity}}}\n'
+            )
+    _progress(f"wrote {len(rows):,} personas to {out}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    from persona_assets.query.request import InvalidRequest
+    from persona_assets.query.service import fetch_personas
+    from persona_assets.resources import resources_from_settings
+
+    try:
+        payload = json.loads(args.request)
+    except json.JSONDecodeError as error:
+        return _fail(f"request: not valid JSON ({error})")
+    resources = resources_from_settings(settings)
+    try:
+        response = fetch_personas(payload, resources["relational_store"].engine, resources["search_index"])  # type: ignore[attr-defined]
+    except InvalidRequest as error:
+        return _fail(f"invalid request: {error}")
+    print(json.dumps(response, indent=2 if args.pretty else None, ensure_ascii=False))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    from persona_assets.synthetic.generator import generate_dataset
+
+    started = time.perf_counter()
+    counts = generate_dataset(Path(args.directory), users=args.users, seed=args.seed, progress=_progress)
+    _progress(f"generated {args.directory} in {time.perf_counter() - started:.1f}s")
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
+DEMO_QUERY = {"gender": "men", "cityTier": "Tier1", "size": 5}
+
+
+def cmd_demo(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    directory = settings.home / "demo-data"
+    for step in (
+        lambda: cmd_generate(argparse.Namespace(directory=directory, users=args.users, seed=args.seed), settings),
+        lambda: cmd_import(argparse.Namespace(directory=directory), settings),
+        lambda: cmd_materialize(argparse.Namespace(), settings),
+    ):
+        code = step()
+        if code:
+            return code
+    from persona_assets.stores import relational
+
+    resources_engine = relational.create_engine(settings.db_url)
+    top_brand = relational.read_frame(
+        resources_engine,
+        relational.attribute_vocabulary.select().where(relational.attribute_vocabulary.c.kind == "brand").limit(1),
+    )
+    request = dict(DEMO_QUERY)
+    if len(top_brand):
+        request["brand"] = str(top_brand["name"].iloc[0])
+    _progress(f"sample segment: {json.dumps(request)}")
+    return cmd_query(argparse.Namespace(request=json.dumps(request), pretty=True), settings)
+
+
+def cmd_ui(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    from persona_assets.pipeline import dagster_instance
+
+    dagster_instance(settings)  # sets DAGSTER_HOME to the CLI's instance
+    command = ["dagster", "dev", "-m", "persona_assets.definitions", "-p", str(args.port), "-h", args.host]
+    _progress(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}")
+    os.execvp(command[0], command)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="persona", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("import", help="validate and load an import directory, then materialise what it touched")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_import)
+    p = sub.add_parser("rejects", help="print rejected rows with their reasons (JSON lines)")
+    p.add_argument("import_id", nargs="?")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_rejects)
+    p = sub.add_parser("materialize", help="materialise every asset in-process through Dagster")
+    p.set_defaults(func=cmd_materialize)
+    p = sub.add_parser("export", help="write the normalised personas as JSON lines")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("query", help="answer a segment query given as JSON (legacy field names)")
+    p.add_argument("request")
+    p.add_argument("--pretty", action="store_true")
+    p.set_defaults(func=cmd_query)
+    p = sub.add_parser("generate", help="write a synthetic dataset in the import format")
+    p.add_argument("directory")
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("demo", help="generate, import, materialise and print a sample segment")
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("ui", help="start the Dagster UI on the same instance the CLI uses")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = PersonaSettings.from_env()
+    except ValueError as error:
+        return _fail(str(error))
+    return int(args.func(args, settings) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Whole-table computations (DuckDB) of raw affinities, vocabulary and normalised personas."""

@@ -1,0 +1,123 @@
+"""Materialise the assets in-process through Dagster: the command line's door into the same assets
+(and the same Dagster instance) that the UI shows."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from datetime import date, timedelta
+from pathlib import Path
+
+from dagster import AssetSelection, DagsterInstance, materialize
+
+from persona_assets.definitions import REBUILD, REFERENCE, all_assets
+from persona_assets.resources import resources_from_settings
+from persona_assets.settings import PersonaSettings
+from persona_assets.stores.events import EVENT_KINDS, EventStore
+
+Progress = Callable[[str], None]
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def dagster_instance(settings: PersonaSettings) -> DagsterInstance:
+    """The persistent instance the UI reads: ``$DAGSTER_HOME``, else ``$PERSONA_HOME/dagster``."""
+    if not os.environ.get("DAGSTER_HOME"):
+        home = settings.layout.dagster_home
+        home.mkdir(parents=True, exist_ok=True)
+        if PROJECT_DAGSTER_YAML.exists() and not (home / "dagster.yaml").exists():
+            shutil.copy(PROJECT_DAGSTER_YAML, home / "dagster.yaml")
+        os.environ["DAGSTER_HOME"] = str(home)
+    return DagsterInstance.get()
+
+
+def _run(
+    settings: PersonaSettings,
+    instance: DagsterInstance,
+    selection: AssetSelection,
+    label: str,
+    progress: Progress,
+    tags: dict[str, str] | None = None,
+    run_config: dict | None = None,
+) -> None:
+    started = time.perf_counter()
+    progress(f"▶ {label}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = materialize(
+            all_assets,
+            selection=selection,
+            resources=resources_from_settings(settings),
+            instance=instance,
+            tags=tags,
+            run_config={**QUIET_LOGGERS, **(run_config or {})},
+        )
+    for event in result.get_asset_materialization_events():
+        materialization = event.materialization
+        key = materialization.asset_key.to_user_string()
+        if materialization.partition and tags and materialization.partition != tags.get(
+            "dagster/asset_partition_range_start"
+        ):
+            continue
+        shown = {k: v.value for k, v in materialization.metadata.items() if isinstance(v.value, int | float | str)}
+        progress(f"  ✓ {key}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    progress(f"  {label} done in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
+
+
+def contiguous_ranges(days: Iterable[str]) -> list[tuple[str, str]]:
+    """Group sorted ISO days into (first, last) runs of consecutive days."""
+    ranges: list[tuple[str, str]] = []
+    for day in sorted(set(days)):
+        if ranges and date.fromisoformat(ranges[-1][1]) + timedelta(days=1) == date.fromisoformat(day):
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
+def materialize_reference(settings: PersonaSettings, instance: DagsterInstance, progress: Progress) -> None:
+    _run(settings, instance, REFERENCE, "reference data (catalog, categories, pincode tiers)", progress)
+
+
+def materialize_event_days(
+    settings: PersonaSettings, instance: DagsterInstance, days_by_kind: dict[str, list[str]], progress: Progress
+) -> None:
+    """One single-run backfill per contiguous range of days, over the raw assets of the kinds involved."""
+    all_days = sorted({d for days in days_by_kind.values() for d in days})
+    for first, last in contiguous_ranges(all_days):
+        kinds = [k for k, days in days_by_kind.items() if any(first <= d <= last for d in days)]
+        selection = AssetSelection.assets(*[f"raw_{k}" for k in kinds])
+        _run(
+            settings,
+            instance,
+            selection,
+            f"events {first} … {last} ({', '.join(kinds)})",
+            progress,
+            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+        )
+
+
+def materialize_rebuild(
+    settings: PersonaSettings, instance: DagsterInstance, progress: Progress, run_config: dict | None = None
+) -> None:
+    _run(settings, instance, REBUILD, "full rebuild (affinities → vocabulary → personas → index)", progress,
+         run_config=run_config)
+
+
+def materialize_everything(settings: PersonaSettings, progress: Progress) -> None:
+    """Reference data, every landed day that is missing or stale in the event store, then the rebuild."""
+    instance = dagster_instance(settings)
+    materialize_reference(settings, instance, progress)
+    store = EventStore(settings.layout.landing_dir, settings.layout.events_dir)
+    stale = {kind: store.stale_days(kind) for kind in EVENT_KINDS}
+    stale = {kind: days for kind, days in stale.items() if days}
+    if stale:
+        materialize_event_days(settings, instance, stale, progress)
+    else:
+        progress("  event store is up to date with the landed days")
+    materialize_rebuild(settings, instance, progress)
+
+

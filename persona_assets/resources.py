@@ -1,0 +1,71 @@
+"""Dagster resources: one per store, configured from the environment (see ``settings.py``)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from sqlalchemy.engine import Engine
+
+from persona_assets.settings import HomeLayout, PersonaSettings
+from persona_assets.stores import relational
+from persona_assets.stores.events import EventStore
+
+
+@cache
+def _engine(url: str) -> Engine:
+    engine = relational.create_engine(url)
+    relational.create_schema(engine)
+    return engine
+
+
+class RelationalStore(ConfigurableResource):
+    """Catalog, categories, users and their flags, personas, rejects: SQLite or MySQL through SQLAlchemy."""
+
+    db_url: str
+
+    @property
+    def engine(self) -> Engine:
+        return _engine(self.db_url)
+
+
+class EventStoreResource(ConfigurableResource):
+    """The day-partitioned Parquet event store and its landing area."""
+
+    home: str
+
+    @property
+    def layout(self) -> HomeLayout:
+        return HomeLayout(Path(self.home))
+
+    @property
+    def store(self) -> EventStore:
+        return EventStore(landing_dir=self.layout.landing_dir, events_dir=self.layout.events_dir)
+
+
+class SearchIndexResource(ConfigurableResource):
+    """The segment-search backend: the embedded index, or OpenSearch when ``opensearch_url`` is set."""
+
+    home: str
+    opensearch_url: str | None = None
+
+    @property
+    def index_dir(self) -> Path:
+        return HomeLayout(Path(self.home)).index_dir
+
+    def check_backend(self) -> None:
+        if self.opensearch_url:
+            raise NotImplementedError(
+                f"PERSONA_OPENSEARCH_URL={self.opensearch_url}: the OpenSearch backend is not built yet; "
+                "unset PERSONA_OPENSEARCH_URL to use the embedded index"
+            )
+
+
+def resources_from_settings(settings: PersonaSettings) -> dict[str, ConfigurableResource]:
+    home = str(settings.home)
+    return {
+        "relational_store": RelationalStore(db_url=settings.db_url),
+        "event_store": EventStoreResource(home=home),
+        "search_index": SearchIndexResource(home=home, opensearch_url=settings.opensearch_url),
+    }

@@ -1,0 +1,72 @@
+"""Configuration from the environment: the one place that reads PERSONA_* variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HomeLayout:
+    """Where each kind of local state lives under ``PERSONA_HOME``."""
+
+    home: Path
+
+    @property
+    def landing_dir(self) -> Path:
+        """Validated imports waiting to be published, one Parquet file per kind and day."""
+        return self.home / "landing"
+
+    @property
+    def events_dir(self) -> Path:
+        """The day-partitioned event store (published partitions)."""
+        return self.home / "events"
+
+    @property
+    def reference_dir(self) -> Path:
+        return self.home / "reference"
+
+    @property
+    def work_dir(self) -> Path:
+        """Intermediate tables handed from one rebuild asset to the next."""
+        return self.home / "work"
+
+    @property
+    def index_dir(self) -> Path:
+        """Builds of the embedded search index."""
+        return self.home / "index"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+
+@dataclass(frozen=True)
+class PersonaSettings:
+    """Where the product keeps its state and which backends it talks to."""
+
+    home: Path
+    db_url: str
+    opensearch_url: str | None
+    # First day of the daily event partitions; events before it are rejected at import.
+    events_start: date = date(2015, 1, 1)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PersonaSettings:
+        env = os.environ if environ is None else environ
+        home = Path(env.get("PERSONA_HOME") or ".persona").expanduser().resolve()
+        db_url = env.get("PERSONA_DB_URL") or f"sqlite:///{home / 'persona.db'}"
+        opensearch_url = env.get("PERSONA_OPENSEARCH_URL") or None
+        start_text = env.get("PERSONA_EVENTS_START") or "2015-01-01"
+        try:
+            events_start = date.fromisoformat(start_text)
+        except ValueError as error:
+            raise ValueError(f"PERSONA_EVENTS_START: {start_text!r} is not a YYYY-MM-DD date") from error
+        return cls(home=home, db_url=db_url, opensearch_url=opensearch_url, events_start=events_start)
+
+    @property
+    def layout(self) -> HomeLayout:
+        return HomeLayout(self.home)

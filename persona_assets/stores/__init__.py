@@ -1,0 +1,1 @@
+"""The product's stores: relational (SQLAlchemy), the Parquet event store, the search index."""

@@ -1,0 +1,139 @@
+"""The day-partitioned event store: one Parquet file per event kind and UTC day.
+
+Imports land validated days under ``landing/``; materialising a ``raw_*`` partition
+publishes that day into ``events/`` with an atomic rename, so a day is always either
+the old or the new version and re-running a day is idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """One kind of interaction event, its import file and its stored columns."""
+
+    name: str
+    csv_file: str
+    csv_columns: tuple[str, ...]
+    time_column: str
+    schema: pa.Schema
+
+
+EVENT_KINDS: dict[str, EventKind] = {
+    kind.name: kind
+    for kind in (
+        EventKind(
+            "visits",
+            "visits.csv",
+            ("ext_id", "pid", "pincode", "visited_at"),
+            "visited_at",
+            pa.schema([("ext_id", pa.string()), ("pid", pa.string()), ("pincode", pa.string()), ("ts", TIMESTAMP)]),
+        ),
+        EventKind(
+            "checkouts",
+            "checkouts.csv",
+            ("order_id", "ext_id", "pid", "pincode", "ordered_at"),
+            "ordered_at",
+            pa.schema(
+                [
+                    ("order_id", pa.string()),
+                    ("ext_id", pa.string()),
+                    ("pid", pa.string()),
+                    ("pincode", pa.string()),
+                    ("ts", TIMESTAMP),
+                ]
+            ),
+        ),
+        EventKind(
+            "searches",
+            "searches.csv",
+            ("ext_id", "query", "searched_at"),
+            "searched_at",
+            pa.schema([("ext_id", pa.string()), ("query", pa.string()), ("ts", TIMESTAMP)]),
+        ),
+    )
+}
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+class EventStore:
+    """Landing and published day files under one home folder."""
+
+    def __init__(self, landing_dir: Path, events_dir: Path) -> None:
+        self.landing_dir = landing_dir
+        self.events_dir = events_dir
+
+    def landing_path(self, kind: str, day: str) -> Path:
+        return self.landing_dir / kind / f"{day}.parquet"
+
+    def published_path(self, kind: str, day: str) -> Path:
+        return self.events_dir / kind / f"day={day}" / "events.parquet"
+
+    def land(self, kind: str, day: str, table: pa.Table) -> None:
+        """Replace the landed version of one day with ``table`` (already validated)."""
+        _atomic_write(table.cast(EVENT_KINDS[kind].schema), self.landing_path(kind, day))
+
+    def landed_days(self, kind: str) -> list[str]:
+        folder = self.landing_dir / kind
+        return sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
+
+    def stale_days(self, kind: str) -> list[str]:
+        """Landed days whose published version is missing or older than the landed one."""
+        stale = []
+        for day in self.landed_days(kind):
+            published = self.published_path(kind, day)
+            landed_at = self.landing_path(kind, day).stat().st_mtime_ns
+            if not published.exists() or published.stat().st_mtime_ns < landed_at:
+                stale.append(day)
+        return stale
+
+    def read_published(self, kind: str, day: str) -> pa.Table | None:
+        path = self.published_path(kind, day)
+        return pq.read_table(path) if path.exists() else None
+
+    def publish(self, kind: str, day: str) -> tuple[pa.Table, set[str]]:
+        """Publish the landed day (or nothing, when no day was landed) and return it with the users touched.
+
+        The users touched are those of the new and of the replaced version, since a user whose
+        events were removed needs recalculation too.
+        """
+        previous = self.read_published(kind, day)
+        touched: set[str] = set() if previous is None else set(previous.column("ext_id").unique().to_pylist())
+        landed = self.landing_path(kind, day)
+        published = self.published_path(kind, day)
+        if landed.exists():
+            table = pq.read_table(landed)
+            _atomic_write(table, published)
+        else:
+            table = EVENT_KINDS[kind].schema.empty_table()
+            if published.exists():
+                published.unlink()
+        touched |= set(table.column("ext_id").unique().to_pylist())
+        return table, touched
+
+    def published_glob(self, kind: str) -> str | None:
+        """A DuckDB/Arrow glob over every published day of ``kind``, or None when there is none."""
+        folder = self.events_dir / kind
+        if not folder.exists() or not any(folder.glob("day=*/events.parquet")):
+            return None
+        return str(folder / "day=*" / "events.parquet")
+
+    def published_days(self, kind: str) -> Iterable[str]:
+        folder = self.events_dir / kind
+        return sorted(p.parent.name.removeprefix("day=") for p in folder.glob("day=*/events.parquet"))

@@ -1,0 +1,252 @@
+"""Relational store: schema (the legacy ``createSchema``) and bulk reads and writes.
+
+Portable SQLAlchemy only, so SQLite (the embedded default) and MySQL/MariaDB run the
+same statements; the one dialect-specific piece, the upsert, is chosen by dialect name.
+Bulk writes go through the DBAPI's ``executemany`` in chunks, never a row at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData()
+
+# utf8mb4 index keys are limited to 767 bytes on older MySQL: 191 characters.
+ID = sa.String(191)
+LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("pid", ID, primary_key=True),
+    sa.Column("pos", sa.String(191), nullable=False, server_default=""),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("brand", sa.String(255), nullable=False, server_default=""),
+    sa.Column("generic_name", sa.String(255), nullable=False, server_default=""),
+    sa.Column("gender", sa.String(16), nullable=True),
+    sa.Column("cat_l1", sa.BigInteger, nullable=True),
+    sa.Column("cat_l2", sa.BigInteger, nullable=True),
+    sa.Column("cat_l3", sa.BigInteger, nullable=True),
+    sa.Column("price", sa.String(64), nullable=False, server_default=""),
+)
+
+categories = sa.Table(
+    "categories",
+    metadata,
+    sa.Column("cat_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("parent_id", sa.BigInteger, nullable=True),
+    # 1, 2, 3 ... from walking parent_id; NULL when the chain is broken or cyclic.
+    sa.Column("level", sa.Integer, nullable=True),
+)
+
+# The legacy table, legacy column names: legacy readers keep working.
+user_persona = sa.Table(
+    "user_persona",
+    metadata,
+    sa.Column("extId", ID, primary_key=True),
+    sa.Column("hasChanged", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("searchTerms", LONG_TEXT, nullable=True),
+    sa.Column("gender", sa.Text, nullable=True),
+    sa.Column("city", sa.Text, nullable=True),
+    sa.Column("ecomm", sa.Text, nullable=True),
+    sa.Column("brandAffinity", LONG_TEXT, nullable=True),
+    sa.Column("categoryAffinity", LONG_TEXT, nullable=True),
+    sa.Column("genericAffinity", LONG_TEXT, nullable=True),
+    # Bumped on every change; a calculation may only clear the flag of the version it read.
+    sa.Column("change_seq", sa.BigInteger, nullable=False, server_default="0"),
+)
+sa.Index("ix_user_persona_has_changed", user_persona.c.hasChanged)
+
+user_personas = sa.Table(
+    "user_personas",
+    metadata,
+    sa.Column("ext_id", ID, primary_key=True),
+    sa.Column("gender", sa.String(16), nullable=False),
+    sa.Column("city", sa.Text, nullable=False),
+    sa.Column("ecomm", sa.Text, nullable=False),
+    sa.Column("brand_affinity", LONG_TEXT, nullable=False),
+    sa.Column("generic_affinity", LONG_TEXT, nullable=False),
+    sa.Column("category_affinity", LONG_TEXT, nullable=False),
+)
+
+attribute_vocabulary = sa.Table(
+    "attribute_vocabulary",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("total", sa.Float, nullable=False),
+)
+
+# Per-user product history for a query's `visited` / `purchased` lists (times: epoch microseconds).
+user_products = sa.Table(
+    "user_products",
+    metadata,
+    sa.Column("ext_id", ID, primary_key=True),
+    sa.Column("pid", ID, primary_key=True),
+    sa.Column("last_visited_us", sa.BigInteger, nullable=True),
+    sa.Column("last_purchased_us", sa.BigInteger, nullable=True),
+)
+
+user_searches = sa.Table(
+    "user_searches",
+    metadata,
+    sa.Column("ext_id", ID, nullable=False, index=True),
+    sa.Column("query", sa.Text, nullable=False),
+    sa.Column("last_searched_us", sa.BigInteger, nullable=False),
+)
+
+imports = sa.Table(
+    "imports",
+    metadata,
+    sa.Column("import_id", sa.String(64), primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("started_at", sa.String(32), nullable=False),
+    sa.Column("summary", LONG_TEXT, nullable=False),
+)
+
+import_rejects = sa.Table(
+    "import_rejects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("import_id", sa.String(64), nullable=False, index=True),
+    sa.Column("file", sa.String(64), nullable=False),
+    sa.Column("row_number", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(255), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+)
+
+CHUNK_ROWS = 20_000
+INT64_MAX = 2**63 - 1
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL so readers are not blocked by a rebuild."""
+    engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        if engine.url.database and engine.url.database != ":memory:":
+            Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every table that is missing (idempotent)."""
+    metadata.create_all(engine, checkfirst=True)
+
+
+def _compiled(conn: Connection, stmt: sa.Executable) -> tuple[str, Sequence[str] | None]:
+    compiled = stmt.compile(dialect=conn.dialect)
+    return str(compiled), compiled.positiontup
+
+
+def executemany(conn: Connection, stmt: sa.Executable, columns: Sequence[str], rows: Iterable[tuple]) -> int:
+    """Run ``stmt`` (bound by column name) for every tuple of ``rows`` through the DBAPI's ``executemany``.
+
+    The fast path of both sqlite3 and PyMySQL (which folds INSERTs into multi-row statements), in chunks
+    so memory stays flat.
+    """
+    sql, positions = _compiled(conn, stmt)
+    order = [columns.index(p) for p in positions] if positions else None
+    if order == list(range(len(columns))):
+        order = None  # already in statement order: hand the tuples over as they are
+    named = not positions
+    count = 0
+    chunk: list[Any] = []
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for row in rows:
+            if named:
+                chunk.append(dict(zip(columns, row, strict=True)))
+            else:
+                chunk.append(row if order is None else tuple(row[i] for i in order))
+            if len(chunk) >= CHUNK_ROWS:
+                cursor.executemany(sql, chunk)
+                count += len(chunk)
+                chunk = []
+        if chunk:
+            cursor.executemany(sql, chunk)
+            count += len(chunk)
+    finally:
+        cursor.close()
+    return count
+
+
+def frame_rows(rows: pd.DataFrame) -> Iterable[tuple]:
+    """A DataFrame's rows as tuples with NaN/NaT/NA turned into None."""
+    return rows.astype(object).where(rows.notna(), None).itertuples(index=False, name=None)
+
+
+def bulk_insert(conn: Connection, table: sa.Table, rows: pd.DataFrame) -> int:
+    """Insert a DataFrame whose columns are (a subset of) the table's columns."""
+    columns = list(rows.columns)
+    stmt = sa.insert(table).values({c: sa.bindparam(c) for c in columns})
+    return executemany(conn, stmt, columns, frame_rows(rows))
+
+
+def bulk_upsert(conn: Connection, table: sa.Table, rows: pd.DataFrame, update: Sequence[str]) -> int:
+    """Insert rows, or overwrite the ``update`` columns of rows whose primary key exists."""
+    columns = list(rows.columns)
+    values = {c: sa.bindparam(c) for c in columns}
+    stmt = upsert_statement(conn, table, values, {c: _inserted(conn, table, c) for c in update})
+    return executemany(conn, stmt, columns, frame_rows(rows))
+
+
+def _inserted(conn: Connection, table: sa.Table, column: str) -> Any:
+    if conn.dialect.name == "sqlite":
+        return sa.literal_column(f"excluded.{conn.dialect.identifier_preparer.quote(column)}")
+    return sa.func.values(table.c[column])
+
+
+def replace_table(engine: Engine, table: sa.Table, rows: pd.DataFrame) -> int:
+    """Swap a table's whole content in one transaction (readers see the old or the new)."""
+    with engine.begin() as conn:
+        conn.execute(table.delete())
+        return bulk_insert(conn, table, rows)
+
+
+def upsert_statement(conn: Connection, table: sa.Table, values: dict[str, Any], update: dict[str, Any]):
+    """INSERT ... ON CONFLICT/ON DUPLICATE KEY UPDATE, for the dialect at hand."""
+    name = conn.dialect.name
+    if name == "sqlite":
+        stmt = sqlite.insert(table).values(values)
+        keys = [c.name for c in table.primary_key.columns]
+        return stmt.on_conflict_do_update(index_elements=keys, set_=update)
+    if name in ("mysql", "mariadb"):
+        stmt = mysql.insert(table).values(values)
+        return stmt.on_duplicate_key_update(**update)
+    raise NotImplementedError(f"upsert is not implemented for dialect {name!r}")
+
+
+def read_frame(engine: Engine, query: sa.Select | sa.Table) -> pd.DataFrame:
+    """Run a select into a DataFrame; integer columns stay exact (nullable Int64, never float)."""
+    select = sa.select(query) if isinstance(query, sa.Table) else query
+    with engine.connect() as conn:
+        result = conn.execute(select)
+        names = list(result.keys())
+        rows = result.fetchall()
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    data = {}
+    for name, values, column in zip(names, columns, select.selected_columns, strict=True):
+        if isinstance(column.type, sa.Integer):
+            data[name] = pd.array(list(values), dtype="Int64")
+        else:
+            data[name] = pd.Series(list(values), dtype=object)
+    return pd.DataFrame(data)
