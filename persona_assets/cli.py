@@ -73,8 +73,18 @@ def cmd_rejects(args: argparse.Namespace, settings: PersonaSettings) -> int:
     if args.import_id:
         select = select.where(table.c.import_id == args.import_id)
     for row in relational.read_frame(engine, select).itertuples(index=False):
-        print(json.dumps({"import_id": row.import_id, "file": row.file, "row": row.row_number,
-                          "reason": row.details, "raw": row.raw}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "import_id": row.import_id,
+                    "file": row.file,
+                    "row": int(row.row_number),
+                    "reason": row.details,
+                    "raw": row.raw,
+                },
+                ensure_ascii=False,
+            )
+        )
     return 0
 
 

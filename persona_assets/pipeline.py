@@ -58,8 +58,10 @@ def _run(
     for event in result.get_asset_materialization_events():
         materialization = event.materialization
         key = materialization.asset_key.to_user_string()
-        if materialization.partition and tags and materialization.partition != tags.get(
-            "dagster/asset_partition_range_start"
+        if (
+            materialization.partition
+            and tags
+            and materialization.partition != tags.get("dagster/asset_partition_range_start")
         ):
             continue
         shown = {k: v.value for k, v in materialization.metadata.items() if isinstance(v.value, int | float | str)}
@@ -103,8 +105,14 @@ def materialize_event_days(
 def materialize_rebuild(
     settings: PersonaSettings, instance: DagsterInstance, progress: Progress, run_config: dict | None = None
 ) -> None:
-    _run(settings, instance, REBUILD, "full rebuild (affinities → vocabulary → personas → index)", progress,
-         run_config=run_config)
+    _run(
+        settings,
+        instance,
+        REBUILD,
+        "full rebuild (affinities → vocabulary → personas → index)",
+        progress,
+        run_config=run_config,
+    )
 
 
 def materialize_everything(settings: PersonaSettings, progress: Progress) -> None:
@@ -119,5 +127,3 @@ def materialize_everything(settings: PersonaSettings, progress: Progress) -> Non
     else:
         progress("  event store is up to date with the landed days")
     materialize_rebuild(settings, instance, progress)
-
-

@@ -1,16 +1,21 @@
 """The daily-partitioned raw event assets: publish landed days and flag the users they touch."""
 
-
 import time
 import warnings
 
-from dagster import AssetExecutionContext, BetaWarning, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    BetaWarning,
+    MaterializeResult,
+    asset,
+)
 
 from persona_assets.partitions import daily_events
 from persona_assets.resources import EventStoreResource, RelationalStore
 from persona_assets.stores.changes import flag_users_changed
 from persona_assets.stores.events import EVENT_KINDS, EventKind
-
 
 # Single-run backfills of a day range are what we want here; the parameter is marked beta.
 warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=BetaWarning)

@@ -4,7 +4,6 @@ Intermediate long tables are handed from one asset to the next as Parquet files 
 ``PERSONA_HOME/work``; each step is one DuckDB pass over whole tables.
 """
 
-
 import time
 from pathlib import Path
 
@@ -16,7 +15,13 @@ from persona_assets.assets.reference import load_pincode_tiers
 from persona_assets.compute import affinities
 from persona_assets.resources import EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.stores import relational
-from persona_assets.stores.changes import CALCULATED, NEEDS_CALCULATION, SEARCHABLE, advance_flags, snapshot_flags
+from persona_assets.stores.changes import (
+    CALCULATED,
+    NEEDS_CALCULATION,
+    SEARCHABLE,
+    advance_flags,
+    snapshot_flags,
+)
 from persona_assets.stores.embedded_index import build_index
 
 RAW_EVENT_DEPS = ["raw_visits", "raw_checkouts", "raw_searches"]
@@ -33,7 +38,9 @@ def _read_work(con: duckdb.DuckDBPyConnection, event_store: EventStoreResource, 
     con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
 
 
-def _connect_with_reference(event_store: EventStoreResource, relational_store: RelationalStore) -> duckdb.DuckDBPyConnection:
+def _connect_with_reference(
+    event_store: EventStoreResource, relational_store: RelationalStore
+) -> duckdb.DuckDBPyConnection:
     con = affinities.connect()
     engine = relational_store.engine
     affinities.register_events(con, event_store.store)
@@ -67,11 +74,13 @@ def user_raw_affinities(
     affinities.write_parquet(con, "raw_affinity", _work(event_store, "raw_affinity"))
     affinities.write_parquet(con, "users", _work(event_store, "users"))
     snapshot.to_parquet(_work(event_store, "flag_snapshot"), index=False)
-    legacy = affinities.legacy_rows(con)
+    legacy = con.execute(affinities.legacy_rows_sql())
+    legacy_columns = [d[0] for d in legacy.description if d[0] != "extId"]
     with engine.begin() as conn:
-        relational.bulk_upsert(conn, relational.user_persona, legacy, update=[c for c in legacy.columns if c != "extId"])
-    stats = con.execute(
-        """
+        relational.insert_result(conn, relational.user_persona, legacy, upsert_columns=legacy_columns)
+    stats = (
+        con.execute(
+            """
         SELECT
           (SELECT COUNT(*) FROM users) AS users,
           (SELECT COUNT(*) FROM raw_affinity) AS affinity_rows,
@@ -82,7 +91,10 @@ def user_raw_affinities(
              WHERE e.pincode NOT IN (SELECT pincode FROM pincode_tiers)) AS unknown_pincode_events,
           (SELECT COUNT(*) FROM searches) AS searches
         """
-    ).df().iloc[0]
+        )
+        .df()
+        .iloc[0]
+    )
     metadata = {name: int(value) for name, value in stats.items()}
     metadata["seconds"] = round(time.perf_counter() - started, 3)
     return MaterializeResult(metadata=metadata)
@@ -95,17 +107,14 @@ def user_activity(event_store: EventStoreResource, relational_store: RelationalS
     started = time.perf_counter()
     con = affinities.connect()
     affinities.register_events(con, event_store.store)
-    products, searches = affinities.activity_rows(con)
+    con.execute(f"CREATE TABLE users AS {affinities.USERS_SQL}")
     engine = relational_store.engine
     with engine.begin() as conn:
-        conn.execute(relational.user_products.delete())
-        conn.execute(relational.user_searches.delete())
-        relational.bulk_insert(conn, relational.user_products, products)
-        relational.bulk_insert(conn, relational.user_searches, searches)
+        conn.execute(relational.user_activity.delete())
+        users = relational.insert_result(conn, relational.user_activity, con.execute(affinities.USER_ACTIVITY_SQL))
     return MaterializeResult(
         metadata={
-            "user_products": len(products),
-            "user_searches": len(searches),
+            "users": users,
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
@@ -142,7 +151,11 @@ def attribute_vocabulary(
     )
 
 
-@asset(group_name="personas", deps=[user_raw_affinities, attribute_vocabulary, "category_hierarchy"], kinds={"duckdb", "sql"})
+@asset(
+    group_name="personas",
+    deps=[user_raw_affinities, attribute_vocabulary, "category_hierarchy"],
+    kinds={"duckdb", "sql"},
+)
 def user_personas(
     context: AssetExecutionContext, event_store: EventStoreResource, relational_store: RelationalStore
 ) -> MaterializeResult:
@@ -159,15 +172,16 @@ def user_personas(
     affinities.compute_personas(con, vocabulary)
     affinities.write_parquet(con, "persona_affinity", _work(event_store, "persona_affinity"))
     affinities.write_parquet(con, "persona_users", _work(event_store, "persona_users"))
-    rows = affinities.persona_rows(con)
-    relational.replace_table(engine, relational.user_personas, rows)
+    with engine.begin() as conn:
+        conn.execute(relational.user_personas.delete())
+        stored = relational.insert_result(conn, relational.user_personas, con.execute(affinities.persona_rows_sql()))
     snapshot = pd.read_parquet(_work(event_store, "flag_snapshot"))
     calculated = advance_flags(engine, snapshot, [NEEDS_CALCULATION], CALCULATED)
-    context.log.info(f"{len(rows):,} personas stored; {calculated:,} users moved 1 → 2")
-    genders = rows["gender"].value_counts().to_dict()
+    context.log.info(f"{stored:,} personas stored; {calculated:,} users moved 1 → 2")
+    genders = dict(con.execute("SELECT gender, COUNT(*) FROM persona_users GROUP BY gender").fetchall())
     return MaterializeResult(
         metadata={
-            "personas": len(rows),
+            "personas": stored,
             "by_gender": MetadataValue.json(genders),
             "flags_1_to_2": calculated,
             "seconds": round(time.perf_counter() - started, 3),
@@ -177,7 +191,9 @@ def user_personas(
 
 @asset(group_name="personas", deps=[user_personas], kinds={"parquet"})
 def persona_index(
-    context: AssetExecutionContext, event_store: EventStoreResource, relational_store: RelationalStore,
+    context: AssetExecutionContext,
+    event_store: EventStoreResource,
+    relational_store: RelationalStore,
     search_index: SearchIndexResource,
 ) -> MaterializeResult:
     """A fresh segment-search index of the normalised personas, swapped in atomically."""

@@ -1,6 +1,5 @@
 """Reference assets: the product catalog, the category hierarchy and the pincode tiers."""
 
-
 import time
 
 import pandas as pd
@@ -67,7 +66,9 @@ def category_hierarchy(event_store: EventStoreResource, relational_store: Relati
     return MaterializeResult(
         metadata={
             "categories": len(categories),
-            "by_level": MetadataValue.json({("broken chain" if pd.isna(k) else f"L{k}"): int(v) for k, v in by_level.items()}),
+            "by_level": MetadataValue.json(
+                {("broken chain" if pd.isna(k) else f"L{k}"): int(v) for k, v in by_level.items()}
+            ),
         }
     )
 

@@ -68,7 +68,14 @@ def searchable_names(products: pd.DataFrame) -> pd.DataFrame:
         names = names[names != ""]
         keys = names.map(token_key)
         frames.append(
-            pd.DataFrame({"dimension": dimension, "name": names, "token_key": keys, "n_tokens": names.map(lambda n: len(tokenize(n)))})
+            pd.DataFrame(
+                {
+                    "dimension": dimension,
+                    "name": names,
+                    "token_key": keys,
+                    "n_tokens": names.map(lambda n: len(tokenize(n))),
+                }
+            )
         )
     names = pd.concat(frames, ignore_index=True)
     return names[names["n_tokens"] > 0].reset_index(drop=True)
@@ -94,7 +101,9 @@ def _tokenised_search_texts(con: duckdb.DuckDBPyConnection) -> None:
         "WHERE regexp_full_match(query, '[\\x00-\\x7f]*')",
         {"pattern": pattern},
     )
-    others = con.execute("SELECT query FROM search_texts WHERE NOT regexp_full_match(query, '[\\x00-\\x7f]*')").fetchall()
+    others = con.execute(
+        "SELECT query FROM search_texts WHERE NOT regexp_full_match(query, '[\\x00-\\x7f]*')"
+    ).fetchall()
     if others:
         texts = [row[0] for row in others]
         extra = pa.table({"query": texts, "tokens": [tokenize(t) for t in texts]})
@@ -128,14 +137,7 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
     ``raw_affinity`` also carries the ``gender`` dimension (keys men/women/unisex), which is
     not a persona map but feeds the gender label.
     """
-    con.execute(
-        """
-        CREATE OR REPLACE TABLE users AS
-        SELECT DISTINCT ext_id FROM (
-            SELECT ext_id FROM visits UNION ALL SELECT ext_id FROM checkouts UNION ALL SELECT ext_id FROM searches
-        )
-        """
-    )
+    con.execute(f"CREATE OR REPLACE TABLE users AS {USERS_SQL}")
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE product_keys AS
@@ -250,10 +252,9 @@ def _json_maps(table: str, value: str, dimensions: tuple[str, ...]) -> str:
     )
 
 
-def persona_rows(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Rows of the ``user_personas`` table: the normalised maps as JSON text."""
-    return con.execute(
-        f"""
+def persona_rows_sql() -> str:
+    """Rows of the ``user_personas`` table: the normalised maps as JSON text, in key order."""
+    return f"""
         WITH maps AS ({_json_maps("persona_affinity", "value", MAP_DIMENSIONS)})
         SELECT u.ext_id, u.gender,
                CAST(COALESCE(m.city, '{{}}') AS VARCHAR) AS city,
@@ -264,14 +265,12 @@ def persona_rows(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         FROM persona_users u LEFT JOIN maps m ON m.ext_id = u.ext_id
         ORDER BY u.ext_id
         """
-    ).df()
 
 
-def legacy_rows(con: duckdb.DuckDBPyConnection, search_terms_limit: int = 100) -> pd.DataFrame:
+def legacy_rows_sql(search_terms_limit: int = 100) -> str:
     """The legacy ``user_persona`` columns: raw maps as JSON and the user's latest search texts."""
     dims = (*MAP_DIMENSIONS, "gender")
-    return con.execute(
-        f"""
+    return f"""
         WITH maps AS ({_json_maps("raw_affinity", "weight", dims)}),
         terms AS (
             SELECT ext_id, to_json(list(query ORDER BY last_at DESC, query)[1:{int(search_terms_limit)}]) AS terms
@@ -287,27 +286,43 @@ def legacy_rows(con: duckdb.DuckDBPyConnection, search_terms_limit: int = 100) -
                CAST(COALESCE(m.category, '{{}}') AS VARCHAR) AS "categoryAffinity",
                CAST(COALESCE(m.generic, '{{}}') AS VARCHAR) AS "genericAffinity"
         FROM users u LEFT JOIN maps m ON m.ext_id = u.ext_id LEFT JOIN terms t ON t.ext_id = u.ext_id
+        ORDER BY u.ext_id
         """
-    ).df()
 
 
-def activity_rows(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-user product history (latest visit / purchase per pid) and distinct search texts with recency."""
-    products = con.execute(
-        """
+USER_ACTIVITY_SQL = """
+    WITH products AS (
         SELECT ext_id, pid,
-               epoch_us(MAX(ts) FILTER (WHERE kind = 'visit')) AS last_visited_us,
-               epoch_us(MAX(ts) FILTER (WHERE kind = 'checkout')) AS last_purchased_us
+               epoch_us(MAX(ts) FILTER (WHERE kind = 'visit')) AS visited_us,
+               epoch_us(MAX(ts) FILTER (WHERE kind = 'checkout')) AS purchased_us
         FROM (
             SELECT ext_id, pid, ts, 'visit' AS kind FROM visits
             UNION ALL SELECT ext_id, pid, ts, 'checkout' FROM checkouts
         ) GROUP BY ext_id, pid
-        """
-    ).df()
-    searches = con.execute(
-        "SELECT ext_id, query, epoch_us(MAX(ts)) AS last_searched_us FROM searches GROUP BY ext_id, query"
-    ).df()
-    return products, searches
+    ),
+    per_user_products AS (
+        SELECT ext_id, CAST(to_json(list({'pid': pid, 'visited_us': visited_us, 'purchased_us': purchased_us})) AS VARCHAR)
+               AS products
+        FROM products GROUP BY ext_id
+    ),
+    per_user_searches AS (
+        SELECT ext_id, CAST(to_json(list({'query': query, 'searched_us': searched_us})) AS VARCHAR) AS searches
+        FROM (SELECT ext_id, query, epoch_us(MAX(ts)) AS searched_us FROM searches GROUP BY ext_id, query)
+        GROUP BY ext_id
+    )
+    SELECT u.ext_id, COALESCE(p.products, '[]') AS products, COALESCE(s.searches, '[]') AS searches
+    FROM users u
+    LEFT JOIN per_user_products p ON p.ext_id = u.ext_id
+    LEFT JOIN per_user_searches s ON s.ext_id = u.ext_id
+    ORDER BY u.ext_id
+"""
+"""One row per user: every product touched (latest visit and purchase) and every distinct search text."""
+
+USERS_SQL = """
+    SELECT DISTINCT ext_id FROM (
+        SELECT ext_id FROM visits UNION ALL SELECT ext_id FROM checkouts UNION ALL SELECT ext_id FROM searches
+    )
+"""
 
 
 def write_parquet(con: duckdb.DuckDBPyConnection, table: str, path: Path) -> None:

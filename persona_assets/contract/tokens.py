@@ -31,17 +31,13 @@ def _token_char_ranges() -> tuple[tuple[int, int], ...]:
 @cache
 def token_regex_re2() -> str:
     """The token pattern in RE2 syntax (DuckDB's ``regexp_extract_all``)."""
-    parts = [
-        f"\\x{{{lo:x}}}" if lo == hi else f"\\x{{{lo:x}}}-\\x{{{hi:x}}}" for lo, hi in _token_char_ranges()
-    ]
+    parts = [f"\\x{{{lo:x}}}" if lo == hi else f"\\x{{{lo:x}}}-\\x{{{hi:x}}}" for lo, hi in _token_char_ranges()]
     return "[" + "".join(parts) + "]+"
 
 
 @cache
 def _token_regex_python() -> re.Pattern[str]:
-    parts = [
-        f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in _token_char_ranges()
-    ]
+    parts = [f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in _token_char_ranges()]
     return re.compile("[" + "".join(parts) + "]+")
 
 

@@ -85,7 +85,9 @@ def read_csv_strings(path: Path, required: tuple[str, ...]) -> tuple[pd.DataFram
     malformed: list[str] = []
 
     def keep_bad_row(row: pacsv.InvalidRow) -> str:
-        malformed.append(f"line {row.number}: {row.text!r} has {row.actual_columns} fields, expected {row.expected_columns}")
+        malformed.append(
+            f"line {row.number}: {row.text!r} has {row.actual_columns} fields, expected {row.expected_columns}"
+        )
         return "skip"
 
     table = pacsv.read_csv(
@@ -123,7 +125,9 @@ def import_directory(
     # Read and check every file first: a missing column anywhere means nothing is written.
     frames = {name: read_csv_strings(source / name, cols) for name, cols in REQUIRED_FILES.items()}
     frames |= {
-        name: read_csv_strings(source / name, cols) for name, cols in OPTIONAL_FILES.items() if (source / name).is_file()
+        name: read_csv_strings(source / name, cols)
+        for name, cols in OPTIONAL_FILES.items()
+        if (source / name).is_file()
     }
 
     validated: dict[str, Validated] = {

@@ -27,7 +27,9 @@ GENDER_SYNONYMS["unisex"] = "unisex"
 INTEGER_ID = re.compile(r"-?[0-9]+")
 # A strict subset of what datetime.fromisoformat reads, parsed identically by pandas; the rest falls back
 # to datetime.fromisoformat itself, so the rule is Python's exactly.
-FAST_ISO = r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
+FAST_ISO = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
+)
 
 
 class ImportFileError(ValueError):
@@ -107,7 +109,11 @@ def _category_ids(reasons: _Reasons, frame: pd.DataFrame, column: str, *, none_v
     reasons.add(f"non-integer {column}", ~is_none & ~is_int)
     # Ids must fit a 64-bit integer column in every store.
     digits = cells.str.lstrip("-").str.lstrip("0").str.len()
-    too_big = is_int & ~is_none & ((digits > 19) | ((digits == 19) & (cells.str.lstrip("-").str.lstrip("0") > str(INT64_MAX))))
+    too_big = (
+        is_int
+        & ~is_none
+        & ((digits > 19) | ((digits == 19) & (cells.str.lstrip("-").str.lstrip("0") > str(INT64_MAX))))
+    )
     reasons.add(f"{column} out of range", too_big)
     safe = cells.where(is_int & ~is_none & ~too_big)
     parsed = safe.map(int, na_action="ignore")
@@ -142,7 +148,8 @@ def validate_products(frame: pd.DataFrame) -> Validated:
     pid = _trimmed(frame["pid"])
     reasons.add("empty pid", pid == "")
     levels = {
-        column: _category_ids(reasons, frame, column, none_values=("", "-1")) for column in ("cat_l1", "cat_l2", "cat_l3")
+        column: _category_ids(reasons, frame, column, none_values=("", "-1"))
+        for column in ("cat_l1", "cat_l2", "cat_l3")
     }
     accepted = pd.DataFrame(
         {

@@ -5,6 +5,7 @@ One service, two front doors: ``persona query`` now, ``POST /fetchPersonas`` lat
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -29,34 +30,48 @@ def fetch_personas(
     query = parse_segment_request(payload)
     search_index.check_backend()
     hits = open_index(search_index.index_dir).search(query, weights or ScoreWeights.from_env())
-    ext_ids = [hit.ext_id for hit in hits.hits]
-    products = _product_lists(engine, query, ext_ids)
-    terms = _search_terms(engine, query, ext_ids)
-    results = [
-        {
-            "ext_id": hit.ext_id,
-            "score": hit.score,
-            "components": hit.components,
-            "gender": hit.gender,
-            "visited": products.get(hit.ext_id, {}).get("visited", []),
-            "purchased": products.get(hit.ext_id, {}).get("purchased", []),
-            "search_terms": terms.get(hit.ext_id, []),
-        }
-        for hit in hits.hits
-    ]
+    activity = _activity(engine, [hit.ext_id for hit in hits.hits])
+    matches = _product_matcher(engine, query, activity)
+    name_tokens = [tokenize(n) for n in (query.brand, query.generic_name) if n is not None]
+    results = []
+    for hit in hits.hits:
+        products, searches = activity.get(hit.ext_id, ([], []))
+        results.append(
+            {
+                "ext_id": hit.ext_id,
+                "score": hit.score,
+                "components": hit.components,
+                "gender": hit.gender,
+                "visited": _recent_pids(products, "visited_us", matches),
+                "purchased": _recent_pids(products, "purchased_us", matches),
+                "search_terms": _recent_terms(searches, name_tokens),
+            }
+        )
     return {"total": hits.total, "results": results}
 
 
-def _product_lists(engine: Engine, query: SegmentQuery, ext_ids: list[str]) -> dict[str, dict[str, list[str]]]:
-    """Distinct pids matching every product-level criterion, most recent first, per user and list."""
+Activity = dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+
+
+def _activity(engine: Engine, ext_ids: list[str]) -> Activity:
+    """The ``user_activity`` rows of the page's users, JSON decoded."""
     if not ext_ids:
         return {}
-    up, p = relational.user_products, relational.products
-    select = (
-        sa.select(up.c.ext_id, up.c.pid, up.c.last_visited_us, up.c.last_purchased_us)
-        .select_from(up.outerjoin(p, p.c.pid == up.c.pid))
-        .where(up.c.ext_id.in_(ext_ids))
-    )
+    table = relational.user_activity
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table).where(table.c.ext_id.in_(ext_ids))).all()
+    return {row.ext_id: (json.loads(row.products), json.loads(row.searches)) for row in rows}
+
+
+def _product_matcher(engine: Engine, query: SegmentQuery, activity: Activity) -> set[str] | None:
+    """The page's pids that match every product-level criterion; None when no criterion is given."""
+    if not query.has_product_criteria:
+        return None
+    pids = sorted({item["pid"] for products, _ in activity.values() for item in products})
+    if not pids:
+        return set()
+    p = relational.products
+    select = sa.select(p.c.pid).where(p.c.pid.in_(pids))
     if query.brand is not None:
         select = select.where(p.c.brand == query.brand)
     if query.generic_name is not None:
@@ -64,33 +79,28 @@ def _product_lists(engine: Engine, query: SegmentQuery, ext_ids: list[str]) -> d
     if query.category_id is not None:
         category = int(query.category_id)
         if abs(category) > relational.INT64_MAX:
-            return {}  # no stored id can be that large
+            return set()  # no stored id can be that large
         select = select.where(p.c[f"cat_l{query.category_level}"] == category)
-    rows = relational.read_frame(engine, select)
-    lists: dict[str, dict[str, list[str]]] = {}
-    for name, column in (("visited", "last_visited_us"), ("purchased", "last_purchased_us")):
-        recent = rows[rows[column].notna()].sort_values(["ext_id", column, "pid"], ascending=[True, False, True])
-        for ext_id, pids in recent.groupby("ext_id", sort=False)["pid"]:
-            lists.setdefault(str(ext_id), {})[name] = pids.head(MAX_PRODUCTS).tolist()
-    return lists
+    with engine.connect() as conn:
+        return {row.pid for row in conn.execute(select)}
 
 
-def _search_terms(engine: Engine, query: SegmentQuery, ext_ids: list[str]) -> dict[str, list[str]]:
-    """The user's distinct query texts containing the brand or generic name (all when neither), newest first."""
-    if not ext_ids:
-        return {}
-    us = relational.user_searches
-    rows = relational.read_frame(
-        engine, sa.select(us.c.ext_id, us.c.query, us.c.last_searched_us).where(us.c.ext_id.in_(ext_ids))
-    )
-    names = [tokenize(n) for n in (query.brand, query.generic_name) if n is not None]
-    if names and len(rows):
-        keep = rows["query"].map(lambda text: any(contains_name(tokenize(text), name) for name in names))
-        rows = rows[keep.astype(bool)]
-    rows = rows.sort_values(["ext_id", "last_searched_us", "query"], ascending=[True, False, True])
-    return {str(k): v.head(MAX_SEARCH_TERMS).tolist() for k, v in rows.groupby("ext_id", sort=False)["query"]}
+def _recent_pids(products: list[dict[str, Any]], time_key: str, matches: set[str] | None) -> list[str]:
+    """Distinct pids with a ``time_key`` event (and matching, when criteria are given), newest first."""
+    kept = [p for p in products if p[time_key] is not None and (matches is None or p["pid"] in matches)]
+    kept.sort(key=lambda p: (-p[time_key], p["pid"]))
+    return [p["pid"] for p in kept[:MAX_PRODUCTS]]
+
+
+def _recent_terms(searches: list[dict[str, Any]], name_tokens: list[list[str]]) -> list[str]:
+    """Distinct texts containing the brand or generic name (all when neither is given), newest first."""
+    kept = [s for s in searches if not name_tokens or any(contains_name(tokenize(s["query"]), n) for n in name_tokens)]
+    kept.sort(key=lambda s: (-s["searched_us"], s["query"]))
+    return [s["query"] for s in kept[:MAX_SEARCH_TERMS]]
 
 
 def export_rows(engine: Engine) -> pd.DataFrame:
     """Normalised personas ordered by ext_id, maps as JSON text (for ``persona export``)."""
-    return relational.read_frame(engine, sa.select(relational.user_personas).order_by(relational.user_personas.c.ext_id))
+    return relational.read_frame(
+        engine, sa.select(relational.user_personas).order_by(relational.user_personas.c.ext_id)
+    )

@@ -43,15 +43,11 @@ def flag_users_changed(engine: Engine, ext_ids: Iterable[str]) -> int:
 
 def snapshot_flags(engine: Engine) -> pd.DataFrame:
     """(ext_id, change_seq, has_changed) of every user, read before a calculation reads events."""
-    frame = read_frame(
-        engine, sa.select(user_persona.c.extId, user_persona.c.change_seq, user_persona.c.hasChanged)
-    )
+    frame = read_frame(engine, sa.select(user_persona.c.extId, user_persona.c.change_seq, user_persona.c.hasChanged))
     return frame.rename(columns={"extId": "ext_id", "hasChanged": "has_changed"})
 
 
-def advance_flags(
-    engine: Engine, snapshot: pd.DataFrame, from_states: Sequence[int], to_state: int
-) -> int:
+def advance_flags(engine: Engine, snapshot: pd.DataFrame, from_states: Sequence[int], to_state: int) -> int:
     """Move users of ``snapshot`` from ``from_states`` to ``to_state`` where change_seq is unchanged.
 
     One set-based UPDATE against a temporary table of the snapshot: portable SQL and no

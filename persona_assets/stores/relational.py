@@ -86,23 +86,19 @@ attribute_vocabulary = sa.Table(
     sa.Column("total", sa.Float, nullable=False),
 )
 
-# Per-user product history for a query's `visited` / `purchased` lists (times: epoch microseconds).
-user_products = sa.Table(
-    "user_products",
+# The query's read model: one row per user with every product they touched (latest visit and purchase,
+# epoch microseconds) and every distinct search text with its latest time, as JSON. One row per user keeps
+# the rebuild's write to ~users rows instead of ~users x products.
+user_activity = sa.Table(
+    "user_activity",
     metadata,
     sa.Column("ext_id", ID, primary_key=True),
-    sa.Column("pid", ID, primary_key=True),
-    sa.Column("last_visited_us", sa.BigInteger, nullable=True),
-    sa.Column("last_purchased_us", sa.BigInteger, nullable=True),
+    # [{"pid": str, "visited_us": int | null, "purchased_us": int | null}, ...]
+    sa.Column("products", LONG_TEXT, nullable=False),
+    # [{"query": str, "searched_us": int}, ...]
+    sa.Column("searches", LONG_TEXT, nullable=False),
 )
 
-user_searches = sa.Table(
-    "user_searches",
-    metadata,
-    sa.Column("ext_id", ID, nullable=False, index=True),
-    sa.Column("query", sa.Text, nullable=False),
-    sa.Column("last_searched_us", sa.BigInteger, nullable=False),
-)
 
 imports = sa.Table(
     "imports",
@@ -199,6 +195,25 @@ def bulk_insert(conn: Connection, table: sa.Table, rows: pd.DataFrame) -> int:
     columns = list(rows.columns)
     stmt = sa.insert(table).values({c: sa.bindparam(c) for c in columns})
     return executemany(conn, stmt, columns, frame_rows(rows))
+
+
+def insert_result(conn: Connection, table: sa.Table, result: Any, *, upsert_columns: Sequence[str] = ()) -> int:
+    """Stream a DuckDB result (``con.execute(sql)``) into ``table`` without a pandas round trip.
+
+    Columns are named by the query; with ``upsert_columns``, existing keys get those columns overwritten.
+    """
+    columns = [d[0] for d in result.description]
+    values = {c: sa.bindparam(c) for c in columns}
+    if upsert_columns:
+        stmt = upsert_statement(conn, table, values, {c: _inserted(conn, table, c) for c in upsert_columns})
+    else:
+        stmt = sa.insert(table).values(values)
+
+    def batches() -> Iterable[tuple]:
+        while batch := result.fetchmany(CHUNK_ROWS):
+            yield from batch
+
+    return executemany(conn, stmt, columns, batches())
 
 
 def bulk_upsert(conn: Connection, table: sa.Table, rows: pd.DataFrame, update: Sequence[str]) -> int:
