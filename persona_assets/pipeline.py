@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from pathlib import Path
 
-from dagster import AssetSelection, DagsterInstance, materialize
+from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
 
 from persona_assets.definitions import REBUILD, REFERENCE, all_assets
 from persona_assets.resources import resources_from_settings
@@ -42,7 +42,7 @@ def _run(
     progress: Progress,
     tags: dict[str, str] | None = None,
     run_config: dict | None = None,
-) -> None:
+) -> ExecuteInProcessResult:
     started = time.perf_counter()
     progress(f"▶ {label}")
     with warnings.catch_warnings():
@@ -67,6 +67,7 @@ def _run(
         shown = {k: v.value for k, v in materialization.metadata.items() if isinstance(v.value, int | float | str)}
         progress(f"  ✓ {key}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     progress(f"  {label} done in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
+    return result
 
 
 def contiguous_ranges(days: Iterable[str]) -> list[tuple[str, str]]:
@@ -104,8 +105,8 @@ def materialize_event_days(
 
 def materialize_rebuild(
     settings: PersonaSettings, instance: DagsterInstance, progress: Progress, run_config: dict | None = None
-) -> None:
-    _run(
+) -> ExecuteInProcessResult:
+    return _run(
         settings,
         instance,
         REBUILD,

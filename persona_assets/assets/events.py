@@ -9,9 +9,11 @@ from dagster import (
     BackfillPolicy,
     BetaWarning,
     MaterializeResult,
+    MetadataValue,
     asset,
 )
 
+from persona_assets.ingest.importer import latest_import_rejects
 from persona_assets.partitions import daily_events
 from persona_assets.resources import EventStoreResource, RelationalStore
 from persona_assets.stores.changes import flag_users_changed
@@ -47,9 +49,12 @@ def build_raw_event_asset(kind: EventKind) -> AssetsDefinition:
             touched |= users
         flagged = flag_users_changed(relational_store.engine, touched)
         context.log.info(f"raw_{kind.name}: published {len(days)} day(s), {rows:,} events, flagged {flagged:,} users")
+        rejected = latest_import_rejects(relational_store.engine, kind.csv_file)
         return MaterializeResult(
             metadata={
                 "days": len(days),
+                "rejected_in_last_import": sum(rejected.values()),
+                "rejected_by_reason": MetadataValue.json(rejected),
                 "events": rows,
                 "users_flagged": flagged,
                 "seconds": round(time.perf_counter() - started, 3),

@@ -100,7 +100,7 @@ def user_raw_affinities(
     return MaterializeResult(metadata=metadata)
 
 
-@asset(group_name="personas", deps=["product_catalog", *RAW_EVENT_DEPS], kinds={"duckdb", "sql"})
+@asset(group_name="personas", deps=RAW_EVENT_DEPS, kinds={"duckdb", "sql"})
 def user_activity(event_store: EventStoreResource, relational_store: RelationalStore) -> MaterializeResult:
     """Each user's products (latest visit and purchase) and search texts: the query's ``visited``,
     ``purchased`` and ``search_terms`` come from here."""
@@ -134,6 +134,7 @@ def attribute_vocabulary(
     """Top brands and generic names by raw affinity summed over all users (ties: name ascending)."""
     if config.brand_size < 0 or config.generic_size < 0:
         raise ValueError("attribute_vocabulary: brand_size and generic_size must be ≥ 0")
+    started = time.perf_counter()
     con = affinities.connect()
     _read_work(con, event_store, "raw_affinity")
     vocabulary = affinities.compute_vocabulary(con, config.brand_size, config.generic_size)
@@ -144,6 +145,7 @@ def attribute_vocabulary(
         metadata={
             "brands": int(counts.get("brand", 0)),
             "generic_names": int(counts.get("generic", 0)),
+            "seconds": round(time.perf_counter() - started, 3),
             "top_brands": MetadataValue.md(
                 ", ".join(vocabulary.loc[vocabulary["kind"] == "brand", "name"].head(10).tolist())
             ),

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from dagster import MaterializeResult, MetadataValue, asset
 
 from persona_assets.contract.pincodes import directory_version, pincode_tier_table
-from persona_assets.ingest.importer import catalog_landing_path
+from persona_assets.ingest.importer import catalog_landing_path, latest_import_rejects
 from persona_assets.resources import EventStoreResource, RelationalStore
 from persona_assets.stores import relational
 
@@ -28,9 +28,12 @@ def product_catalog(event_store: EventStoreResource, relational_store: Relationa
     started = time.perf_counter()
     products = _landed_catalog(event_store, "products")
     relational.replace_table(relational_store.engine, relational.products, products)
+    rejected = latest_import_rejects(relational_store.engine, "products.csv")
     return MaterializeResult(
         metadata={
             "products": len(products),
+            "rejected_in_last_import": sum(rejected.values()),
+            "rejected_by_reason": MetadataValue.json(rejected),
             "brands": int(products.loc[products["brand"] != "", "brand"].nunique()),
             "generic_names": int(products.loc[products["generic_name"] != "", "generic_name"].nunique()),
             "sites": MetadataValue.json(products["pos"].value_counts().to_dict()),
@@ -59,13 +62,18 @@ def category_levels(categories: pd.DataFrame, max_depth: int = 16) -> pd.Series:
 @asset(group_name="reference", kinds={"sql"})
 def category_hierarchy(event_store: EventStoreResource, relational_store: RelationalStore) -> MaterializeResult:
     """Categories with their level (L1/L2/L3...), the legacy ``newFlipBreadCrumbs`` / ``getL2Cats``."""
+    started = time.perf_counter()
     categories = _landed_catalog(event_store, "categories")
     categories = categories.assign(level=category_levels(categories))
     relational.replace_table(relational_store.engine, relational.categories, categories)
     by_level = categories["level"].value_counts(dropna=False)
+    rejected = latest_import_rejects(relational_store.engine, "categories.csv")
     return MaterializeResult(
         metadata={
             "categories": len(categories),
+            "rejected_in_last_import": sum(rejected.values()),
+            "rejected_by_reason": MetadataValue.json(rejected),
+            "seconds": round(time.perf_counter() - started, 3),
             "by_level": MetadataValue.json(
                 {("broken chain" if pd.isna(k) else f"L{k}"): int(v) for k, v in by_level.items()}
             ),
@@ -76,6 +84,7 @@ def category_hierarchy(event_store: EventStoreResource, relational_store: Relati
 @asset(group_name="reference", kinds={"parquet"})
 def pincode_tiers(event_store: EventStoreResource) -> MaterializeResult:
     """Every India Post pincode with its city tier (HRA X → Tier1, Y → Tier2, otherwise Tier3)."""
+    started = time.perf_counter()
     table = pincode_tier_table()
     path = event_store.layout.reference_dir / PINCODE_TIERS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +95,7 @@ def pincode_tiers(event_store: EventStoreResource) -> MaterializeResult:
             "by_tier": MetadataValue.json(table["tier"].value_counts().to_dict()),
             "directory_version": directory_version(),
             "path": str(path),
+            "seconds": round(time.perf_counter() - started, 3),
         }
     )
 

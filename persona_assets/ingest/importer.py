@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 
 from persona_assets.ingest.validation import (
     OPTIONAL_FILES,
@@ -64,6 +65,20 @@ class ImportReport:
             },
             "landed_days": {kind: len(days) for kind, days in self.landed_days.items()},
         }
+
+
+def latest_import_rejects(engine, file_name: str) -> dict[str, int]:
+    """Rejected rows of ``file_name`` by reason in the most recent import that contained it."""
+    table = relational.imports
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(table.c.summary).order_by(table.c.started_at.desc(), table.c.import_id.desc())
+        ).all()
+    for (summary,) in rows:
+        files = json.loads(summary).get("files", {})
+        if file_name in files:
+            return dict(files[file_name]["rejected"])
+    return {}
 
 
 def catalog_landing_path(landing_dir: Path, name: str) -> Path:

@@ -1,0 +1,295 @@
+"""Benchmark: full rebuild (event store → queryable index) vs a hand-written DuckDB baseline; query latency.
+
+Usage: .venv/bin/python bench/rebuild_bench.py --users 100000 [--seed 7] [--workdir /tmp/persona-bench]
+       [--out docs/bench/rebuild-100k]   (writes OUT.json and OUT.png)
+
+Steps, all in one run so the ratio compares like with like on the same machine state; each timed
+phase runs in its own process, so its peak RSS is its own:
+1. generate N synthetic users (cached in WORKDIR/data-N-seed) and `persona import` them into a fresh
+   PERSONA_HOME (import time reported, not part of the rebuild);
+2. the full rebuild through Dagster (user_raw_affinities … persona_index): wall time, per-asset time,
+   peak RSS;
+3. the baseline: one straightforward hand-written DuckDB query computing the same raw affinities from
+   the same Parquet event store; both results must agree row for row;
+4. 200 varied top-20 segment queries in-process: index ranking alone, and the full answer with the
+   relational enrichment; p50 / p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASELINE_SQL = """
+WITH ev AS (
+  SELECT ext_id, pid, pincode, 1 AS w FROM visits
+  UNION ALL SELECT ext_id, pid, pincode, 40 FROM checkouts
+),
+prod AS (SELECT * FROM products),
+contrib AS (
+  SELECT ev.ext_id, 'brand' AS dimension, p.brand AS key, ev.w AS weight FROM ev JOIN prod p USING (pid) WHERE p.brand <> ''
+  UNION ALL SELECT ev.ext_id, 'generic', p.generic_name, ev.w FROM ev JOIN prod p USING (pid) WHERE p.generic_name <> ''
+  UNION ALL SELECT ev.ext_id, 'category', CAST(p.cat_l1 AS VARCHAR), ev.w FROM ev JOIN prod p USING (pid) WHERE p.cat_l1 IS NOT NULL
+  UNION ALL SELECT ev.ext_id, 'category', CAST(p.cat_l2 AS VARCHAR), ev.w FROM ev JOIN prod p USING (pid) WHERE p.cat_l2 IS NOT NULL
+  UNION ALL SELECT ev.ext_id, 'category', CAST(p.cat_l3 AS VARCHAR), ev.w FROM ev JOIN prod p USING (pid) WHERE p.cat_l3 IS NOT NULL
+  UNION ALL SELECT ev.ext_id, 'ecomm', p.pos, ev.w FROM ev JOIN prod p USING (pid) WHERE p.pos <> ''
+  UNION ALL SELECT ev.ext_id, 'gender', p.gender, 1 FROM ev JOIN prod p USING (pid) WHERE p.gender IS NOT NULL
+  UNION ALL SELECT ev.ext_id, 'city', t.tier, 1 FROM ev JOIN prod p USING (pid) JOIN pincode_tiers t ON t.pincode = ev.pincode
+  UNION ALL
+  -- Searches: a name is found when its space-joined tokens occur between spaces in the query's.
+  SELECT s.ext_id, n.dimension, n.name, 5
+  FROM (SELECT ext_id, ' ' || array_to_string(regexp_extract_all(lower(query), $pattern), ' ') || ' ' AS padded,
+               row_number() OVER () AS search_row
+        FROM searches) s
+  JOIN names n ON contains(s.padded, ' ' || n.token_key || ' ')
+)
+SELECT ext_id, dimension, key, SUM(weight)::DOUBLE AS weight FROM contrib GROUP BY ALL
+"""
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_rebuild() -> dict:
+    from persona_assets.pipeline import dagster_instance, materialize_rebuild
+    from persona_assets.settings import PersonaSettings
+
+    settings = PersonaSettings.from_env()
+    instance = dagster_instance(settings)
+    started = time.perf_counter()
+    result = materialize_rebuild(settings, instance, lambda m: print(m, file=sys.stderr, flush=True))
+    seconds = time.perf_counter() - started
+    steps = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.materialization
+        value = materialization.metadata.get("seconds")
+        steps[materialization.asset_key.to_user_string()] = float(value.value) if value is not None else None
+    return {"seconds": seconds, "asset_seconds": steps, "peak_rss_mib": _peak_rss_mib()}
+
+
+def phase_baseline() -> dict:
+    import pandas as pd
+
+    from persona_assets.assets.reference import PINCODE_TIERS_FILE
+    from persona_assets.compute import affinities
+    from persona_assets.contract.tokens import token_regex_re2
+    from persona_assets.resources import resources_from_settings
+    from persona_assets.settings import PersonaSettings
+    from persona_assets.stores import relational
+    from persona_assets.stores.events import EventStore
+
+    settings = PersonaSettings.from_env()
+    engine = resources_from_settings(settings)["relational_store"].engine
+    con = affinities.connect()
+    affinities.register_events(con, EventStore(settings.layout.landing_dir, settings.layout.events_dir))
+    affinities.register_reference(
+        con,
+        relational.read_frame(engine, relational.products),
+        relational.read_frame(engine, relational.categories),
+        pd.read_parquet(settings.layout.reference_dir / PINCODE_TIERS_FILE),
+    )
+    started = time.perf_counter()
+    con.execute(f"CREATE TABLE baseline AS {BASELINE_SQL}", {"pattern": token_regex_re2()})
+    seconds = time.perf_counter() - started
+    ours = settings.layout.work_dir / "raw_affinity.parquet"
+    con.execute(f"CREATE VIEW ours AS SELECT * FROM read_parquet('{ours}')")
+    mismatches = con.execute(
+        """
+        SELECT COUNT(*) FROM (
+          (SELECT * FROM ours EXCEPT ALL SELECT * FROM baseline) UNION ALL (SELECT * FROM baseline EXCEPT ALL SELECT * FROM ours)
+        )
+        """
+    ).fetchall()[0][0]
+    counts = con.execute(
+        "SELECT (SELECT COUNT(*) FROM visits), (SELECT COUNT(*) FROM checkouts), (SELECT COUNT(*) FROM searches)"
+    ).fetchall()[0]
+    return {
+        "seconds": seconds,
+        "mismatched_rows": mismatches,
+        "events": {"visits": counts[0], "checkouts": counts[1], "searches": counts[2]},
+        "peak_rss_mib": _peak_rss_mib(),
+    }
+
+
+def _varied_requests(engine, count: int, seed: int) -> list[dict]:
+    from persona_assets.stores import relational
+
+    vocab = relational.read_frame(engine, relational.attribute_vocabulary)
+    brands = vocab.loc[vocab["kind"] == "brand", "name"].tolist()
+    generics = vocab.loc[vocab["kind"] == "generic", "name"].tolist()
+    cats = relational.read_frame(engine, relational.categories)
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(count):
+        request: dict = {"size": 20}
+        if rng.random() < 0.6:
+            request["gender"] = rng.choice(["men", "women", "any"])
+        if rng.random() < 0.6:
+            request["cityTier"] = rng.choice(["Tier1", "tier 2", "3"])
+        if rng.random() < 0.7:
+            request["brand"] = rng.choice(brands[:100])
+        if rng.random() < 0.5:
+            request["genericName"] = rng.choice(generics[:200])
+        if rng.random() < 0.5:
+            level = rng.choice([1, 2, 3])
+            ids = cats.loc[cats["level"] == level, "cat_id"].tolist() or cats["cat_id"].tolist()
+            request[f"level{level}Cat"] = int(rng.choice(ids))
+        requests.append(request)
+    return requests
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def phase_queries(count: int, seed: int) -> dict:
+    from persona_assets.query.request import parse_segment_request
+    from persona_assets.query.scoring import ScoreWeights
+    from persona_assets.query.service import fetch_personas
+    from persona_assets.resources import resources_from_settings
+    from persona_assets.settings import PersonaSettings
+    from persona_assets.stores.embedded_index import open_index
+
+    resources = resources_from_settings(PersonaSettings.from_env())
+    engine = resources["relational_store"].engine
+    index = open_index(resources["search_index"].index_dir)
+    requests = _varied_requests(engine, count, seed)
+    weights = ScoreWeights.from_env()
+    parsed = [parse_segment_request(r) for r in requests]
+    for query in parsed[:20]:
+        index.search(query, weights)  # warm caches
+    rank_ms, full_ms = [], []
+    for query in parsed:
+        started = time.perf_counter()
+        index.search(query, weights)
+        rank_ms.append((time.perf_counter() - started) * 1000)
+    for request in requests:
+        started = time.perf_counter()
+        fetch_personas(request, engine, resources["search_index"], weights)
+        full_ms.append((time.perf_counter() - started) * 1000)
+    return {
+        "personas": index.document_count,
+        "queries": count,
+        "rank_ms": {"p50": _percentile(rank_ms, 0.5), "p99": _percentile(rank_ms, 0.99)},
+        "full_answer_ms": {"p50": _percentile(full_ms, 0.5), "p99": _percentile(full_ms, 0.99)},
+    }
+
+
+def _in_child(phase: str, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--phase", phase, "--seed", str(args.seed), "--queries", str(args.queries)]
+    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(output)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = result["rebuild"]["asset_seconds"]
+    names = [n for n in ORDER if n in steps]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    bottom = 0.0
+    for name in names:
+        left.barh(["rebuild (Dagster, all assets)"], [steps[name]], left=[bottom], label=name)
+        bottom += steps[name] or 0
+    overhead = result["rebuild"]["seconds"] - bottom
+    left.barh(
+        ["rebuild (Dagster, all assets)"], [overhead], left=[bottom], color="lightgrey", label="Dagster run overhead"
+    )
+    left.barh(["baseline: raw affinities only"], [result["baseline"]["seconds"]], color="grey")
+    left.axvline(30, color="red", linestyle="--", linewidth=1, label="30 s target")
+    left.set_xlabel("seconds")
+    left.set_title(f"{result['users']:,} users, {result['events_total']:,} events", fontsize=10)
+    left.legend(fontsize=7, loc="lower right")
+    q = result["queries"]
+    right.bar(
+        ["rank p50", "rank p99", "answer p50", "answer p99"],
+        [q["rank_ms"]["p50"], q["rank_ms"]["p99"], q["full_answer_ms"]["p50"], q["full_answer_ms"]["p99"]],
+    )
+    right.axhline(50, color="red", linestyle="--", linewidth=1, label="50 ms target")
+    right.set_ylabel("milliseconds")
+    right.tick_params(axis="x", labelrotation=20, labelsize=8)
+    right.set_title(f"top-20 segment queries on {q['personas']:,} personas", fontsize=10)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+ORDER = ["user_activity", "user_raw_affinities", "attribute_vocabulary", "user_personas", "persona_index"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", default="/tmp/persona-bench")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--out", default=None, help="write OUT.json and OUT.png")
+    parser.add_argument("--phase", choices=["rebuild", "baseline", "queries"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        phases = {"rebuild": phase_rebuild, "baseline": phase_baseline}
+        result = phases[args.phase]() if args.phase in phases else phase_queries(args.queries, args.seed)
+        print(json.dumps(result))
+        return 0
+
+    workdir = Path(args.workdir)
+    data_dir = workdir / f"data-{args.users}-{args.seed}"
+    home = workdir / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    os.environ.update({"PERSONA_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")})
+    (home / "dagster").mkdir(parents=True)
+    for name in ("PERSONA_DB_URL", "PERSONA_OPENSEARCH_URL"):
+        os.environ.pop(name, None)
+    persona = [str(Path(sys.executable).with_name("persona"))]
+    if not (data_dir / "visits.csv").exists():
+        subprocess.run(
+            [*persona, "generate", str(data_dir), "--users", str(args.users), "--seed", str(args.seed)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    started = time.perf_counter()
+    subprocess.run([*persona, "import", str(data_dir)], check=True, stdout=subprocess.DEVNULL)
+    import_seconds = time.perf_counter() - started
+
+    rebuild = _in_child("rebuild", args)
+    baseline = _in_child("baseline", args)
+    queries = _in_child("queries", args)
+    result = {
+        "command": " ".join([".venv/bin/python", "bench/rebuild_bench.py", *sys.argv[1:]]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python {platform.python_version()}",
+        "users": args.users,
+        "events_total": sum(baseline["events"].values()),
+        "events": baseline["events"],
+        "import_seconds": round(import_seconds, 2),
+        "rebuild": rebuild,
+        "baseline": baseline,
+        "rebuild_over_baseline": round(rebuild["seconds"] / baseline["seconds"], 2),
+        "queries": queries,
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        plot(result, out.with_suffix(".png"))
+    return 0 if baseline["mismatched_rows"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Shared fixtures for the contract tests (docs: /work/shared/docs/persona-contract.md).
+
+* ``persona_home``: a fresh ``PERSONA_HOME`` (and ``DAGSTER_HOME``) for one test.
+* ``write_import_dir``: writes the contract's CSV files from small hand-built rows.
+* ``Pipeline`` / ``run_pipeline``: runs ``persona import`` + ``persona materialize`` through the CLI's
+  ``main`` in an isolated home, then exposes the exported JSONL (keyed by ext_id), the relational
+  tables and a way to run segment queries (``fetch_personas`` directly, or ``persona query``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+CONTRACT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "products.csv": ("pid", "pos", "title", "brand", "generic_name", "gender", "cat_l1", "cat_l2", "cat_l3", "price"),
+    "categories.csv": ("cat_id", "name", "parent_id"),
+    "visits.csv": ("ext_id", "pid", "pincode", "visited_at"),
+    "checkouts.csv": ("order_id", "ext_id", "pid", "pincode", "ordered_at"),
+    "searches.csv": ("ext_id", "query", "searched_at"),
+}
+
+# Environment variables the product reads; every test runs with a controlled set of them.
+PERSONA_ENV_VARS = (
+    "PERSONA_HOME",
+    "PERSONA_DB_URL",
+    "PERSONA_OPENSEARCH_URL",
+    "PERSONA_SCORE_WEIGHTS",
+    "PERSONA_EVENTS_START",
+    "DAGSTER_HOME",
+)
+
+Row = Mapping[str, Any] | Sequence[Any]
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Row]) -> Path:
+    """Write ``rows`` (dicts keyed by column, missing keys = empty; or sequences in header order)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in rows:
+            if isinstance(row, Mapping):
+                writer.writerow(["" if row.get(c) is None else row.get(c) for c in header])
+            else:
+                writer.writerow(["" if v is None else v for v in row])
+    return path
+
+
+def write_import_dir(
+    path: Path,
+    products: Sequence[Row] | None = None,
+    categories: Sequence[Row] | None = None,
+    visits: Sequence[Row] | None = None,
+    checkouts: Sequence[Row] | None = None,
+    searches: Sequence[Row] | None = None,
+    headers: Mapping[str, Sequence[str]] | None = None,
+) -> Path:
+    """Write an import directory; a file whose rows are ``None`` is not written at all.
+
+    ``headers`` overrides the header row of a file (to drop, add, pad or reorder columns); dict rows
+    are then written in the order of that header (looked up by the trimmed column name).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    given = {
+        "products.csv": products,
+        "categories.csv": categories,
+        "visits.csv": visits,
+        "checkouts.csv": checkouts,
+        "searches.csv": searches,
+    }
+    for name, rows in given.items():
+        if rows is None:
+            continue
+        header = list((headers or {}).get(name, CONTRACT_COLUMNS[name]))
+        normalised = [{h: row.get(h.strip()) for h in header} if isinstance(row, Mapping) else row for row in rows]
+        write_csv(path / name, header, normalised)
+    return path
+
+
+@contextlib.contextmanager
+def persona_env(home: Path, dagster_home: Path) -> Iterator[None]:
+    """PERSONA_HOME/DAGSTER_HOME pointing at ``home``/``dagster_home``; other PERSONA_* unset."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in PERSONA_ENV_VARS:
+            mp.delenv(name, raising=False)
+        mp.setenv("PERSONA_HOME", str(home))
+        mp.setenv("DAGSTER_HOME", str(dagster_home))
+        yield
+
+
+@pytest.fixture
+def persona_home(tmp_path: Path) -> Iterator[Path]:
+    """A fresh, empty PERSONA_HOME for one test (DAGSTER_HOME is a separate tmp dir)."""
+    home = tmp_path / "persona-home"
+    with persona_env(home, tmp_path / "dagster-home"):
+        yield home
+
+
+@pytest.fixture(name="write_import_dir")
+def write_import_dir_fixture():
+    """The ``write_import_dir`` helper as a fixture (it is also importable from ``conftest``)."""
+    return write_import_dir
+
+
+class Pipeline:
+    """One isolated persona home driven through the CLI (``persona_assets.cli.main``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.home = self.root / "persona-home"
+        self.dagster_home = self.root / "dagster-home"
+        self.personas: dict[str, dict] = {}
+        self.export_lines: list[str] = []
+
+    def env(self):
+        return persona_env(self.home, self.dagster_home)
+
+    @property
+    def settings(self):
+        from persona_assets.settings import PersonaSettings
+
+        return PersonaSettings.from_env({"PERSONA_HOME": str(self.home)})
+
+    @functools.cached_property
+    def engine(self):
+        from persona_assets.stores import relational
+
+        return relational.create_engine(self.settings.db_url)
+
+    def cli(self, *argv: str) -> tuple[int, str, str]:
+        """Run ``persona ARGV`` in this home; returns (exit code, stdout, stderr)."""
+        from persona_assets.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with self.env(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as exit_:  # argparse errors
+                code = exit_.code if isinstance(exit_.code, int) else 1
+        return code, out.getvalue(), err.getvalue()
+
+    def check(self, *argv: str) -> str:
+        code, out, err = self.cli(*argv)
+        assert code == 0, f"persona {' '.join(map(str, argv))} exited {code}:\n{out}\n{err}"
+        return out
+
+    def import_dir(self, directory: Path) -> str:
+        return self.check("import", directory)
+
+    def materialize(self) -> str:
+        return self.check("materialize")
+
+    def export(self) -> dict[str, dict]:
+        """``persona export FILE``, parsed: ext_id -> the JSON object of its line."""
+        target = self.root / "export.jsonl"
+        self.check("export", target)
+        self.export_lines = target.read_text(encoding="utf-8").splitlines()
+        personas: dict[str, dict] = {}
+        for line in self.export_lines:
+            record = json.loads(line)
+            assert record["ext_id"] not in personas, f"two lines for {record['ext_id']!r}"
+            personas[record["ext_id"]] = record
+        self.personas = personas
+        return personas
+
+    def query(self, payload: object) -> dict:
+        """The contract response of ``fetch_personas`` on this home's stores (default weights)."""
+        from persona_assets.query.service import fetch_personas
+        from persona_assets.resources import resources_from_settings
+
+        resources = resources_from_settings(self.settings)
+        with self.env():
+            return fetch_personas(payload, resources["relational_store"].engine, resources["search_index"])
+
+    def cli_query(self, payload: object | str) -> tuple[int, dict | None, str]:
+        """``persona query JSON``: (exit code, parsed stdout or None, stderr)."""
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        code, out, err = self.cli("query", text)
+        return code, (json.loads(out) if code == 0 else None), err
+
+    def table(self, name: str) -> pd.DataFrame:
+        from persona_assets.stores import relational
+
+        return relational.read_frame(self.engine, getattr(relational, name))
+
+    def flags(self) -> dict[str, int]:
+        """ext_id -> hasChanged of the legacy ``user_persona`` table."""
+        from persona_assets.stores import relational
+
+        frame = relational.read_frame(
+            self.engine, sa.select(relational.user_persona.c.extId, relational.user_persona.c.hasChanged)
+        )
+        return {str(k): int(v) for k, v in zip(frame["extId"], frame["hasChanged"], strict=True)}
+
+
+def run_pipeline(root: Path, **files: Sequence[Row] | None) -> Pipeline:
+    """Write the import directory, then ``persona import DIR``, ``persona materialize`` and ``persona export``."""
+    pipeline = Pipeline(root)
+    source = write_import_dir(pipeline.root / "import", **files)
+    pipeline.import_dir(source)
+    pipeline.materialize()
+    pipeline.export()
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def pipeline_factory(tmp_path_factory: pytest.TempPathFactory):
+    """``make(name, products=..., categories=..., visits=..., ...)`` -> a materialised :class:`Pipeline`."""
+
+    def make(name: str, **files: Sequence[Row] | None) -> Pipeline:
+        return run_pipeline(tmp_path_factory.mktemp(name), **files)
+
+    return make

@@ -1,0 +1,119 @@
+"""Contract section 5: ``hasChanged`` (1 = needs calculation, 2 = calculated, 0 = searchable).
+
+The no-lost-update rule is exercised with a real write between the rebuild's steps: the rebuild is
+materialised in two Dagster runs, and between them a user is flagged exactly as an import flags it
+(``flag_users_changed``). That user must end at 1; everyone else at 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from conftest import Pipeline, write_import_dir
+from dagster import AssetSelection, materialize
+
+from persona_assets.definitions import REBUILD, all_assets
+from persona_assets.pipeline import QUIET_LOGGERS, dagster_instance
+from persona_assets.resources import resources_from_settings
+from persona_assets.stores.changes import advance_flags, flag_counts, flag_users_changed, snapshot_flags
+
+CATEGORIES = [("1", "All", "")]
+PRODUCTS = [("P1", "flipkart", "t", "Nike", "Shoes", "men", "1", "", "", "1")]
+USERS = ("x", "y", "z")
+VISITS = [(user, "P1", "560001", "2024-03-01T10:00:00") for user in USERS]
+
+
+def run_assets(pipeline: Pipeline, selection: AssetSelection) -> None:
+    """Materialise ``selection`` in-process on the pipeline's home and Dagster instance."""
+    with pipeline.env(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = materialize(
+            all_assets,
+            selection=selection,
+            resources=resources_from_settings(pipeline.settings),
+            instance=dagster_instance(pipeline.settings),
+            run_config=QUIET_LOGGERS,
+        )
+    assert result.success
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    pipeline = Pipeline(tmp_path_factory.mktemp("change-tracking"))
+    pipeline.import_dir(
+        write_import_dir(pipeline.root / "import-1", products=PRODUCTS, categories=CATEGORIES, visits=VISITS)
+    )
+    return pipeline
+
+
+def test_import_flags_the_users_it_touches(imported):
+    assert imported.flags() == {"x": 1, "y": 1, "z": 1}
+
+
+def test_user_changed_while_raw_affinities_are_computed_ends_at_1(imported):
+    flag_users_changed(imported.engine, USERS)  # every user needs calculation
+    run_assets(imported, AssetSelection.assets("user_raw_affinities"))
+    assert imported.flags() == {"x": 1, "y": 1, "z": 1}  # not advanced yet
+    # An import lands new events of y (and of a new user) while the calculation runs.
+    flag_users_changed(imported.engine, ["y", "newcomer"])
+    run_assets(imported, REBUILD - AssetSelection.assets("user_raw_affinities"))
+    assert imported.flags() == {"x": 0, "y": 1, "z": 0, "newcomer": 1}
+
+
+def test_user_changed_after_personas_before_index_ends_at_1(imported):
+    flag_users_changed(imported.engine, USERS)
+    run_assets(imported, AssetSelection.assets("user_raw_affinities", "attribute_vocabulary", "user_personas"))
+    flags = imported.flags()
+    assert {u: flags[u] for u in USERS} == {"x": 2, "y": 2, "z": 2}
+    flag_users_changed(imported.engine, ["z"])  # new events for z while the index is being built
+    run_assets(imported, AssetSelection.assets("persona_index"))
+    flags = imported.flags()
+    assert {u: flags[u] for u in USERS} == {"x": 0, "y": 0, "z": 1}
+
+
+def test_a_later_full_rebuild_clears_every_flag(imported):
+    imported.materialize()
+    assert set(imported.flags().values()) == {0}
+
+
+def test_a_new_import_flags_only_the_users_it_touches_then_materialise_clears_them(imported):
+    imported.materialize()
+    assert set(imported.flags().values()) == {0}
+    imported.import_dir(
+        write_import_dir(
+            imported.root / "import-2",
+            products=PRODUCTS,
+            categories=CATEGORIES,
+            visits=[("x", "P1", "560001", "2024-03-02T10:00:00")],
+            searches=[("w", "nike", "2024-03-02")],
+        )
+    )
+    flags = imported.flags()
+    assert {u: flags[u] for u in (*USERS, "w")} == {"x": 1, "y": 0, "z": 0, "w": 1}
+    imported.materialize()
+    assert set(imported.flags().values()) == {0}
+    assert set(imported.export()) == {"x", "y", "z", "w"}
+
+
+# --------------------------------------------------------------------------- the store functions directly
+
+
+def test_advance_flags_skips_users_whose_change_seq_moved(persona_home):
+    from persona_assets.stores import relational
+
+    engine = relational.create_engine(f"sqlite:///{persona_home / 'flags.db'}")
+    relational.create_schema(engine)
+    flag_users_changed(engine, ["a", "b", "c"])
+    snapshot = snapshot_flags(engine)
+    assert sorted(snapshot["ext_id"]) == ["a", "b", "c"]
+    flag_users_changed(engine, ["b"])  # changed after the snapshot
+    assert advance_flags(engine, snapshot, [1], 2) == 2
+    assert flag_counts(engine) == {1: 1, 2: 2}
+    assert advance_flags(engine, snapshot, [2], 0) == 2
+    assert flag_counts(engine) == {0: 2, 1: 1}
+    # A second snapshot sees b's new version and may advance it.
+    later = snapshot_flags(engine)
+    assert advance_flags(engine, later, [1], 2) == 1
+    assert advance_flags(engine, later, [2], 0) == 1
+    assert flag_counts(engine) == {0: 3}
