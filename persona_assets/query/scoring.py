@@ -58,9 +58,7 @@ class ScoreWeights:
             try:
                 value = float(part)
             except ValueError:
-                raise ValueError(
-                    f"{WEIGHTS_ENV}={raw!r}: the {name} weight {part!r} is not a number"
-                ) from None
+                raise ValueError(f"{WEIGHTS_ENV}={raw!r}: the {name} weight {part!r} is not a number") from None
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{WEIGHTS_ENV}={raw!r}: the {name} weight must be a finite number >= 0")
             values.append(value)

@@ -203,8 +203,7 @@ def _prepare_postings(
     dim_arr = pc.index_in(dimension, value_set=pa.array(DIMENSIONS))
     if dim_arr.null_count:
         raise ValueError(
-            f"affinities: dimension {_first(dimension, pc.is_null(dim_arr))!r} "
-            f"is not one of {', '.join(DIMENSIONS)}"
+            f"affinities: dimension {_first(dimension, pc.is_null(dim_arr))!r} is not one of {', '.join(DIMENSIONS)}"
         )
     distinct_keys = pc.unique(key).cast(pa.string())
     key_vocab = distinct_keys.take(pc.sort_indices(distinct_keys))
@@ -308,9 +307,7 @@ def build_index(
 
     _switch_pointer(index_dir, build_id)
     _prune_builds(index_dir, keep_builds)
-    return IndexBuild(
-        build_id=build_id, path=final_path, document_count=len(ext_sorted), posting_count=int(rows.size)
-    )
+    return IndexBuild(build_id=build_id, path=final_path, document_count=len(ext_sorted), posting_count=int(rows.size))
 
 
 def _switch_pointer(index_dir: Path, build_id: str) -> None:
@@ -402,9 +399,7 @@ class EmbeddedIndex:
         self._rows = rows
         self._values = values
         self._slices = {dim: dict(slices.get(dim, {})) for dim in DIMENSIONS}
-        self._gender_rows = {
-            gender: np.flatnonzero(gender_codes == code) for code, gender in enumerate(GENDERS)
-        }
+        self._gender_rows = {gender: np.flatnonzero(gender_codes == code) for code, gender in enumerate(GENDERS)}
 
     @property
     def document_count(self) -> int:
@@ -468,9 +463,7 @@ class EmbeddedIndex:
         parts = {"C": c, "B": b, "G": g, "K": k}
         hits = []
         for ext_id, row in zip(ext_ids, rows.tolist(), strict=True):
-            components = {
-                name: float(part) if np.ndim(part) == 0 else float(part[row]) for name, part in parts.items()
-            }
+            components = {name: float(part) if np.ndim(part) == 0 else float(part[row]) for name, part in parts.items()}
             hits.append(
                 Hit(
                     ext_id=ext_id,
