@@ -117,6 +117,12 @@ def is_non_brand(brand: str) -> bool:
     return bool(words) and all(w in NON_BRAND_WORDS for w in words)
 
 
+def lacks_a_word(brand: str) -> bool:
+    """Values such as ``!!1000`` or ``T``: no run of two letters, so as a search name they would match
+    every query saying "under 1000" or "t shirt"."""
+    return brand != "" and re.search(r"[^\W\d_]{2,}", brand) is None
+
+
 def genuine_flipkart_parts(parts: list[str], title: str, brand: str) -> list[str]:
     """The leading parts of a Flipkart tree that are real categories (cut at the first product-ish part)."""
     if len(parts) <= 1:  # a tree without ">>" holds only the product name
@@ -186,6 +192,7 @@ def load_flipkart(path: Path) -> pd.DataFrame:
         [t.lower().startswith(b.lower()) for t, b in zip(title, brand, strict=True)], index=brand.index
     )
     brand = brand.where(~brand.map(is_non_brand) | starts_title, "")
+    brand = brand.where(~brand.map(lacks_a_word), "")
     parts = f["product_category_tree"].map(lambda s: [_clean_part(p) for p in json.loads(s)[0].split(">>")])
     genuine = [genuine_flipkart_parts(p, t, b) for p, t, b in zip(parts, title, brand, strict=True)]
     return pd.DataFrame(
@@ -371,7 +378,9 @@ Brand
   not start with it and every word of it is a colour / fit / filler word (`Regular`, `Slim Fit`,
   `Black`, `Light Pink`, `Black/ White`, `NA`, `Skanders`, `Mega product`, ...; the full word list
   is `NON_BRAND_WORDS` in the script): {flipkart_brand_dropped:,} rows. Values that start the title
-  (`Royal`, `Peach`, `Comfort`, `925 Silver`) are kept.
+  (`Royal`, `Peach`, `Comfort`, `925 Silver`) are kept, except values with no run of two letters
+  (`!!1000`, `T`): as search names they would match every query saying "under 1000" or "t shirt",
+  so they are made empty whatever the title says.
 - Amazon: the first whitespace-separated word of `product_name`, with trailing `®`, `™`, `©`,
   `,`, `.`, `:` or `;` removed (`7SEVEN®` -> `7SEVEN`). Casing is kept as in the title
   (`MI` / `Mi`, `ZEBRONICS` / `Zebronics`); the importer lower-cases brand keys, so they merge there.
