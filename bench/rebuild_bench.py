@@ -256,7 +256,9 @@ def main() -> int:
     for name in ("PERSONA_DB_URL", "PERSONA_OPENSEARCH_URL"):
         os.environ.pop(name, None)
     persona = [str(Path(sys.executable).with_name("persona"))]
+    generate_seconds = None
     if not (data_dir / "visits.csv").exists():
+        started = time.perf_counter()
         subprocess.run(
             [*persona, "generate", str(data_dir), "--users", str(args.users), "--seed", str(args.seed)],
             check=True,
@@ -276,6 +278,7 @@ def main() -> int:
         "users": args.users,
         "events_total": sum(baseline["events"].values()),
         "events": baseline["events"],
+        "generate_seconds": generate_seconds,
         "import_seconds": round(import_seconds, 2),
         "rebuild": rebuild,
         "baseline": baseline,

@@ -167,9 +167,7 @@ def user_personas(
     con = affinities.connect()
     for name in ("raw_affinity", "users"):
         _read_work(con, event_store, name)
-    categories = relational.read_frame(engine, relational.categories)
-    con.register("categories_df", categories[["cat_id"]])
-    con.execute("CREATE OR REPLACE TABLE categories AS SELECT CAST(cat_id AS VARCHAR) AS cat_id FROM categories_df")
+    affinities.register_categories(con, relational.read_frame(engine, relational.categories))
     vocabulary = pd.read_parquet(_work(event_store, "vocabulary"))
     affinities.compute_personas(con, vocabulary)
     affinities.write_parquet(con, "persona_affinity", _work(event_store, "persona_affinity"))

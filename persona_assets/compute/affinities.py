@@ -49,12 +49,17 @@ def register_reference(
     """Tables ``products``, ``categories``, ``pincode_tiers`` and the searchable ``names``."""
     con.register("products_df", products)
     con.execute("CREATE OR REPLACE TABLE products AS SELECT * FROM products_df")
-    con.register("categories_df", categories[["cat_id"]])
-    con.execute("CREATE OR REPLACE TABLE categories AS SELECT CAST(cat_id AS VARCHAR) AS cat_id FROM categories_df")
+    register_categories(con, categories)
     con.register("tiers_df", pincode_tiers[["pincode", "tier"]])
     con.execute("CREATE OR REPLACE TABLE pincode_tiers AS SELECT pincode, tier FROM tiers_df")
     con.register("names_df", searchable_names(products))
     con.execute("CREATE OR REPLACE TABLE names AS SELECT * FROM names_df")
+
+
+def register_categories(con: duckdb.DuckDBPyConnection, categories: pd.DataFrame) -> None:
+    """Table ``categories(cat_id)``: the hierarchy's ids as map keys (canonical decimal strings)."""
+    con.register("categories_df", categories[["cat_id"]])
+    con.execute("CREATE OR REPLACE TABLE categories AS SELECT CAST(cat_id AS VARCHAR) AS cat_id FROM categories_df")
 
 
 def searchable_names(products: pd.DataFrame) -> pd.DataFrame:
