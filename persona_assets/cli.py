@@ -180,6 +180,26 @@ def cmd_ui(args: argparse.Namespace, settings: PersonaSettings) -> int:
     return 0
 
 
+def cmd_services(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    """Throwaway MariaDB + OpenSearch under PERSONA_HOME/services; ``up`` prints the two export lines."""
+    import shlex
+
+    from persona_assets import services
+
+    if args.action == "up":
+        for name, value in services.up(settings.home).items():
+            print(f"export {name}={shlex.quote(value)}")
+    elif args.action == "down":
+        for name, was_running in services.down(settings.home).items():
+            _progress(f"{name}: {'stopped' if was_running else 'was not running'}")
+    else:
+        states = services.status(settings.home)
+        for state in states.values():
+            print(json.dumps(state.as_dict()))
+        return 0 if all(state.running for state in states.values()) else 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persona", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("services", help="start, stop or inspect a throwaway MariaDB + OpenSearch on loopback")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_services)
     p = sub.add_parser("ui", help="start the Dagster UI on the same instance the CLI uses")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--host", default="127.0.0.1")

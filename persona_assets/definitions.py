@@ -5,7 +5,6 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, define_asset_job, load_assets_from_modules
 
 from persona_assets.assets import events, personas, reference
-from persona_assets.partitions import daily_events
 from persona_assets.resources import resources_from_settings
 from persona_assets.settings import PersonaSettings
 
@@ -19,7 +18,7 @@ full_rebuild_job = define_asset_job(
     "full_rebuild", selection=REBUILD, description="Raw affinities → vocabulary → personas → a fresh index."
 )
 reference_job = define_asset_job("reference_data", selection=REFERENCE)
-ingest_events_job = define_asset_job("ingest_events", selection=EVENTS, partitions_def=daily_events)
+ingest_events_job = define_asset_job("ingest_events", selection=EVENTS, )
 
 defs = Definitions(
     assets=all_assets,

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from persona_assets.settings import HomeLayout, PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.events import EventStore
+from persona_assets.stores.search_backend import EmbeddedBackend, SearchBackend
 
 
 @cache
@@ -49,17 +50,25 @@ class SearchIndexResource(ConfigurableResource):
 
     home: str
     opensearch_url: str | None = None
+    # The alias queries go through; each rebuild creates "<alias>-<build id>" and swaps the alias to it.
+    opensearch_alias: str = "persona_personas"
 
     @property
     def index_dir(self) -> Path:
         return HomeLayout(Path(self.home)).index_dir
 
-    def check_backend(self) -> None:
+    def backend(self) -> SearchBackend:
+        """The configured backend: OpenSearch when ``opensearch_url`` is set, else the embedded index."""
         if self.opensearch_url:
-            raise NotImplementedError(
-                f"PERSONA_OPENSEARCH_URL={self.opensearch_url}: the OpenSearch backend is not built yet; "
-                "unset PERSONA_OPENSEARCH_URL to use the embedded index"
-            )
+            return _opensearch_backend(self.opensearch_url, self.opensearch_alias)
+        return EmbeddedBackend(self.index_dir)
+
+
+@cache
+def _opensearch_backend(url: str, alias: str) -> SearchBackend:
+    from persona_assets.stores.opensearch_index import OpenSearchBackend
+
+    return OpenSearchBackend(url, alias=alias)
 
 
 def resources_from_settings(settings: PersonaSettings) -> dict[str, ConfigurableResource]:
@@ -67,5 +76,7 @@ def resources_from_settings(settings: PersonaSettings) -> dict[str, Configurable
     return {
         "relational_store": RelationalStore(db_url=settings.db_url),
         "event_store": EventStoreResource(home=home),
-        "search_index": SearchIndexResource(home=home, opensearch_url=settings.opensearch_url),
+        "search_index": SearchIndexResource(
+            home=home, opensearch_url=settings.opensearch_url, opensearch_alias=settings.opensearch_alias
+        ),
     }

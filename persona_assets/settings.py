@@ -53,6 +53,7 @@ class PersonaSettings:
     opensearch_url: str | None
     # First day of the daily event partitions; events before it are rejected at import.
     events_start: date = date(2015, 1, 1)
+    opensearch_alias: str = "persona_personas"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PersonaSettings:
@@ -65,7 +66,13 @@ class PersonaSettings:
             events_start = date.fromisoformat(start_text)
         except ValueError as error:
             raise ValueError(f"PERSONA_EVENTS_START: {start_text!r} is not a YYYY-MM-DD date") from error
-        return cls(home=home, db_url=db_url, opensearch_url=opensearch_url, events_start=events_start)
+        return cls(
+            home=home,
+            db_url=db_url,
+            opensearch_url=opensearch_url,
+            events_start=events_start,
+            opensearch_alias=env.get("PERSONA_OPENSEARCH_ALIAS") or "persona_personas",
+        )
 
     @property
     def layout(self) -> HomeLayout:

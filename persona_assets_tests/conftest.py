@@ -1,5 +1,13 @@
 """Shared fixtures for the contract tests (docs: /work/shared/docs/persona-contract.md).
 
+The suite runs against one backend pair per session, chosen by ``PERSONA_TEST_BACKEND``:
+
+* ``embedded`` (default): SQLite under each test's PERSONA_HOME + the embedded index;
+* ``production``: a fresh MariaDB database and a fresh OpenSearch alias per PERSONA_HOME, on the real
+  servers named by ``PERSONA_TEST_DB_URL`` / ``PERSONA_TEST_OPENSEARCH_URL`` (``scripts/test`` starts
+  them with ``persona services up``), or started here for the session when those are unset;
+* ``mysql``: MariaDB as above with the embedded index (a mixed pair, handy when working on SQL).
+
 * ``persona_home``: a fresh ``PERSONA_HOME`` (and ``DAGSTER_HOME``) for one test.
 * ``write_import_dir``: writes the contract's CSV files from small hand-built rows.
 * ``Pipeline`` / ``run_pipeline``: runs ``persona import`` + ``persona materialize`` through the CLI's
@@ -9,11 +17,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import functools
+import hashlib
 import io
 import json
+import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +49,85 @@ PERSONA_ENV_VARS = (
     "PERSONA_OPENSEARCH_URL",
     "PERSONA_SCORE_WEIGHTS",
     "PERSONA_EVENTS_START",
+    "PERSONA_OPENSEARCH_ALIAS",
     "DAGSTER_HOME",
 )
+
+BACKEND = os.environ.get("PERSONA_TEST_BACKEND", "embedded")
+if BACKEND not in ("embedded", "mysql", "production"):
+    raise ValueError(f"PERSONA_TEST_BACKEND={BACKEND!r}: expected 'embedded', 'mysql' or 'production'")
+
+
+@functools.cache
+def production_services() -> dict[str, str]:
+    """URLs of the real MariaDB and OpenSearch: from the environment, else started once for this session."""
+    db_url, search_url = os.environ.get("PERSONA_TEST_DB_URL"), os.environ.get("PERSONA_TEST_OPENSEARCH_URL")
+    if db_url and search_url:
+        return {"db": db_url, "opensearch": search_url}
+    from persona_assets import services
+
+    home = Path(tempfile.mkdtemp(prefix="persona-test-services-"))
+    started = services.up(home)
+    atexit.register(services.down, home)
+    return {"db": started["PERSONA_DB_URL"], "opensearch": started["PERSONA_OPENSEARCH_URL"]}
+
+
+_CREATED: dict[str, dict[str, str]] = {}
+
+
+def backend_env(home: Path) -> dict[str, str]:
+    """The store URLs for one PERSONA_HOME: nothing extra for ``embedded``; for ``production`` a database and
+    an alias of its own (created once per home, dropped at the end of the session)."""
+    if BACKEND == "embedded":
+        return {}
+    key = str(Path(home).resolve())
+    if key not in _CREATED:
+        tag = "t" + hashlib.sha1(key.encode()).hexdigest()[:12]
+        urls = production_services()
+        _CREATED[key] = {"PERSONA_DB_URL": _create_database(urls["db"], f"persona_{tag}")}
+        if BACKEND == "production":
+            _CREATED[key] |= {
+                "PERSONA_OPENSEARCH_URL": urls["opensearch"],
+                "PERSONA_OPENSEARCH_ALIAS": f"{tag}_personas",
+            }
+    return _CREATED[key]
+
+
+def _create_database(server_url: str, name: str) -> str:
+    url = sa.engine.make_url(server_url)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    engine.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def fresh_engine(path: Path):
+    """An engine on an empty relational store of the session's backend (a SQLite file, or a new database)."""
+    from persona_assets.stores import relational
+
+    url = backend_env(path).get("PERSONA_DB_URL") or f"sqlite:///{Path(path) / 'db.sqlite'}"
+    return relational.create_engine(url)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Drop the databases and OpenSearch indices this session created."""
+    if not _CREATED:
+        return
+    urls = production_services()
+    engine = sa.create_engine(urls["db"])
+    with engine.begin() as conn:
+        for env in _CREATED.values():
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{sa.engine.make_url(env['PERSONA_DB_URL']).database}`")
+    engine.dispose()
+    from opensearchpy import OpenSearch
+
+    client = OpenSearch(urls["opensearch"])
+    for env in _CREATED.values():
+        if "PERSONA_OPENSEARCH_ALIAS" in env:
+            client.indices.delete(index=f"{env['PERSONA_OPENSEARCH_ALIAS']}*", ignore_unavailable=True)
+
 
 Row = Mapping[str, Any] | Sequence[Any]
 
@@ -101,6 +190,8 @@ def persona_env(home: Path, dagster_home: Path) -> Iterator[None]:
             mp.delenv(name, raising=False)
         mp.setenv("PERSONA_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(dagster_home))
+        for name, value in backend_env(home).items():
+            mp.setenv(name, value)
         yield
 
 
@@ -135,7 +226,7 @@ class Pipeline:
     def settings(self):
         from persona_assets.settings import PersonaSettings
 
-        return PersonaSettings.from_env({"PERSONA_HOME": str(self.home)})
+        return PersonaSettings.from_env({"PERSONA_HOME": str(self.home), **backend_env(self.home)})
 
     @functools.cached_property
     def engine(self):

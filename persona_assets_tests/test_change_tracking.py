@@ -10,13 +10,15 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from conftest import Pipeline, write_import_dir
+from conftest import Pipeline, fresh_engine, write_import_dir
 from dagster import AssetSelection, materialize
 
 from persona_assets.definitions import REBUILD, all_assets
 from persona_assets.pipeline import QUIET_LOGGERS, dagster_instance
 from persona_assets.resources import resources_from_settings
 from persona_assets.stores.changes import advance_flags, flag_counts, flag_users_changed, snapshot_flags
+
+pytestmark = pytest.mark.contract
 
 CATEGORIES = [("1", "All", "")]
 PRODUCTS = [("P1", "flipkart", "t", "Nike", "Shoes", "men", "1", "", "", "1")]
@@ -102,7 +104,7 @@ def test_a_new_import_flags_only_the_users_it_touches_then_materialise_clears_th
 def test_advance_flags_skips_users_whose_change_seq_moved(persona_home):
     from persona_assets.stores import relational
 
-    engine = relational.create_engine(f"sqlite:///{persona_home / 'flags.db'}")
+    engine = fresh_engine(persona_home)
     relational.create_schema(engine)
     flag_users_changed(engine, ["a", "b", "c"])
     snapshot = snapshot_flags(engine)

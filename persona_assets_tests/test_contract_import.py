@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from conftest import CONTRACT_COLUMNS, Pipeline, write_import_dir
+from conftest import CONTRACT_COLUMNS, Pipeline, fresh_engine, write_import_dir
 
 from persona_assets.ingest.importer import ImportReport, import_directory
 from persona_assets.ingest.validation import (
@@ -26,6 +26,8 @@ from persona_assets.ingest.validation import (
 )
 from persona_assets.stores import relational
 from persona_assets.stores.events import EventStore
+
+pytestmark = pytest.mark.contract
 
 FIRST_DAY = date(2015, 1, 1)
 LAST_DAY = date(2030, 12, 31)
@@ -108,7 +110,8 @@ def db_row_counts(engine) -> dict[str, int]:
     counts = {}
     with engine.connect() as conn:
         for name in inspector.get_table_names():
-            counts[name] = conn.execute(sa.text(f'SELECT COUNT(*) FROM "{name}"')).scalar_one()
+            table = sa.table(name)
+            counts[name] = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
     return counts
 
 
@@ -118,7 +121,7 @@ def files_under(path: Path) -> list[Path]:
 
 def direct_import(tmp_path: Path, source: Path):
     """Run ``import_directory`` into a fresh SQLite file and event store under ``tmp_path``."""
-    engine = relational.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    engine = fresh_engine(tmp_path)
     store = EventStore(tmp_path / "home" / "landing", tmp_path / "home" / "events")
     report = import_directory(source, engine, store, first_day=FIRST_DAY)
     return report, engine, store
@@ -143,7 +146,7 @@ def test_missing_required_file_stops_naming_it_and_writes_nothing(tmp_path, miss
     }
     files[missing.removesuffix(".csv")] = None
     source = write_import_dir(tmp_path / "src", **files)
-    engine = relational.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    engine = fresh_engine(tmp_path)
     store = EventStore(tmp_path / "home" / "landing", tmp_path / "home" / "events")
     with pytest.raises(ImportFileError) as info:
         import_directory(source, engine, store, first_day=FIRST_DAY)
@@ -175,7 +178,7 @@ def test_missing_required_column_stops_naming_file_and_column_and_writes_nothing
         searches=SEARCHES,
         headers={file_name: header},
     )
-    engine = relational.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    engine = fresh_engine(tmp_path)
     store = EventStore(tmp_path / "home" / "landing", tmp_path / "home" / "events")
     with pytest.raises(ImportFileError) as info:
         import_directory(source, engine, store, first_day=FIRST_DAY)
@@ -190,7 +193,7 @@ def test_file_without_header_row_stops_naming_it_and_writes_nothing(tmp_path, em
         tmp_path / "src", products=PRODUCTS, categories=CATEGORIES, visits=VISITS, searches=SEARCHES
     )
     (source / empty).write_text("", encoding="utf-8")
-    engine = relational.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    engine = fresh_engine(tmp_path)
     store = EventStore(tmp_path / "home" / "landing", tmp_path / "home" / "events")
     with pytest.raises(ImportFileError) as info:
         import_directory(source, engine, store, first_day=FIRST_DAY)

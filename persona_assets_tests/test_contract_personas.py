@@ -14,6 +14,8 @@ import pytest
 from persona_assets.contract.pincodes import pincode_tier_table, tier_of
 from persona_assets.contract.tokens import names_found, tokenize
 
+pytestmark = pytest.mark.contract
+
 EXPORT_KEYS = {"ext_id", "gender", "city", "ecomm", "brand_affinity", "generic_affinity", "category_affinity"}
 MAPS = ("city", "ecomm", "brand_affinity", "generic_affinity", "category_affinity")
 

@@ -15,6 +15,8 @@ import pytest
 
 from persona_assets.query.request import InvalidRequest
 
+pytestmark = pytest.mark.contract
+
 W_CITY, W_BRAND, W_GENERIC, W_CATEGORY = F("0.15"), F("0.35"), F("0.20"), F("0.30")
 
 CATEGORIES = [

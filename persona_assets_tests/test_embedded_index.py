@@ -214,9 +214,7 @@ def test_offset_and_size(index, personas):
     full = index.search(SegmentQuery(brand="nike", city_tier="Tier1", size=1000)).hits
     assert len(full) == len(personas)
     for offset, size in [(0, 20), (20, 20), (390, 20), (0, 0), (400, 10), (10_000, 10)]:
-        page = index.search(
-            SegmentQuery(brand=query.brand, city_tier=query.city_tier, size=size, offset=offset)
-        )
+        page = index.search(SegmentQuery(brand=query.brand, city_tier=query.city_tier, size=size, offset=offset))
         assert page.total == len(personas)
         assert page.hits == full[offset : offset + size]
 
@@ -319,9 +317,7 @@ def test_bad_input_is_rejected_and_nothing_is_published(tmp_path, users, affinit
 
 def _tiny(version: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     users = pd.DataFrame({"ext_id": [f"v{version}-a", f"v{version}-b"], "gender": ["men", "women"]})
-    affinities = pd.DataFrame(
-        {"ext_id": [f"v{version}-a"], "dimension": ["brand"], "key": ["nike"], "value": [1.0]}
-    )
+    affinities = pd.DataFrame({"ext_id": [f"v{version}-a"], "dimension": ["brand"], "key": ["nike"], "value": [1.0]})
     return users, affinities
 
 

@@ -125,9 +125,7 @@ def test_gender_synonyms_any_case(value, expected):
     assert parse_segment_request({"gender": value}).gender == expected
 
 
-@pytest.mark.parametrize(
-    "value", ["", "   ", "mens", "man", "woman", "w", "x", "all", 1, 0, True, ["men"], {}]
-)
+@pytest.mark.parametrize("value", ["", "   ", "mens", "man", "woman", "w", "x", "all", 1, 0, True, ["men"], {}])
 def test_gender_not_listed_is_an_error(value):
     assert_invalid({"gender": value}, "gender")
 
@@ -259,9 +257,7 @@ def test_every_category_level_is_validated_even_when_a_more_specific_one_wins():
 # --------------------------------------------------------------------------- size, from
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"), [(0, 0), (1, 1), (20, 20), (1000, 1000), ("7", 7), (" 8 ", 8)]
-)
+@pytest.mark.parametrize(("value", "expected"), [(0, 0), (1, 1), (20, 20), (1000, 1000), ("7", 7), (" 8 ", 8)])
 def test_size_range_and_string_form(value, expected):
     assert parse_segment_request({"size": value}).size == expected
 
@@ -329,9 +325,7 @@ PERSONA = {
 def test_score_persona_formula(payload, components):
     score, got = score_persona(PERSONA, parse_segment_request(payload), ScoreWeights())
     assert got == pytest.approx(components)
-    expected = (
-        0.15 * components["C"] + 0.35 * components["B"] + 0.20 * components["G"] + 0.30 * components["K"]
-    )
+    expected = 0.15 * components["C"] + 0.35 * components["B"] + 0.20 * components["G"] + 0.30 * components["K"]
     assert score == pytest.approx(expected, abs=1e-12)
 
 

@@ -22,7 +22,6 @@ from persona_assets.stores.changes import (
     advance_flags,
     snapshot_flags,
 )
-from persona_assets.stores.embedded_index import build_index
 
 RAW_EVENT_DEPS = ["raw_visits", "raw_checkouts", "raw_searches"]
 
@@ -196,20 +195,31 @@ def persona_index(
     relational_store: RelationalStore,
     search_index: SearchIndexResource,
 ) -> MaterializeResult:
-    """A fresh segment-search index of the normalised personas, swapped in atomically."""
+    """A fresh segment-search index of the normalised personas, swapped in atomically.
+
+    Users the backend could not index keep hasChanged = 2 and are listed in the metadata.
+    """
     started = time.perf_counter()
-    search_index.check_backend()
+    backend = search_index.backend()
     users = pd.read_parquet(_work(event_store, "persona_users"))
     affinity = pd.read_parquet(_work(event_store, "persona_affinity"))
-    build = build_index(users, affinity, search_index.index_dir)
+    report = backend.publish(users, affinity)
     snapshot = pd.read_parquet(_work(event_store, "flag_snapshot"))
-    searchable = advance_flags(relational_store.engine, snapshot, [CALCULATED], SEARCHABLE)
-    context.log.info(f"index build {build.build_id}: {build.document_count:,} documents; {searchable:,} users 2 → 0")
+    indexed = snapshot[~snapshot["ext_id"].isin(list(report.failed))]
+    searchable = advance_flags(relational_store.engine, indexed, [CALCULATED], SEARCHABLE)
+    context.log.info(
+        f"{backend.name} build {report.build_id}: {report.document_count:,} documents; {searchable:,} users 2 → 0"
+    )
+    if report.failed:
+        context.log.warning(f"{len(report.failed):,} personas could not be indexed; they stay at hasChanged = 2")
     return MaterializeResult(
         metadata={
-            "build_id": build.build_id,
-            "documents": build.document_count,
-            "postings": build.posting_count,
+            "backend": backend.name,
+            "build_id": report.build_id,
+            "documents": report.document_count,
+            "failed_documents": len(report.failed),
+            "failed_sample": MetadataValue.json(dict(list(report.failed.items())[:20])),
+            **report.details,
             "flags_2_to_0": searchable,
             "seconds": round(time.perf_counter() - started, 3),
         }

@@ -17,7 +17,6 @@ from persona_assets.query.request import SegmentQuery, parse_segment_request
 from persona_assets.query.scoring import ScoreWeights
 from persona_assets.resources import SearchIndexResource
 from persona_assets.stores import relational
-from persona_assets.stores.embedded_index import open_index
 
 MAX_PRODUCTS = 50
 MAX_SEARCH_TERMS = 20
@@ -28,8 +27,7 @@ def fetch_personas(
 ) -> dict[str, Any]:
     """Validate ``payload`` (raises ``InvalidRequest`` naming the field) and answer it."""
     query = parse_segment_request(payload)
-    search_index.check_backend()
-    hits = open_index(search_index.index_dir).search(query, weights or ScoreWeights.from_env())
+    hits = search_index.backend().search(query, weights or ScoreWeights.from_env())
     activity = _activity(engine, [hit.ext_id for hit in hits.hits])
     matches = _product_matcher(engine, query, activity)
     name_tokens = [tokenize(n) for n in (query.brand, query.generic_name) if n is not None]

@@ -13,7 +13,13 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from persona_assets.stores.relational import executemany, read_frame, upsert_statement, user_persona
+from persona_assets.stores.relational import (
+    MYSQL_TABLE_OPTIONS,
+    executemany,
+    read_frame,
+    upsert_statement,
+    user_persona,
+)
 
 NEEDS_CALCULATION = 1
 CALCULATED = 2
@@ -61,6 +67,7 @@ def advance_flags(engine: Engine, snapshot: pd.DataFrame, from_states: Sequence[
         sa.Column("extId", sa.String(191), primary_key=True),
         sa.Column("change_seq", sa.BigInteger, nullable=False),
         prefixes=["TEMPORARY"],
+        **MYSQL_TABLE_OPTIONS,
     )
     with engine.begin() as conn:
         staging.drop(conn, checkfirst=True)

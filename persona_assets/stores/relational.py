@@ -18,6 +18,10 @@ from sqlalchemy.engine import Connection, Engine
 
 metadata = sa.MetaData()
 
+# MySQL/MariaDB: utf8mb4 with a binary collation, so ids and names compare exactly as in SQLite and Python
+# ('U1' != 'u1', 'a' != 'a ', code-point order) instead of the default case- and accent-insensitive one.
+MYSQL_TABLE_OPTIONS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin", "mysql_engine": "InnoDB"}
+
 # utf8mb4 index keys are limited to 767 bytes on older MySQL: 191 characters.
 ID = sa.String(191)
 LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -35,6 +39,7 @@ products = sa.Table(
     sa.Column("cat_l2", sa.BigInteger, nullable=True),
     sa.Column("cat_l3", sa.BigInteger, nullable=True),
     sa.Column("price", sa.String(64), nullable=False, server_default=""),
+    **MYSQL_TABLE_OPTIONS,
 )
 
 categories = sa.Table(
@@ -45,6 +50,7 @@ categories = sa.Table(
     sa.Column("parent_id", sa.BigInteger, nullable=True),
     # 1, 2, 3 ... from walking parent_id; NULL when the chain is broken or cyclic.
     sa.Column("level", sa.Integer, nullable=True),
+    **MYSQL_TABLE_OPTIONS,
 )
 
 # The legacy table, legacy column names: legacy readers keep working.
@@ -62,6 +68,7 @@ user_persona = sa.Table(
     sa.Column("genericAffinity", LONG_TEXT, nullable=True),
     # Bumped on every change; a calculation may only clear the flag of the version it read.
     sa.Column("change_seq", sa.BigInteger, nullable=False, server_default="0"),
+    **MYSQL_TABLE_OPTIONS,
 )
 sa.Index("ix_user_persona_has_changed", user_persona.c.hasChanged)
 
@@ -75,6 +82,7 @@ user_personas = sa.Table(
     sa.Column("brand_affinity", LONG_TEXT, nullable=False),
     sa.Column("generic_affinity", LONG_TEXT, nullable=False),
     sa.Column("category_affinity", LONG_TEXT, nullable=False),
+    **MYSQL_TABLE_OPTIONS,
 )
 
 attribute_vocabulary = sa.Table(
@@ -83,7 +91,8 @@ attribute_vocabulary = sa.Table(
     sa.Column("kind", sa.String(16), primary_key=True),
     sa.Column("name", sa.String(255), primary_key=True),
     sa.Column("rank", sa.Integer, nullable=False),
-    sa.Column("total", sa.Float, nullable=False),
+    sa.Column("total", sa.Double, nullable=False),
+    **MYSQL_TABLE_OPTIONS,
 )
 
 # The query's read model: one row per user with every product they touched (latest visit and purchase,
@@ -97,6 +106,7 @@ user_activity = sa.Table(
     sa.Column("products", LONG_TEXT, nullable=False),
     # [{"query": str, "searched_us": int}, ...]
     sa.Column("searches", LONG_TEXT, nullable=False),
+    **MYSQL_TABLE_OPTIONS,
 )
 
 
@@ -107,6 +117,7 @@ imports = sa.Table(
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("started_at", sa.String(32), nullable=False),
     sa.Column("summary", LONG_TEXT, nullable=False),
+    **MYSQL_TABLE_OPTIONS,
 )
 
 import_rejects = sa.Table(
@@ -119,6 +130,7 @@ import_rejects = sa.Table(
     sa.Column("reason", sa.String(255), nullable=False),
     sa.Column("details", sa.Text, nullable=False),
     sa.Column("raw", sa.Text, nullable=False),
+    **MYSQL_TABLE_OPTIONS,
 )
 
 CHUNK_ROWS = 20_000
@@ -205,7 +217,7 @@ def insert_result(conn: Connection, table: sa.Table, result: Any, *, upsert_colu
     columns = [d[0] for d in result.description]
     values = {c: sa.bindparam(c) for c in columns}
     if upsert_columns:
-        stmt = upsert_statement(conn, table, values, {c: _inserted(conn, table, c) for c in upsert_columns})
+        stmt = upsert_statement(conn, table, values, {}, update_from_insert=upsert_columns)
     else:
         stmt = sa.insert(table).values(values)
 
@@ -219,15 +231,8 @@ def insert_result(conn: Connection, table: sa.Table, result: Any, *, upsert_colu
 def bulk_upsert(conn: Connection, table: sa.Table, rows: pd.DataFrame, update: Sequence[str]) -> int:
     """Insert rows, or overwrite the ``update`` columns of rows whose primary key exists."""
     columns = list(rows.columns)
-    values = {c: sa.bindparam(c) for c in columns}
-    stmt = upsert_statement(conn, table, values, {c: _inserted(conn, table, c) for c in update})
+    stmt = upsert_statement(conn, table, {c: sa.bindparam(c) for c in columns}, {}, update_from_insert=update)
     return executemany(conn, stmt, columns, frame_rows(rows))
-
-
-def _inserted(conn: Connection, table: sa.Table, column: str) -> Any:
-    if conn.dialect.name == "sqlite":
-        return sa.literal_column(f"excluded.{conn.dialect.identifier_preparer.quote(column)}")
-    return sa.func.values(table.c[column])
 
 
 def replace_table(engine: Engine, table: sa.Table, rows: pd.DataFrame) -> int:
@@ -237,16 +242,29 @@ def replace_table(engine: Engine, table: sa.Table, rows: pd.DataFrame) -> int:
         return bulk_insert(conn, table, rows)
 
 
-def upsert_statement(conn: Connection, table: sa.Table, values: dict[str, Any], update: dict[str, Any]):
-    """INSERT ... ON CONFLICT/ON DUPLICATE KEY UPDATE, for the dialect at hand."""
+def upsert_statement(
+    conn: Connection,
+    table: sa.Table,
+    values: dict[str, Any],
+    update: dict[str, Any],
+    *,
+    update_from_insert: Sequence[str] = (),
+) -> sa.Executable:
+    """INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE for the dialect at hand.
+
+    ``update`` sets columns of an existing row to expressions; ``update_from_insert`` names columns that
+    take the value the INSERT carried.
+    """
     name = conn.dialect.name
     if name == "sqlite":
         stmt = sqlite.insert(table).values(values)
         keys = [c.name for c in table.primary_key.columns]
-        return stmt.on_conflict_do_update(index_elements=keys, set_=update)
+        sets = {**update, **{c: stmt.excluded[c] for c in update_from_insert}}
+        return stmt.on_conflict_do_update(index_elements=keys, set_=sets)
     if name in ("mysql", "mariadb"):
         stmt = mysql.insert(table).values(values)
-        return stmt.on_duplicate_key_update(**update)
+        sets = {**update, **{c: stmt.inserted[c] for c in update_from_insert}}
+        return stmt.on_duplicate_key_update(**sets)
     raise NotImplementedError(f"upsert is not implemented for dialect {name!r}")
 
 
