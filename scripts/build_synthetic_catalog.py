@@ -214,6 +214,7 @@ def load_amazon(path: Path) -> pd.DataFrame:
     a = pd.read_csv(path, dtype=str, keep_default_na=False)
     title = clean_space(a["product_name"])
     brand = title.str.split(" ").str[0].str.replace(r"[®™©,.:;]+$", "", regex=True).fillna("")
+    brand = brand.where(~brand.map(lacks_a_word), "")
     paths = a["category"].map(lambda c: [split_camel(p) for p in c.split("|") if p.strip()])
     return pd.DataFrame(
         {
@@ -382,7 +383,8 @@ Brand
   (`!!1000`, `T`): as search names they would match every query saying "under 1000" or "t shirt",
   so they are made empty whatever the title says.
 - Amazon: the first whitespace-separated word of `product_name`, with trailing `®`, `™`, `©`,
-  `,`, `.`, `:` or `;` removed (`7SEVEN®` -> `7SEVEN`). Casing is kept as in the title
+  `,`, `.`, `:` or `;` removed (`7SEVEN®` -> `7SEVEN`); empty when it has no run of two letters
+  (`!!1000`). Casing is kept as in the title
   (`MI` / `Mi`, `ZEBRONICS` / `Zebronics`); the importer lower-cases brand keys, so they merge there.
 
 Gender
