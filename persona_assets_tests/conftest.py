@@ -75,17 +75,17 @@ def production_services() -> dict[str, str]:
 _CREATED: dict[str, dict[str, str]] = {}
 
 
-def backend_env(home: Path) -> dict[str, str]:
+def backend_env(home: Path, backend: str = BACKEND) -> dict[str, str]:
     """The store URLs for one PERSONA_HOME: nothing extra for ``embedded``; for ``production`` a database and
     an alias of its own (created once per home, dropped at the end of the session)."""
-    if BACKEND == "embedded":
+    if backend == "embedded":
         return {}
     key = str(Path(home).resolve())
     if key not in _CREATED:
         tag = "t" + hashlib.sha1(key.encode()).hexdigest()[:12]
         urls = production_services()
         _CREATED[key] = {"PERSONA_DB_URL": _create_database(urls["db"], f"persona_{tag}")}
-        if BACKEND == "production":
+        if backend == "production":
             _CREATED[key] |= {
                 "PERSONA_OPENSEARCH_URL": urls["opensearch"],
                 "PERSONA_OPENSEARCH_ALIAS": f"{tag}_personas",
@@ -179,7 +179,7 @@ def write_import_dir(
 
 
 @contextlib.contextmanager
-def persona_env(home: Path, dagster_home: Path) -> Iterator[None]:
+def persona_env(home: Path, dagster_home: Path, backend: str = BACKEND) -> Iterator[None]:
     """PERSONA_HOME/DAGSTER_HOME pointing at ``home``/``dagster_home``; other PERSONA_* unset."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
@@ -190,7 +190,7 @@ def persona_env(home: Path, dagster_home: Path) -> Iterator[None]:
             mp.delenv(name, raising=False)
         mp.setenv("PERSONA_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(dagster_home))
-        for name, value in backend_env(home).items():
+        for name, value in backend_env(home, backend).items():
             mp.setenv(name, value)
         yield
 
@@ -212,21 +212,22 @@ def write_import_dir_fixture():
 class Pipeline:
     """One isolated persona home driven through the CLI (``persona_assets.cli.main``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend: str = BACKEND) -> None:
         self.root = Path(root)
+        self.backend = backend
         self.home = self.root / "persona-home"
         self.dagster_home = self.root / "dagster-home"
         self.personas: dict[str, dict] = {}
         self.export_lines: list[str] = []
 
     def env(self):
-        return persona_env(self.home, self.dagster_home)
+        return persona_env(self.home, self.dagster_home, self.backend)
 
     @property
     def settings(self):
         from persona_assets.settings import PersonaSettings
 
-        return PersonaSettings.from_env({"PERSONA_HOME": str(self.home), **backend_env(self.home)})
+        return PersonaSettings.from_env({"PERSONA_HOME": str(self.home), **backend_env(self.home, self.backend)})
 
     @functools.cached_property
     def engine(self):
