@@ -185,6 +185,13 @@ def phase_queries(count: int, seed: int) -> dict:
     }
 
 
+def _redact(argument: str) -> str:
+    """Hide a password in a URL argument (the recorded command goes into docs/)."""
+    import re
+
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", argument)
+
+
 def _fresh_database(server_url: str, name: str) -> str:
     import sqlalchemy as sa
 
@@ -299,7 +306,7 @@ def main() -> int:
     baseline = _in_child("baseline", args)
     queries = _in_child("queries", args)
     result = {
-        "command": " ".join([".venv/bin/python", "bench/rebuild_bench.py", *sys.argv[1:]]),
+        "command": " ".join([".venv/bin/python", "bench/rebuild_bench.py", *map(_redact, sys.argv[1:])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python {platform.python_version()}",
         "stores": {
