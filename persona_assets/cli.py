@@ -239,12 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from persona_assets.pipeline import MaterializationFailed
+
     args = build_parser().parse_args(argv)
     try:
         settings = PersonaSettings.from_env()
     except ValueError as error:
         return _fail(str(error))
-    return int(args.func(args, settings) or 0)
+    try:
+        return int(args.func(args, settings) or 0)
+    except MaterializationFailed as error:
+        return _fail(str(error), code=1)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ full_rebuild_job = define_asset_job(
     "full_rebuild", selection=REBUILD, description="Raw affinities → vocabulary → personas → a fresh index."
 )
 reference_job = define_asset_job("reference_data", selection=REFERENCE)
-ingest_events_job = define_asset_job("ingest_events", selection=EVENTS, )
+ingest_events_job = define_asset_job(
+    "ingest_events",
+    selection=EVENTS,
+)
 
 defs = Definitions(
     assets=all_assets,

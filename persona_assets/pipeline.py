@@ -23,6 +23,10 @@ PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+class MaterializationFailed(RuntimeError):
+    """A Dagster run of the CLI failed; the message names the failed assets and their errors."""
+
+
 def dagster_instance(settings: PersonaSettings) -> DagsterInstance:
     """The persistent instance the UI reads: ``$DAGSTER_HOME``, else ``$PERSONA_HOME/dagster``."""
     if not os.environ.get("DAGSTER_HOME"):
@@ -54,6 +58,16 @@ def _run(
             instance=instance,
             tags=tags,
             run_config={**QUIET_LOGGERS, **(run_config or {})},
+            raise_on_error=False,
+        )
+    if not result.success:
+        failures = [
+            f"{event.step_key}: {event.step_failure_data.error.message.strip() if event.step_failure_data.error else ''}"
+            for event in result.all_events
+            if event.is_step_failure
+        ]
+        raise MaterializationFailed(
+            f"{label} failed (run {result.run_id[:8]}, details in the Dagster UI):\n  " + "\n  ".join(failures)
         )
     for event in result.get_asset_materialization_events():
         materialization = event.materialization

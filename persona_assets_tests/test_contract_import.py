@@ -703,3 +703,49 @@ def test_cli_import_keeps_rejects_readable_by_an_operator(cli_import):
     printed = [json.loads(line) for line in out.splitlines()]
     assert len(printed) == 14
     assert any("yesterday" in r["raw"] for r in printed)
+
+
+# --------------------------------------------------------------------------- stored lengths
+
+
+def test_ids_and_names_longer_than_the_stores_keep_are_rejected_rows_on_every_backend(tmp_path):
+    """MySQL keys hold 191 characters and names 255: longer ones are rejected rows with a reason, on
+    SQLite too, so both backends store the same rows (and nothing crashes half-way)."""
+    long_pid, long_ext_id, long_brand = "P" * 192, "u" * 192, "b" * 256
+    source = write_import_dir(
+        tmp_path / "import",
+        products=[*PRODUCTS, {**PRODUCTS[0], "pid": long_pid}, {**PRODUCTS[0], "pid": "P9", "brand": long_brand}],
+        categories=CATEGORIES,
+        visits=[*VISITS, {**VISITS[0], "ext_id": long_ext_id}, {**VISITS[0], "pid": "Q" * 192}],
+    )
+    report, engine, _ = direct_import(tmp_path, source)
+    assert report.files["products.csv"].rejected_by_reason == {
+        "pid longer than 191 characters": 1,
+        "brand longer than 255 characters": 1,
+    }
+    assert report.files["visits.csv"].rejected_by_reason == {
+        "ext_id longer than 191 characters": 1,
+        "pid longer than 191 characters": 1,
+    }
+    assert report.files["visits.csv"].imported == len(VISITS)
+    rejects = relational.read_frame(engine, relational.import_rejects)
+    assert set(rejects["reason"]) == {
+        "pid longer than 191 characters",
+        "brand longer than 255 characters",
+        "ext_id longer than 191 characters",
+    }
+
+
+def test_names_up_to_the_limit_are_kept_exactly(tmp_path):
+    pid, brand = "P" * 191, "B" * 255
+    source = write_import_dir(
+        tmp_path / "import",
+        products=[{**PRODUCTS[0], "pid": pid, "brand": brand}],
+        categories=CATEGORIES,
+        visits=[{**VISITS[0], "ext_id": "u" * 191, "pid": pid}],
+    )
+    report, _, store = direct_import(tmp_path, source)
+    assert report.rejected == 0
+    assert report.files["visits.csv"].imported == 1
+    landed = pd.read_parquet(store.landing_dir / "catalog" / "products.parquet")
+    assert (landed["pid"].tolist(), landed["brand"].tolist()) == ([pid], [brand.lower()])

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from persona_assets.stores.events import EVENT_KINDS
-from persona_assets.stores.relational import INT64_MAX
+from persona_assets.stores.relational import INT64_MAX, MAX_ID_LENGTH, MAX_NAME_LENGTH
 
 PRODUCT_COLUMNS = ("pid", "pos", "title", "brand", "generic_name", "gender", "cat_l1", "cat_l2", "cat_l3", "price")
 CATEGORY_COLUMNS = ("cat_id", "name", "parent_id")
@@ -97,6 +97,11 @@ def check_columns(file_name: str, header: list[str], required: tuple[str, ...]) 
             raise ImportFileError(f"{file_name}: required column '{column}' is missing (header: {header})")
 
 
+def _reject_long(reasons: _Reasons, values: pd.Series, column: str, limit: int) -> None:
+    """Ids and names longer than the stores' key columns are rejected rows on every backend."""
+    reasons.add(f"{column} longer than {limit} characters", values.str.len() > limit)
+
+
 def _trimmed(series: pd.Series) -> pd.Series:
     return series.fillna("").astype(str).str.strip()
 
@@ -147,6 +152,7 @@ def validate_products(frame: pd.DataFrame) -> Validated:
     reasons = _Reasons(frame)
     pid = _trimmed(frame["pid"])
     reasons.add("empty pid", pid == "")
+    _reject_long(reasons, pid, "pid", MAX_ID_LENGTH)
     levels = {
         column: _category_ids(reasons, frame, column, none_values=("", "-1"))
         for column in ("cat_l1", "cat_l2", "cat_l3")
@@ -163,6 +169,8 @@ def validate_products(frame: pd.DataFrame) -> Validated:
             "price": _trimmed(frame["price"]),
         }
     )
+    for column in ("pos", "brand", "generic_name"):
+        _reject_long(reasons, accepted[column], column, MAX_NAME_LENGTH)
     _reject_later_duplicates(reasons, accepted["pid"], "duplicate pid")
     return reasons.split(accepted)
 
@@ -205,8 +213,10 @@ def validate_events(kind: str, frame: pd.DataFrame, first_day: date, last_day: d
         # ids and pincodes are trimmed; a search query is kept exactly as imported.
         columns[column] = frame[column].fillna("").astype(str) if column == "query" else _trimmed(frame[column])
     reasons.add("empty ext_id", columns["ext_id"] == "")
+    _reject_long(reasons, columns["ext_id"], "ext_id", MAX_ID_LENGTH)
     if "pid" in columns:
         reasons.add("empty pid", columns["pid"] == "")
+        _reject_long(reasons, columns["pid"], "pid", MAX_ID_LENGTH)
     raw_time = frame[spec.time_column].fillna("").astype(str)
     moments = parse_timestamps(raw_time)
     reasons.add(f"empty {spec.time_column}", raw_time == "")

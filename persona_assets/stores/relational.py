@@ -22,23 +22,26 @@ metadata = sa.MetaData()
 # ('U1' != 'u1', 'a' != 'a ', code-point order) instead of the default case- and accent-insensitive one.
 MYSQL_TABLE_OPTIONS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin", "mysql_engine": "InnoDB"}
 
-# utf8mb4 index keys are limited to 767 bytes on older MySQL: 191 characters.
-ID = sa.String(191)
+# utf8mb4 index keys are limited to 767 bytes on older MySQL: 191 characters. Imports reject longer ids
+# and names (see ingest/validation.py), so every backend stores exactly the same rows.
+MAX_ID_LENGTH = 191
+MAX_NAME_LENGTH = 255
+ID = sa.String(MAX_ID_LENGTH)
 LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 products = sa.Table(
     "products",
     metadata,
     sa.Column("pid", ID, primary_key=True),
-    sa.Column("pos", sa.String(191), nullable=False, server_default=""),
+    sa.Column("pos", sa.String(MAX_NAME_LENGTH), nullable=False, server_default=""),
     sa.Column("title", sa.Text, nullable=False),
-    sa.Column("brand", sa.String(255), nullable=False, server_default=""),
-    sa.Column("generic_name", sa.String(255), nullable=False, server_default=""),
+    sa.Column("brand", sa.String(MAX_NAME_LENGTH), nullable=False, server_default=""),
+    sa.Column("generic_name", sa.String(MAX_NAME_LENGTH), nullable=False, server_default=""),
     sa.Column("gender", sa.String(16), nullable=True),
     sa.Column("cat_l1", sa.BigInteger, nullable=True),
     sa.Column("cat_l2", sa.BigInteger, nullable=True),
     sa.Column("cat_l3", sa.BigInteger, nullable=True),
-    sa.Column("price", sa.String(64), nullable=False, server_default=""),
+    sa.Column("price", sa.Text, nullable=False),
     **MYSQL_TABLE_OPTIONS,
 )
 
