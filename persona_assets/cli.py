@@ -1,4 +1,4 @@
-"""``persona``: the command line door into the assets (import, materialise, export, query, generate, demo)."""
+"""``persona``: the command line door into the assets (import, materialise, export, query, serve, generate, demo)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,33 @@ def cmd_import(args: argparse.Namespace, settings: PersonaSettings) -> int:
     except ImportFileError as error:
         return _fail(f"import stopped, nothing written: {error}")
     _progress(f"validated and landed {args.directory} in {time.perf_counter() - started:.1f}s ({report.import_id})")
-    instance = dagster_instance(settings)
-    materialize_reference(settings, instance, _progress)
-    landed = {kind: days for kind, days in report.landed_days.items() if days}
-    if landed:
-        materialize_event_days(settings, instance, landed, _progress)
+    if args.land_only:
+        days = sorted({d for days in report.landed_days.values() for d in days})
+        span = f"{days[0]} … {days[-1]}" if days else "none"
+        _progress(f"landed only (days {span}): publish them with `persona backfill FIRST LAST` or from the UI")
+    else:
+        instance = dagster_instance(settings)
+        materialize_reference(settings, instance, _progress)
+        landed = {kind: days for kind, days in report.landed_days.items() if days}
+        if landed:
+            materialize_event_days(settings, instance, landed, _progress)
     print(_import_summary(report))
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    """Re-publish a range of days from the landing area (after a data fix), then rebuild."""
+    from datetime import date
+
+    from persona_assets.pipeline import backfill_days
+
+    try:
+        first, last = date.fromisoformat(args.first), date.fromisoformat(args.last)
+    except ValueError as error:
+        return _fail(f"backfill: {error}; expected FIRST and LAST as YYYY-MM-DD")
+    if last < first:
+        return _fail(f"backfill: LAST ({last}) is before FIRST ({first})")
+    backfill_days(settings, first, last, _progress)
     return 0
 
 
@@ -150,7 +171,7 @@ def cmd_demo(args: argparse.Namespace, settings: PersonaSettings) -> int:
     directory = settings.home / "demo-data"
     for step in (
         lambda: cmd_generate(argparse.Namespace(directory=directory, users=args.users, seed=args.seed), settings),
-        lambda: cmd_import(argparse.Namespace(directory=directory), settings),
+        lambda: cmd_import(argparse.Namespace(directory=directory, land_only=False), settings),
         lambda: cmd_materialize(argparse.Namespace(), settings),
     ):
         code = step()
@@ -180,6 +201,21 @@ def cmd_ui(args: argparse.Namespace, settings: PersonaSettings) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    """``POST /fetchPersonas``, ``GET /health`` and the OpenAPI document (``/docs``) over HTTP."""
+    import uvicorn
+
+    from persona_assets.api import create_app
+
+    try:
+        app = create_app(settings)
+    except ValueError as error:  # e.g. PERSONA_SCORE_WEIGHTS
+        return _fail(str(error))
+    _progress(f"serving the segment query on http://{args.host}:{args.port} (OpenAPI: /docs, /openapi.json)")
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_services(args: argparse.Namespace, settings: PersonaSettings) -> int:
     """Throwaway MariaDB + OpenSearch under PERSONA_HOME/services; ``up`` prints the two export lines."""
     import shlex
@@ -205,11 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("import", help="validate and load an import directory, then materialise what it touched")
     p.add_argument("directory")
+    p.add_argument(
+        "--land-only",
+        action="store_true",
+        help="validate and land, but publish nothing (e.g. a data fix to publish with `persona backfill`)",
+    )
     p.set_defaults(func=cmd_import)
     p = sub.add_parser("rejects", help="print rejected rows with their reasons (JSON lines)")
     p.add_argument("import_id", nargs="?")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_rejects)
+    p = sub.add_parser("backfill", help="re-publish the days FIRST..LAST of every event kind, then rebuild")
+    p.add_argument("first", help="YYYY-MM-DD")
+    p.add_argument("last", help="YYYY-MM-DD")
+    p.set_defaults(func=cmd_backfill)
     p = sub.add_parser("materialize", help="materialise every asset in-process through Dagster")
     p.set_defaults(func=cmd_materialize)
     p = sub.add_parser("export", help="write the normalised personas as JSON lines")
@@ -228,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("serve", help="serve POST /fetchPersonas and GET /health over HTTP (OpenAPI at /docs)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("services", help="start, stop or inspect a throwaway MariaDB + OpenSearch on loopback")
     p.add_argument("action", choices=["up", "down", "status"])
     p.set_defaults(func=cmd_services)

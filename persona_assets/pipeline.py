@@ -13,7 +13,8 @@ from pathlib import Path
 
 from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
 
-from persona_assets.definitions import REBUILD, REFERENCE, all_assets
+from persona_assets.assets import all_assets
+from persona_assets.jobs import CLI_TAG, REBUILD, REBUILD_TAG, REFERENCE
 from persona_assets.resources import resources_from_settings
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores.events import EVENT_KINDS, EventStore
@@ -56,7 +57,7 @@ def _run(
             selection=selection,
             resources=resources_from_settings(settings),
             instance=instance,
-            tags=tags,
+            tags={**CLI_TAG, **(tags or {})},
             run_config={**QUIET_LOGGERS, **(run_config or {})},
             raise_on_error=False,
         )
@@ -126,8 +127,21 @@ def materialize_rebuild(
         REBUILD,
         "full rebuild (affinities → vocabulary → personas → index)",
         progress,
+        tags=REBUILD_TAG,
         run_config=run_config,
     )
+
+
+def backfill_days(settings: PersonaSettings, first: date, last: date, progress: Progress) -> None:
+    """A backfill after a data fix: every raw event kind for FIRST..LAST in one run, then the rebuild."""
+    instance = dagster_instance(settings)
+    materialize_reference(settings, instance, progress)
+    day, days = first, []
+    while day <= last:
+        days.append(day.isoformat())
+        day += timedelta(days=1)
+    materialize_event_days(settings, instance, {kind: days for kind in EVENT_KINDS}, progress)
+    materialize_rebuild(settings, instance, progress)
 
 
 def materialize_everything(settings: PersonaSettings, progress: Progress) -> None:

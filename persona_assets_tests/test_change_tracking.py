@@ -13,7 +13,8 @@ import pytest
 from conftest import Pipeline, fresh_engine, write_import_dir
 from dagster import AssetSelection, materialize
 
-from persona_assets.definitions import REBUILD, all_assets
+from persona_assets.assets import all_assets
+from persona_assets.jobs import REBUILD
 from persona_assets.pipeline import QUIET_LOGGERS, dagster_instance
 from persona_assets.resources import resources_from_settings
 from persona_assets.stores.changes import advance_flags, flag_counts, flag_users_changed, snapshot_flags

@@ -352,3 +352,17 @@ def test_score_persona_with_empty_maps_and_custom_weights():
 )
 def test_gender_passes(persona_gender, filter_gender, passes):
     assert gender_passes(persona_gender, SegmentQuery(gender=filter_gender)) is passes
+
+
+@pytest.mark.parametrize("field", ["size", "from", "level1Cat"])
+def test_an_integer_string_past_pythons_conversion_limit_is_an_error_naming_the_field(field):
+    with pytest.raises(InvalidRequest) as error:
+        parse_segment_request({field: "9" * 5000})
+    assert error.value.field == field
+
+
+@pytest.mark.parametrize("field", ["brand", "genericName"])
+def test_a_name_with_an_unpaired_surrogate_is_an_error_naming_the_field(field):
+    with pytest.raises(InvalidRequest) as error:
+        parse_segment_request({field: "nike\ud800"})
+    assert error.value.field == field

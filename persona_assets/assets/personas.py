@@ -12,7 +12,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from persona_assets.assets.reference import load_pincode_tiers
-from persona_assets.compute import affinities
+from persona_assets.compute import affinities, persona_store
 from persona_assets.resources import EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.stores import relational
 from persona_assets.stores.changes import (
@@ -20,6 +20,7 @@ from persona_assets.stores.changes import (
     NEEDS_CALCULATION,
     SEARCHABLE,
     advance_flags,
+    reflag_changed_since,
     snapshot_flags,
 )
 
@@ -73,10 +74,7 @@ def user_raw_affinities(
     affinities.write_parquet(con, "raw_affinity", _work(event_store, "raw_affinity"))
     affinities.write_parquet(con, "users", _work(event_store, "users"))
     snapshot.to_parquet(_work(event_store, "flag_snapshot"), index=False)
-    legacy = con.execute(affinities.legacy_rows_sql())
-    legacy_columns = [d[0] for d in legacy.description if d[0] != "extId"]
-    with engine.begin() as conn:
-        relational.insert_result(conn, relational.user_persona, legacy, upsert_columns=legacy_columns)
+    persona_store.write_legacy_columns(engine, con)
     stats = (
         con.execute(
             """
@@ -107,10 +105,7 @@ def user_activity(event_store: EventStoreResource, relational_store: RelationalS
     con = affinities.connect()
     affinities.register_events(con, event_store.store)
     con.execute(f"CREATE TABLE users AS {affinities.USERS_SQL}")
-    engine = relational_store.engine
-    with engine.begin() as conn:
-        conn.execute(relational.user_activity.delete())
-        users = relational.insert_result(conn, relational.user_activity, con.execute(affinities.USER_ACTIVITY_SQL))
+    users = persona_store.write_activity(relational_store.engine, con)
     return MaterializeResult(
         metadata={
             "users": users,
@@ -171,9 +166,7 @@ def user_personas(
     affinities.compute_personas(con, vocabulary)
     affinities.write_parquet(con, "persona_affinity", _work(event_store, "persona_affinity"))
     affinities.write_parquet(con, "persona_users", _work(event_store, "persona_users"))
-    with engine.begin() as conn:
-        conn.execute(relational.user_personas.delete())
-        stored = relational.insert_result(conn, relational.user_personas, con.execute(affinities.persona_rows_sql()))
+    stored = persona_store.write_personas(engine, con)
     snapshot = pd.read_parquet(_work(event_store, "flag_snapshot"))
     calculated = advance_flags(engine, snapshot, [NEEDS_CALCULATION], CALCULATED)
     context.log.info(f"{stored:,} personas stored; {calculated:,} users moved 1 → 2")
@@ -207,6 +200,8 @@ def persona_index(
     snapshot = pd.read_parquet(_work(event_store, "flag_snapshot"))
     indexed = snapshot[~snapshot["ext_id"].isin(list(report.failed))]
     searchable = advance_flags(relational_store.engine, indexed, [CALCULATED], SEARCHABLE)
+    # A refresh may have indexed users into the build just replaced: those changed since the snapshot go back to 1.
+    reflagged = reflag_changed_since(relational_store.engine, snapshot)
     context.log.info(
         f"{backend.name} build {report.build_id}: {report.document_count:,} documents; {searchable:,} users 2 → 0"
     )
@@ -221,6 +216,7 @@ def persona_index(
             "failed_sample": MetadataValue.json(dict(list(report.failed.items())[:20])),
             **report.details,
             "flags_2_to_0": searchable,
+            "reflagged_changed_during_rebuild": reflagged,
             "seconds": round(time.perf_counter() - started, 3),
         }
     )

@@ -32,15 +32,24 @@ def connect(threads: int | None = None, memory_limit: str | None = None) -> duck
     return con
 
 
-def register_events(con: duckdb.DuckDBPyConnection, store: EventStore) -> None:
-    """Views ``visits``, ``checkouts``, ``searches`` over every published day (empty when none)."""
+def register_events(con: duckdb.DuckDBPyConnection, store: EventStore, only_users: list[str] | None = None) -> None:
+    """Views ``visits``, ``checkouts``, ``searches`` over every published day (empty when none).
+
+    With ``only_users``, the views hold just those users' events (a refresh of a few users).
+    """
+    scope = ""
+    if only_users is not None:
+        con.register("only_users_arrow", pa.table({"ext_id": pa.array(only_users, pa.string())}))
+        con.execute("CREATE OR REPLACE TABLE only_users AS SELECT DISTINCT ext_id FROM only_users_arrow")
+        scope = " WHERE ext_id IN (SELECT ext_id FROM only_users)"
     for kind in EVENT_KINDS.values():
         pattern = store.published_glob(kind.name)
         if pattern is None:
             con.register(f"{kind.name}_empty", kind.schema.empty_table())
-            con.execute(f"CREATE OR REPLACE VIEW {kind.name} AS SELECT * FROM {kind.name}_empty")
+            source = f"{kind.name}_empty"
         else:
-            con.execute(f"CREATE OR REPLACE VIEW {kind.name} AS SELECT * FROM read_parquet('{pattern}')")
+            source = f"read_parquet('{pattern}')"
+        con.execute(f"CREATE OR REPLACE VIEW {kind.name} AS SELECT * FROM {source}{scope}")
 
 
 def register_reference(

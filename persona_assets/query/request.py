@@ -125,8 +125,11 @@ def _parse_int(field: str, value: object) -> int:
     if isinstance(value, str):
         text = value.strip()
         if _INT_RE.fullmatch(text):
-            return int(text)
-        raise InvalidRequest(field, f"must be an integer, got the string {value!r}")
+            try:
+                return int(text)
+            except ValueError:  # past Python's integer-string conversion limit (4300 digits)
+                raise InvalidRequest(field, f"must be an integer of at most 4300 digits, got {len(text)}") from None
+        raise InvalidRequest(field, f"must be an integer, got the string {value[:100]!r}")
     raise InvalidRequest(field, f"must be an integer, got {_type_name(value)} {value!r}")
 
 
@@ -163,6 +166,10 @@ def _parse_name(field: str, value: object) -> str:
     name = value.strip().lower()
     if not name:
         raise InvalidRequest(field, "must not be empty")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # e.g. a lone surrogate from a JSON "\ud800" escape
+        raise InvalidRequest(field, "is not valid Unicode text (unpaired surrogate)") from None
     return name
 
 

@@ -7,17 +7,20 @@ the one it read: a user who got new events meanwhile keeps 1 (no lost update).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from persona_assets.stores.relational import (
     MYSQL_TABLE_OPTIONS,
     executemany,
     read_frame,
     upsert_statement,
+    user_claims,
     user_persona,
 )
 
@@ -53,6 +56,40 @@ def snapshot_flags(engine: Engine) -> pd.DataFrame:
     return frame.rename(columns={"extId": "ext_id", "hasChanged": "has_changed"})
 
 
+_STAGING = sa.Table(
+    "flag_snapshot",
+    sa.MetaData(),
+    sa.Column("extId", sa.String(191), primary_key=True),
+    sa.Column("change_seq", sa.BigInteger, nullable=False),
+    prefixes=["TEMPORARY"],
+    **MYSQL_TABLE_OPTIONS,
+)
+
+
+@contextmanager
+def _staged_snapshot(engine: Engine, snapshot: pd.DataFrame) -> Iterator[tuple[Connection, sa.Exists]]:
+    """A transaction holding ``snapshot`` as a temporary table, and the condition "this user's
+    change_seq is still the one in the snapshot"."""
+    with engine.begin() as conn:
+        _STAGING.drop(conn, checkfirst=True)
+        _STAGING.create(conn)
+        stmt = sa.insert(_STAGING).values(extId=sa.bindparam("extId"), change_seq=sa.bindparam("change_seq"))
+        executemany(
+            conn,
+            stmt,
+            ["extId", "change_seq"],
+            zip(snapshot["ext_id"].tolist(), snapshot["change_seq"].astype("int64").tolist(), strict=True),
+        )
+        unchanged = (
+            sa.select(sa.literal(1))
+            .where(_STAGING.c.extId == user_persona.c.extId)
+            .where(_STAGING.c.change_seq == user_persona.c.change_seq)
+            .exists()
+        )
+        yield conn, unchanged
+        _STAGING.drop(conn)
+
+
 def advance_flags(engine: Engine, snapshot: pd.DataFrame, from_states: Sequence[int], to_state: int) -> int:
     """Move users of ``snapshot`` from ``from_states`` to ``to_state`` where change_seq is unchanged.
 
@@ -61,37 +98,66 @@ def advance_flags(engine: Engine, snapshot: pd.DataFrame, from_states: Sequence[
     """
     if snapshot.empty:
         return 0
-    staging = sa.Table(
-        "flag_snapshot",
-        sa.MetaData(),
-        sa.Column("extId", sa.String(191), primary_key=True),
-        sa.Column("change_seq", sa.BigInteger, nullable=False),
-        prefixes=["TEMPORARY"],
-        **MYSQL_TABLE_OPTIONS,
-    )
-    with engine.begin() as conn:
-        staging.drop(conn, checkfirst=True)
-        staging.create(conn)
-        stmt = sa.insert(staging).values(extId=sa.bindparam("extId"), change_seq=sa.bindparam("change_seq"))
-        executemany(
-            conn,
-            stmt,
-            ["extId", "change_seq"],
-            zip(snapshot["ext_id"].tolist(), snapshot["change_seq"].astype("int64").tolist(), strict=True),
-        )
-        matches = (
-            sa.select(sa.literal(1))
-            .where(staging.c.extId == user_persona.c.extId)
-            .where(staging.c.change_seq == user_persona.c.change_seq)
-        )
+    with _staged_snapshot(engine, snapshot) as (conn, unchanged):
         result = conn.execute(
             sa.update(user_persona)
             .where(user_persona.c.hasChanged.in_(list(from_states)))
-            .where(matches.exists())
+            .where(unchanged)
             .values(hasChanged=to_state)
         )
-        staging.drop(conn)
         return int(result.rowcount or 0)
+
+
+def reflag_changed_since(engine: Engine, snapshot: pd.DataFrame) -> int:
+    """After a full rebuild swapped its index in: users at 0 who changed after the rebuild read its
+    snapshot (or appeared since) go back to 1.
+
+    A refresh may have indexed them into the build the swap just replaced; at 1 they are refreshed
+    again, so nothing the swap dropped stays lost.
+    """
+    with _staged_snapshot(engine, snapshot) as (conn, unchanged):
+        result = conn.execute(
+            sa.update(user_persona)
+            .where(user_persona.c.hasChanged == SEARCHABLE)
+            .where(~unchanged)
+            .values(hasChanged=NEEDS_CALCULATION)
+        )
+        return int(result.rowcount or 0)
+
+
+def claim_users(engine: Engine, claim: str, limit: int, ttl_seconds: float) -> list[str]:
+    """Claim up to ``limit`` users that need work (hasChanged 1 or 2) and no live claim holds.
+
+    Claims older than ``ttl_seconds`` are dropped first (their run died without releasing them).
+    A user is in at most one claim: the claim's primary key is the user.
+    """
+    now_us = int(time.time() * 1_000_000)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(user_claims).where(user_claims.c.claimed_us < now_us - int(ttl_seconds * 1_000_000)))
+        free = (
+            sa.select(user_persona.c.extId)
+            .where(user_persona.c.hasChanged.in_([NEEDS_CALCULATION, CALCULATED]))
+            .where(~sa.select(user_claims.c.extId).where(user_claims.c.extId == user_persona.c.extId).exists())
+            .order_by(user_persona.c.extId)
+            .limit(limit)
+        )
+        ids = [row[0] for row in conn.execute(free)]
+        if ids:
+            stmt = sa.insert(user_claims).values(
+                extId=sa.bindparam("extId"), claim=sa.bindparam("claim"), claimed_us=sa.bindparam("claimed_us")
+            )
+            executemany(conn, stmt, ["extId", "claim", "claimed_us"], ((i, claim, now_us) for i in ids))
+    return ids
+
+
+def claimed_users(engine: Engine, claim: str) -> list[str]:
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(sa.select(user_claims.c.extId).where(user_claims.c.claim == claim))]
+
+
+def release_claim(engine: Engine, claim: str) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(sa.delete(user_claims).where(user_claims.c.claim == claim)).rowcount or 0)
 
 
 def flag_counts(engine: Engine) -> dict[int, int]:

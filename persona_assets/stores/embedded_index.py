@@ -409,6 +409,35 @@ class EmbeddedIndex:
     def posting_count(self) -> int:
         return int(self._rows.size)
 
+    def to_tables(self) -> tuple[pa.Table, pa.Table]:
+        """The build back as its inputs: ``users (ext_id, gender)`` and ``affinities (ext_id, dimension, key, value)``.
+
+        Lets an upsert rebuild from the live build plus the changed personas, whole-array (no per-user loop).
+        """
+        users = pa.table({"ext_id": self._ext_ids, "gender": pa.array(GENDERS).take(pa.array(self._gender_codes))})
+        dims, keys, starts, ends = [], [], [], []
+        for dim, spans in self._slices.items():
+            for key, (start, end) in spans.items():
+                dims.append(dim)
+                keys.append(key)
+                starts.append(start)
+                ends.append(end)
+        lengths = np.asarray(ends, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
+        order = (
+            np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
+            if starts
+            else np.array([], dtype=np.int64)
+        )
+        affinities = pa.table(
+            {
+                "ext_id": self._ext_ids.take(pa.array(self._rows[order])),
+                "dimension": pa.array(np.repeat(np.asarray(dims, dtype=object), lengths), pa.string()),
+                "key": pa.array(np.repeat(np.asarray(keys, dtype=object), lengths), pa.string()),
+                "value": pa.array(self._values[order], pa.float64()),
+            }
+        )
+        return users, affinities
+
     def keys(self, dimension: str) -> list[str]:
         """The keys present in one dimension, sorted."""
         return sorted(self._slices[dimension])

@@ -81,6 +81,7 @@ import pyarrow.compute as pc
 from persona_assets.query.request import SegmentQuery
 from persona_assets.query.scoring import NO_TIER_C, ScoreWeights, score_persona
 from persona_assets.stores.embedded_index import DIMENSIONS, GENDERS, Hit, IndexNotBuiltError, SearchHits
+from persona_assets.stores.relational import MAX_NAME_LENGTH
 from persona_assets.stores.search_backend import PublishReport
 
 __all__ = [
@@ -563,6 +564,30 @@ class OpenSearchBackend:
             },
         )
 
+    def upsert(self, users: pd.DataFrame, affinities: pd.DataFrame, removed: Sequence[str] = ()) -> PublishReport:
+        """Index these personas into the live build (``_id`` = ext_id overwrites), delete ``removed``,
+        and refresh it."""
+        index = self.live_index()
+        if index is None:
+            raise self._not_built()
+        docs = build_documents(users, affinities)
+        failed, retry_rounds, retried = self._load(index, docs) if len(docs) else ({}, 0, 0)
+        if removed:
+            from opensearchpy import helpers
+
+            helpers.bulk(
+                self.client,
+                ({"_op_type": "delete", "_index": index, "_id": ext_id} for ext_id in removed),
+                raise_on_error=False,
+            )
+        self.client.indices.refresh(index=index)
+        return PublishReport(
+            build_id=index,
+            document_count=int(self.client.count(index=index)["count"]),
+            failed=failed,
+            details={"retry_rounds": retry_rounds, "retried_documents": retried},
+        )
+
     @staticmethod
     def _actions(docs: Documents, positions: Sequence[int]) -> Iterator[tuple[dict[str, Any], str]]:
         """``(action, source)`` pairs for ``helpers`` (sources stay pre-serialised JSON strings)."""
@@ -756,6 +781,8 @@ class OpenSearchBackend:
                 continue
             escaped = escape_key(key)
             given.append((dim, key, escaped))
+            if len(key) > MAX_NAME_LENGTH:
+                continue  # no stored persona has such a key (imports reject longer names): it scores 0
             includes.append(f"{EXACT_FIELD}.{dim}.{escaped}")
             if weight <= 0 or len(escaped.encode("utf-8")) > _MAX_TERM_BYTES:
                 continue  # no score from it, or no document can hold such a feature

@@ -113,6 +113,16 @@ user_activity = sa.Table(
 )
 
 
+# Users a refresh run is working on: a user is in at most one run at a time.
+user_claims = sa.Table(
+    "user_claims",
+    metadata,
+    sa.Column("extId", ID, primary_key=True),
+    sa.Column("claim", sa.String(64), nullable=False, index=True),
+    sa.Column("claimed_us", sa.BigInteger, nullable=False),
+    **MYSQL_TABLE_OPTIONS,
+)
+
 imports = sa.Table(
     "imports",
     metadata,

@@ -1,0 +1,361 @@
+"""The segment query over HTTP (``persona serve``): ``POST /fetchPersonas``, ``GET /health`` and the OpenAPI document.
+
+``POST /fetchPersonas`` takes the legacy request body and answers the contract's response
+(``persona_assets.query.service.fetch_personas``). The body is read raw and validated by the
+contract's own validator (``parse_segment_request``), never by pydantic, so the HTTP door accepts
+and rejects exactly what ``persona query`` does; the request schema in the OpenAPI document only
+describes it. Answers:
+
+* 200 ``{"total": N, "results": [...]}``;
+* 422 ``{"detail": [{"loc": ["body", FIELD], "msg": ..., "type": "value_error"}], "field": FIELD}``
+  for a contract violation, naming the field (``request`` when the body is not JSON or not an object);
+* 413 (same shape, field ``request``) for a body over ``MAX_BODY_BYTES``;
+* 503 ``{"detail": ...}`` when no index has been built yet or a store cannot be reached.
+
+``GET /health`` answers 200 when the relational store and the search index both answer, else 503,
+with ``{"status": "ok"|"unavailable", "store": {...}, "index": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal, cast
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from persona_assets.query.request import DEFAULT_SIZE, MAX_SIZE, InvalidRequest, parse_segment_request
+from persona_assets.query.scoring import ScoreWeights
+from persona_assets.query.service import fetch_personas
+from persona_assets.resources import RelationalStore, SearchIndexResource, resources_from_settings
+from persona_assets.settings import PersonaSettings
+from persona_assets.stores.embedded_index import IndexNotBuiltError
+from persona_assets.stores.opensearch_index import redact_url
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+#: A segment request is a few hundred bytes; anything past this is refused (413) before it is parsed.
+MAX_BODY_BYTES = 1 << 20
+#: Error messages echo the offending value; past this length they are cut.
+MAX_MESSAGE_CHARS = 1000
+
+# Store failures that mean "try again later" rather than "the service is broken".
+_STORE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+# --------------------------------------------------------------------------- OpenAPI description
+
+
+def _int_field(description: str, **integer: Any) -> dict[str, Any]:
+    return {
+        "description": description,
+        "anyOf": [
+            {"type": "integer", **integer},
+            {"type": "string", "pattern": r"^\s*-?[0-9]+\s*$", "description": "a string holding an integer"},
+            {"type": "null"},
+        ],
+    }
+
+
+def _name_field(description: str) -> dict[str, Any]:
+    return {"description": description, "anyOf": [{"type": "string", "pattern": r"\S"}, {"type": "null"}]}
+
+
+#: The request body as the contract reads it (sections 4 and 6); descriptive only, see the module docstring.
+REQUEST_SCHEMA: dict[str, Any] = {
+    "title": "FetchPersonasRequest",
+    "description": (
+        "A segment query in the legacy field names; every field is optional and a JSON null is the same as "
+        "absent. Any other field, or a value outside what is described here, is a 422 naming the field."
+    ),
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "gender": {
+            "description": "men/male/m or women/female/f (any case, trimmed) filter on the persona's gender; "
+            "unisex or any: no filter.",
+            "anyOf": [{"type": "string"}, {"type": "null"}],
+            "examples": ["men", "Female", "any"],
+        },
+        "cityTier": {
+            "description": "Tier 1-3: optional `tier`, an optional space, `-` or `_`, then 1-3 (any case); "
+            "or the integers 1-3.",
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*([Tt][Ii][Ee][Rr])?[ _-]?[1-3]\s*$"},
+                {"type": "integer", "minimum": 1, "maximum": 3},
+                {"type": "null"},
+            ],
+            "examples": ["Tier1", "tier 2", "TIER-3", 1],
+        },
+        "brand": _name_field("Brand name, case-insensitive (trimmed, lower-cased); must not be empty."),
+        "genericName": _name_field("Generic product name, case-insensitive (trimmed, lower-cased); must not be empty."),
+        **{
+            f"level{n}Cat": _int_field(
+                f"Level-{n} category id; -1 means not given. The most specific level given wins."
+            )
+            for n in (1, 2, 3)
+        },
+        "size": _int_field(
+            f"Page size, 0-{MAX_SIZE} (default {DEFAULT_SIZE}).", minimum=0, maximum=MAX_SIZE, default=DEFAULT_SIZE
+        ),
+        "from": _int_field("Offset of the page, 0 or more (default 0); past the end gives no results.", minimum=0),
+    },
+}
+
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": REQUEST_SCHEMA,
+            "examples": {
+                "segment": {"value": {"gender": "men", "cityTier": "Tier1", "brand": "nike", "size": 5}},
+                "category": {"value": {"level1Cat": 1, "level2Cat": "10", "level3Cat": -1, "from": 20}},
+            },
+        }
+    },
+}
+
+
+class Components(BaseModel):
+    """The four score components as used: C (city tier), B (brand), G (generic name), K (category)."""
+
+    C: float
+    B: float
+    G: float
+    K: float
+
+
+class Persona(BaseModel):
+    ext_id: str
+    score: float = Field(description="0.15·C + 0.35·B + 0.20·G + 0.30·K (configurable weights)")
+    components: Components
+    gender: Literal["men", "women", "unisex"]
+    visited: list[str] = Field(description="matching pids the user visited, most recent first, at most 50")
+    purchased: list[str] = Field(description="matching pids the user bought, most recent first, at most 50")
+    search_terms: list[str] = Field(
+        description="the user's queries containing the brand or generic name (all when neither is given), "
+        "most recent first, at most 20"
+    )
+
+
+class FetchPersonasResponse(BaseModel):
+    total: int = Field(description="personas passing the gender filter")
+    results: list[Persona] = Field(description="by score descending, then ext_id ascending")
+
+
+class ErrorItem(BaseModel):
+    loc: list[str] = Field(description='["body", FIELD]')
+    msg: str
+    type: Literal["value_error"]
+
+
+class InvalidRequestResponse(BaseModel):
+    detail: list[ErrorItem]
+    field: str = Field(description="the offending request field; `request` when the body itself is at fault")
+
+
+class UnavailableResponse(BaseModel):
+    detail: str
+
+
+class StoreHealth(BaseModel):
+    ok: bool
+    backend: str = Field(description="the SQLAlchemy dialect: sqlite or mysql")
+    url: str | None = Field(default=None, description="the database URL, password hidden")
+    error: str | None = None
+
+
+class IndexHealth(BaseModel):
+    ok: bool
+    backend: Literal["embedded", "opensearch"]
+    location: str = Field(description="the index directory, or the OpenSearch URL (password hidden) and alias")
+    documents: int | None = Field(default=None, description="personas in the live build")
+    error: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unavailable"]
+    store: StoreHealth
+    index: IndexHealth
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights | None = None) -> FastAPI:
+    """The HTTP service over the stores ``settings`` names (default: from the environment).
+
+    Score weights are read once, here (``PERSONA_SCORE_WEIGHTS``), so a bad value fails at start-up.
+    Nothing is connected to until the first request.
+    """
+    settings = settings or PersonaSettings.from_env()
+    weights = weights or ScoreWeights.from_env()
+    resources = resources_from_settings(settings)
+    store: RelationalStore = resources["relational_store"]  # type: ignore[assignment]
+    index: SearchIndexResource = resources["search_index"]  # type: ignore[assignment]
+
+    app = FastAPI(
+        title="persona segment query",
+        summary="Shopper personas ranked for a segment (the persona contract, section 4).",
+        version="1",
+    )
+    app.state.settings = settings
+
+    @app.post(
+        "/fetchPersonas",
+        response_model=FetchPersonasResponse,
+        summary="Rank personas for a segment",
+        description=(
+            "Validates the body with the contract's rules, ranks the personas in the search index and enriches "
+            "each with its visited and purchased pids and search terms from the relational store."
+        ),
+        responses={
+            413: {"model": InvalidRequestResponse, "description": f"Body larger than {MAX_BODY_BYTES} bytes"},
+            422: {"model": InvalidRequestResponse, "description": "Invalid request; `field` names the field"},
+            503: {"model": UnavailableResponse, "description": "No index built yet, or a store is unreachable"},
+        },
+        openapi_extra={"requestBody": _REQUEST_BODY},
+    )
+    async def post_fetch_personas(request: Request) -> JSONResponse:
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                return _invalid("request", f"the body is larger than {MAX_BODY_BYTES} bytes", status_code=413)
+        return await run_in_threadpool(_answer, bytes(raw), store, index, weights)
+
+    @app.get(
+        "/health",
+        response_model=HealthResponse,
+        summary="Store and index reachability",
+        responses={503: {"model": HealthResponse, "description": "The store or the index cannot answer"}},
+    )
+    def get_health() -> JSONResponse:
+        body = {"store": _store_health(settings, store), "index": _index_health(settings, index)}
+        ok = body["store"]["ok"] and body["index"]["ok"]
+        return JSONResponse({"status": "ok" if ok else "unavailable", **body}, status_code=200 if ok else 503)
+
+    return app
+
+
+def _answer(raw: bytes, store: RelationalStore, index: SearchIndexResource, weights: ScoreWeights) -> JSONResponse:
+    """Decode, validate and answer one request body (runs in the threadpool: SQLAlchemy and the index block)."""
+    try:
+        payload = _decode(raw)
+        _validate(payload)
+    except InvalidRequest as error:
+        return _invalid(error.field, error.message)
+    try:
+        response = fetch_personas(payload, store.engine, index, weights)
+    except InvalidRequest as error:  # validated above; kept so a contract error can never become a 500
+        return _invalid(error.field, error.message)
+    except IndexNotBuiltError as error:
+        return _unavailable(f"no search index has been built yet; run `persona materialize` ({error})")
+    except _STORE_DOWN as error:
+        return _unavailable(f"the relational store cannot be reached: {_describe(error)}")
+    except OpenSearchConnectionError as error:
+        return _unavailable(f"the search index cannot be reached: {_describe(error)}")
+    return JSONResponse(response)
+
+
+def _decode(raw: bytes) -> object:
+    if not raw.strip():
+        raise InvalidRequest("request", "the request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise InvalidRequest("request", "the request body is nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, integers past Python's digit limit
+        raise InvalidRequest("request", f"the request body is not valid JSON ({error})") from None
+
+
+def _validate(payload: object) -> None:
+    """``parse_segment_request``, with any other failure of it turned into an ``InvalidRequest`` naming the field.
+
+    The validator names the field for every rule it checks; a value can still break it in another way (a
+    string of more than 4300 digits exceeds Python's int conversion limit, a very deep value its recursion
+    limit). Then the field is found by validating each field alone, so the answer is a 422, never a 500.
+    """
+    try:
+        parse_segment_request(payload)
+    except InvalidRequest:
+        raise
+    except (ValueError, RecursionError) as error:
+        if isinstance(payload, Mapping):
+            for name, value in payload.items():
+                try:
+                    parse_segment_request({name: value})
+                except (ValueError, RecursionError):
+                    raise InvalidRequest(str(name), f"invalid value ({error})") from error
+        raise InvalidRequest("request", f"invalid request ({error})") from error
+    # JSON can escape an unpaired surrogate ("\\ud800"); such a string is not Unicode text and no store takes it.
+    for name, value in cast(Mapping[str, Any], payload).items():  # a Mapping: the validator accepted it
+        if isinstance(value, str) and not _is_unicode(value):
+            raise InvalidRequest(str(name), "holds an unpaired surrogate escape (\\ud800-\\udfff); not valid Unicode")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _invalid(field: str, message: str, status_code: int = 422) -> JSONResponse:
+    # An unknown field's name is echoed: escape what UTF-8 cannot carry (unpaired surrogates).
+    field, message = (text.encode("utf-8", "backslashreplace").decode("utf-8") for text in (field, message))
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    item = {"loc": ["body", field], "msg": f"{field}: {message}", "type": "value_error"}
+    return JSONResponse({"detail": [item], "field": field}, status_code=status_code)
+
+
+def _unavailable(message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=503)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:MAX_MESSAGE_CHARS]
+
+
+def _store_health(settings: PersonaSettings, store: RelationalStore) -> dict[str, Any]:
+    health: dict[str, Any] = {"ok": False, "backend": "unknown", "url": None}
+    try:
+        url = sa.engine.make_url(settings.db_url)
+        health["backend"] = url.get_dialect().name
+        health["url"] = url.render_as_string(hide_password=True)
+        with store.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as error:  # reported, not raised: this is what /health is for
+        health["error"] = _describe(error)
+        return health
+    health["ok"] = True
+    return health
+
+
+def _index_health(settings: PersonaSettings, index: SearchIndexResource) -> dict[str, Any]:
+    if settings.opensearch_url:
+        health: dict[str, Any] = {
+            "ok": False,
+            "backend": "opensearch",
+            "location": f"{redact_url(settings.opensearch_url)} alias {settings.opensearch_alias}",
+        }
+    else:
+        health = {"ok": False, "backend": "embedded", "location": str(index.index_dir)}
+    try:
+        health["documents"] = int(index.backend().document_count())
+    except IndexNotBuiltError as error:
+        health["error"] = f"no search index has been built yet; run `persona materialize` ({error})"
+        return health
+    except Exception as error:  # reported, not raised
+        health["error"] = _describe(error)
+        return health
+    health["ok"] = True
+    return health

@@ -1,0 +1,172 @@
+"""Automation: the refresh sensor on ``hasChanged``, the daily schedule, and the rebuild after ingestion."""
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, timedelta
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    Config,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    OpExecutionContext,
+    RunRequest,
+    RunsFilter,
+    RunStatusSensorContext,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SkipReason,
+    in_process_executor,
+    job,
+    op,
+    run_status_sensor,
+    schedule,
+    sensor,
+)
+
+from persona_assets.jobs import CLI_TAG, REBUILD_TAG, full_rebuild_job, ingest_events_job
+from persona_assets.refresh import refresh_users
+from persona_assets.resources import EventStoreResource, RelationalStore, SearchIndexResource
+from persona_assets.stores.changes import claim_users, claimed_users, release_claim
+
+RAW_EVENT_KEYS = {AssetKey(f"raw_{kind}") for kind in ("visits", "checkouts", "searches")}
+
+
+@dataclass(frozen=True)
+class RefreshSettings:
+    """Sensor knobs, from the environment."""
+
+    interval_seconds: int = 5
+    batch_size: int = 10000
+    max_runs_per_tick: int = 4
+    claim_ttl_seconds: int = 900
+
+    @classmethod
+    def from_env(cls) -> "RefreshSettings":
+        def number(name: str, default: int) -> int:
+            text = os.environ.get(name)
+            if not text:
+                return default
+            if not text.isdigit() or int(text) < 1:
+                raise ValueError(f"{name}={text!r}: expected a positive integer")
+            return int(text)
+
+        return cls(
+            interval_seconds=number("PERSONA_SENSOR_INTERVAL", cls.interval_seconds),
+            batch_size=number("PERSONA_REFRESH_BATCH", cls.batch_size),
+            max_runs_per_tick=number("PERSONA_REFRESH_MAX_RUNS", cls.max_runs_per_tick),
+            claim_ttl_seconds=number("PERSONA_CLAIM_TTL_SECONDS", cls.claim_ttl_seconds),
+        )
+
+
+REFRESH = RefreshSettings.from_env()
+
+
+class RefreshConfig(Config):
+    """Which claim (set of users) this run refreshes."""
+
+    claim: str
+
+
+@op(out={})
+def refresh_claimed_users(
+    context: OpExecutionContext,
+    config: RefreshConfig,
+    relational_store: RelationalStore,
+    event_store: EventStoreResource,
+    search_index: SearchIndexResource,
+):
+    """Recompute the claimed users and upsert them into the live index; the claim is released either way."""
+    engine = relational_store.engine
+    ext_ids = claimed_users(engine, config.claim)
+    try:
+        report = refresh_users(ext_ids, engine, event_store, search_index.backend())
+    finally:
+        release_claim(engine, config.claim)
+    context.log.info(
+        f"refreshed {report.users:,} users in {report.seconds:.1f}s: {report.calculated:,} 1 → 2, "
+        f"{report.searchable:,} 2 → 0, {len(report.failed):,} not indexed"
+    )
+    yield AssetObservation(asset_key="persona_index", metadata={"refresh": config.claim, **report.as_metadata()})
+
+
+# In-process executor: one step, so no second process to start (the flag-to-searchable time is mostly start-up).
+@job(
+    tags={"persona/refresh": "true"},
+    executor_def=in_process_executor,
+    description="Recompute a batch of flagged users and upsert them (sensor).",
+)
+def refresh_changed_users():
+    refresh_claimed_users()
+
+
+def _rebuild_in_progress(context: SensorEvaluationContext) -> bool:
+    active = [
+        DagsterRunStatus.QUEUED,
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+    ]
+    return bool(context.instance.get_run_records(RunsFilter(tags=REBUILD_TAG, statuses=active), limit=1))
+
+
+@sensor(
+    job=refresh_changed_users,
+    minimum_interval_seconds=REFRESH.interval_seconds,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Users with hasChanged = 1 (or left at 2) → bounded batches, each claimed by one refresh run.",
+)
+def changed_users_sensor(
+    context: SensorEvaluationContext, relational_store: RelationalStore, search_index: SearchIndexResource
+):
+    if _rebuild_in_progress(context):
+        return SkipReason("a full rebuild is running; it recomputes everyone")
+    try:
+        if search_index.backend().document_count() == 0:
+            return SkipReason("no index yet: materialise the full rebuild first")
+    except FileNotFoundError:
+        return SkipReason("no index yet: materialise the full rebuild first")
+    requests = []
+    for _ in range(REFRESH.max_runs_per_tick):
+        claim = f"refresh-{uuid.uuid4().hex[:16]}"
+        ids = claim_users(relational_store.engine, claim, REFRESH.batch_size, REFRESH.claim_ttl_seconds)
+        if not ids:
+            break
+        requests.append(
+            RunRequest(
+                run_key=claim,
+                run_config={"ops": {"refresh_claimed_users": {"config": {"claim": claim}}}},
+                tags={"persona/claim": claim, "persona/users": str(len(ids))},
+            )
+        )
+    return requests or SkipReason("no flagged users")
+
+
+@schedule(
+    job=ingest_events_job,
+    cron_schedule="0 6 * * *",
+    execution_timezone="Asia/Kolkata",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="06:00 IST (00:30 UTC): publish yesterday's UTC day; the rebuild follows when it succeeds.",
+)
+def daily_ingest_schedule(context: ScheduleEvaluationContext):
+    day = (context.scheduled_execution_time.astimezone(UTC).date() - timedelta(days=1)).isoformat()
+    return RunRequest(run_key=f"ingest-{day}", partition_key=day)
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.SUCCESS,
+    request_job=full_rebuild_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="After a run that published raw event days (the schedule, a backfill, a UI launch): the rebuild.",
+)
+def rebuild_after_ingest(context: RunStatusSensorContext):
+    run = context.dagster_run
+    if CLI_TAG.items() <= run.tags.items():
+        return SkipReason("runs of the command line materialise the rebuild themselves")
+    if not (set(run.asset_selection or ()) & RAW_EVENT_KEYS):
+        return SkipReason("the run published no raw event partition")
+    return RunRequest(run_key=f"rebuild-after-{run.run_id}")
