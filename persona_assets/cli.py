@@ -195,9 +195,11 @@ def cmd_ui(args: argparse.Namespace, settings: PersonaSettings) -> int:
     from persona_assets.pipeline import dagster_instance
 
     dagster_instance(settings)  # sets DAGSTER_HOME to the CLI's instance
-    command = ["dagster", "dev", "-m", "persona_assets.definitions", "-p", str(args.port), "-h", args.host]
+    # The dagster of this interpreter's environment, whether or not its bin/ is on PATH.
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "persona_assets.definitions", "-p", str(args.port)]
+    command += ["-h", args.host]
     _progress(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}")
-    os.execvp(command[0], command)
+    os.execv(sys.executable, command)
     return 0
 
 

@@ -33,6 +33,7 @@ from persona_assets.resources import EventStoreResource, RelationalStore, Search
 from persona_assets.stores.changes import claim_users, claimed_users, release_claim
 
 RAW_EVENT_KEYS = {AssetKey(f"raw_{kind}") for kind in ("visits", "checkouts", "searches")}
+PERSONA_INDEX_KEY = AssetKey("persona_index")
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,20 @@ def refresh_changed_users():
 
 
 def _rebuild_in_progress(context: SensorEvaluationContext) -> bool:
+    """A full rebuild is queued or running: a run tagged as one (the job, the CLI) or any run that
+    materialises ``persona_index`` (e.g. "Materialize all" in the UI)."""
     active = [
         DagsterRunStatus.QUEUED,
         DagsterRunStatus.NOT_STARTED,
         DagsterRunStatus.STARTING,
         DagsterRunStatus.STARTED,
     ]
-    return bool(context.instance.get_run_records(RunsFilter(tags=REBUILD_TAG, statuses=active), limit=1))
+    records = context.instance.get_run_records(RunsFilter(statuses=active), limit=200)
+    return any(
+        REBUILD_TAG.items() <= record.dagster_run.tags.items()
+        or PERSONA_INDEX_KEY in (record.dagster_run.asset_selection or ())
+        for record in records
+    )
 
 
 @sensor(
