@@ -14,6 +14,7 @@ from pathlib import Path
 from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
 
 from persona_assets.assets import all_assets
+from persona_assets.checks import asset_checks
 from persona_assets.jobs import CLI_TAG, REBUILD, REBUILD_TAG, REFERENCE
 from persona_assets.resources import resources_from_settings
 from persona_assets.settings import PersonaSettings
@@ -53,7 +54,7 @@ def _run(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = materialize(
-            all_assets,
+            [*all_assets, *asset_checks],
             selection=selection,
             resources=resources_from_settings(settings),
             instance=instance,
