@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -153,6 +153,33 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def stop_service(
+    sdir: Path,
+    service: str,
+    *,
+    pid_file: Path,
+    port_file: Path,
+    running_pid: Callable[[Path], int | None],
+    timeout: float,
+) -> bool:
+    """Stop a service started under ``sdir``: SIGTERM, wait ``timeout``, then SIGKILL; check its port closed.
+
+    True when it was running. Holds the service's lock, so it never races a ``start``.
+    """
+    with file_lock(sdir / ".lock"):
+        pid = running_pid(sdir)
+        if pid is None:
+            pid_file.unlink(missing_ok=True)
+            return False
+        say(service, f"stopping pid {pid}")
+        terminate(pid, timeout=timeout, service=service)
+        pid_file.unlink(missing_ok=True)
+        port = read_int(port_file)
+        if port and port_answers(port):
+            raise RuntimeError(f"{service}: port {port} still answers after stopping pid {pid}")
+        return True
 
 
 def spawn(

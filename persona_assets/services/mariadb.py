@@ -35,12 +35,12 @@ from persona_assets.services._process import (
     is_root,
     pid_alive,
     pid_matches,
-    port_answers,
     port_is_free,
     read_int,
     run_logged,
     say,
     spawn,
+    stop_service,
     tail,
     terminate,
     write_text_atomic,
@@ -317,18 +317,9 @@ def start(home: str | os.PathLike[str], *, timeout: float | None = None) -> str:
 def stop(home: str | os.PathLike[str], *, timeout: float = 60.0) -> bool:
     """Clean shutdown (SIGTERM makes mariadbd shut down InnoDB properly), then SIGKILL. True if it was running."""
     sdir = service_dir(home)
-    with file_lock(sdir / ".lock"):
-        pid = _running_pid(sdir)
-        if pid is None:
-            _pid_file(sdir).unlink(missing_ok=True)
-            return False
-        say(NAME, f"stopping pid {pid}")
-        terminate(pid, timeout=timeout, service=NAME)
-        _pid_file(sdir).unlink(missing_ok=True)
-        port = read_int(_port_file(sdir))
-        if port and port_answers(port):
-            raise RuntimeError(f"{NAME}: port {port} still answers after stopping pid {pid}")
-        return True
+    return stop_service(
+        sdir, NAME, pid_file=_pid_file(sdir), port_file=_port_file(sdir), running_pid=_running_pid, timeout=timeout
+    )
 
 
 def url(home: str | os.PathLike[str]) -> str | None:

@@ -55,6 +55,7 @@ import pyarrow.parquet as pq
 
 from persona_assets.query.request import SegmentQuery
 from persona_assets.query.scoring import NO_TIER_C, ScoreWeights
+from persona_assets.stores.arrow_inputs import as_table, first, string_column
 
 __all__ = [
     "DIMENSIONS",
@@ -109,37 +110,6 @@ class SearchHits:
 # --------------------------------------------------------------------------- build
 
 
-def _as_table(data: pd.DataFrame | pa.Table, name: str, columns: tuple[str, ...]) -> pa.Table:
-    if isinstance(data, pd.DataFrame):
-        table = pa.Table.from_pandas(data, preserve_index=False)
-    elif isinstance(data, pa.Table):
-        table = data
-    else:
-        raise TypeError(f"{name}: expected a pandas DataFrame or a pyarrow Table, got {type(data).__name__}")
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{name}: missing column(s) {', '.join(missing)}")
-    return table.select(list(columns))
-
-
-def _string_column(table: pa.Table, name: str, column: str) -> pa.ChunkedArray:
-    values = table[column]
-    if pa.types.is_dictionary(values.type):
-        values = values.cast(values.type.value_type)
-    try:
-        # large_string: a long table of tens of millions of rows may pass 2 GiB of text.
-        values = values.cast(pa.large_string())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValueError(f"{name}: column {column!r} must hold strings ({exc})") from None
-    if values.null_count:
-        raise ValueError(f"{name}: column {column!r} holds {values.null_count} null value(s)")
-    return values
-
-
-def _first(values: pa.ChunkedArray | pa.Array, mask: pa.ChunkedArray | pa.Array) -> object:
-    return values.filter(mask)[0].as_py()
-
-
 def _new_build_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
 
@@ -158,9 +128,9 @@ def _fsync_path(path: Path) -> None:
 
 
 def _prepare_users(users: pd.DataFrame | pa.Table) -> tuple[pa.Array, pa.Array]:
-    table = _as_table(users, "users", ("ext_id", "gender"))
-    ext = _string_column(table, "users", "ext_id")
-    gender = _string_column(table, "users", "gender")
+    table = as_table(users, "users", ("ext_id", "gender"))
+    ext = string_column(table, "users", "ext_id")
+    gender = string_column(table, "users", "gender")
     # Arrow orders strings by their UTF-8 bytes, which is Unicode code-point order.
     order = pc.sort_indices(ext)
     ext_sorted = ext.take(order).combine_chunks().cast(pa.string())
@@ -168,10 +138,10 @@ def _prepare_users(users: pd.DataFrame | pa.Table) -> tuple[pa.Array, pa.Array]:
     if len(ext_sorted) > 1:
         dup = pc.equal(ext_sorted.slice(1), ext_sorted.slice(0, len(ext_sorted) - 1))
         if pc.any(dup).as_py():
-            raise ValueError(f"users: duplicate ext_id {_first(ext_sorted.slice(1), dup)!r}")
+            raise ValueError(f"users: duplicate ext_id {first(ext_sorted.slice(1), dup)!r}")
     known = pc.is_in(gender_sorted, value_set=pa.array(GENDERS))
     if len(known) and not pc.all(known).as_py():
-        bad = _first(gender_sorted, pc.invert(known))
+        bad = first(gender_sorted, pc.invert(known))
         raise ValueError(f"users: gender {bad!r} is not one of {', '.join(GENDERS)}")
     if len(ext_sorted) >= np.iinfo(np.int32).max:
         raise ValueError("users: too many personas for one embedded index build")
@@ -182,10 +152,10 @@ def _prepare_postings(
     affinities: pd.DataFrame | pa.Table, ext_sorted: pa.Array
 ) -> tuple[np.ndarray, np.ndarray, pa.Table]:
     """Rows and values grouped by (dimension, key), rows ascending; plus the key → slice table."""
-    table = _as_table(affinities, "affinities", ("ext_id", "dimension", "key", "value"))
-    ext = _string_column(table, "affinities", "ext_id")
-    dimension = _string_column(table, "affinities", "dimension")
-    key = _string_column(table, "affinities", "key")
+    table = as_table(affinities, "affinities", ("ext_id", "dimension", "key", "value"))
+    ext = string_column(table, "affinities", "ext_id")
+    dimension = string_column(table, "affinities", "dimension")
+    key = string_column(table, "affinities", "key")
     value = table["value"]
     try:
         value = value.cast(pa.float64())
@@ -197,13 +167,13 @@ def _prepare_postings(
     rows_arr = pc.index_in(ext, value_set=ext_sorted)
     if rows_arr.null_count:
         raise ValueError(
-            f"affinities: ext_id {_first(ext, pc.is_null(rows_arr))!r} is not in users "
+            f"affinities: ext_id {first(ext, pc.is_null(rows_arr))!r} is not in users "
             f"({rows_arr.null_count} affinity row(s) without a user)"
         )
     dim_arr = pc.index_in(dimension, value_set=pa.array(DIMENSIONS))
     if dim_arr.null_count:
         raise ValueError(
-            f"affinities: dimension {_first(dimension, pc.is_null(dim_arr))!r} is not one of {', '.join(DIMENSIONS)}"
+            f"affinities: dimension {first(dimension, pc.is_null(dim_arr))!r} is not one of {', '.join(DIMENSIONS)}"
         )
     distinct_keys = pc.unique(key).cast(pa.string())
     key_vocab = distinct_keys.take(pc.sort_indices(distinct_keys))

@@ -80,6 +80,7 @@ import pyarrow.compute as pc
 
 from persona_assets.query.request import SegmentQuery
 from persona_assets.query.scoring import NO_TIER_C, ScoreWeights, score_persona
+from persona_assets.stores.arrow_inputs import as_table, first, string_column
 from persona_assets.stores.embedded_index import DIMENSIONS, GENDERS, Hit, IndexNotBuiltError, SearchHits
 from persona_assets.stores.relational import MAX_NAME_LENGTH
 from persona_assets.stores.search_backend import PublishReport
@@ -212,39 +213,6 @@ def _client_from_url(url: str) -> Any:
 # --------------------------------------------------------------------------- documents
 
 
-def _as_table(data: pd.DataFrame | pa.Table, name: str, columns: tuple[str, ...]) -> pa.Table:
-    if isinstance(data, pd.DataFrame):
-        missing = [c for c in columns if c not in data.columns]
-        if missing:
-            raise ValueError(f"{name}: missing column(s) {', '.join(missing)}")
-        table = pa.Table.from_pandas(data[list(columns)], preserve_index=False)
-    elif isinstance(data, pa.Table):
-        table = data
-    else:
-        raise TypeError(f"{name}: expected a pandas DataFrame or a pyarrow Table, got {type(data).__name__}")
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{name}: missing column(s) {', '.join(missing)}")
-    return table.select(list(columns))
-
-
-def _strings(table: pa.Table, name: str, column: str) -> pa.Array:
-    values = table[column]
-    if pa.types.is_dictionary(values.type):
-        values = values.cast(values.type.value_type)
-    try:
-        values = values.cast(pa.large_string())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValueError(f"{name}: column {column!r} must hold strings ({exc})") from None
-    if values.null_count:
-        raise ValueError(f"{name}: column {column!r} holds {values.null_count} null value(s)")
-    return values.combine_chunks()
-
-
-def _first(values: pa.Array, mask: pa.Array) -> object:
-    return values.filter(mask)[0].as_py()
-
-
 def _concat(*parts: Any, skip_nulls: bool = False) -> pa.Array:
     """Element-wise concatenation of large_string arrays and str constants (a null part: null, or '' when ``skip_nulls``)."""
     args = [pa.scalar(part, pa.large_string()) if isinstance(part, str) else part for part in parts]
@@ -303,9 +271,9 @@ def _truncate_mantissa(values: np.ndarray, bits: int = 8) -> np.ndarray:
 
 def build_documents(users: pd.DataFrame | pa.Table, affinities: pd.DataFrame | pa.Table) -> Documents:
     """Validate the inputs (as the embedded index does) and serialise one JSON document per user, column-wise."""
-    table = _as_table(users, "users", ("ext_id", "gender"))
-    ext = _strings(table, "users", "ext_id")
-    gender = _strings(table, "users", "gender")
+    table = as_table(users, "users", ("ext_id", "gender"))
+    ext = string_column(table, "users", "ext_id").combine_chunks()
+    gender = string_column(table, "users", "gender").combine_chunks()
     n_users = len(ext)
     if pc.count_distinct(ext).as_py() != n_users:
         counts = pc.value_counts(ext)
@@ -313,12 +281,12 @@ def build_documents(users: pd.DataFrame | pa.Table, affinities: pd.DataFrame | p
         raise ValueError(f"users: duplicate ext_id {dup!r}")
     known = pc.is_in(gender, value_set=pa.array(GENDERS, type=pa.large_string()))
     if n_users and not pc.all(known).as_py():
-        raise ValueError(f"users: gender {_first(gender, pc.invert(known))!r} is not one of {', '.join(GENDERS)}")
+        raise ValueError(f"users: gender {first(gender, pc.invert(known))!r} is not one of {', '.join(GENDERS)}")
 
-    aff = _as_table(affinities, "affinities", ("ext_id", "dimension", "key", "value"))
-    a_ext = _strings(aff, "affinities", "ext_id")
-    a_dim = _strings(aff, "affinities", "dimension")
-    a_key = _strings(aff, "affinities", "key")
+    aff = as_table(affinities, "affinities", ("ext_id", "dimension", "key", "value"))
+    a_ext = string_column(aff, "affinities", "ext_id").combine_chunks()
+    a_dim = string_column(aff, "affinities", "dimension").combine_chunks()
+    a_key = string_column(aff, "affinities", "key").combine_chunks()
     try:
         a_val = aff["value"].cast(pa.float64()).combine_chunks()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -328,13 +296,13 @@ def build_documents(users: pd.DataFrame | pa.Table, affinities: pd.DataFrame | p
     row_arr = pc.index_in(a_ext, value_set=ext)
     if row_arr.null_count:
         raise ValueError(
-            f"affinities: ext_id {_first(a_ext, pc.is_null(row_arr))!r} is not in users "
+            f"affinities: ext_id {first(a_ext, pc.is_null(row_arr))!r} is not in users "
             f"({row_arr.null_count} affinity row(s) without a user)"
         )
     dim_arr = pc.index_in(a_dim, value_set=pa.array(DIMENSIONS, type=pa.large_string()))
     if dim_arr.null_count:
         raise ValueError(
-            f"affinities: dimension {_first(a_dim, pc.is_null(dim_arr))!r} is not one of {', '.join(DIMENSIONS)}"
+            f"affinities: dimension {first(a_dim, pc.is_null(dim_arr))!r} is not one of {', '.join(DIMENSIONS)}"
         )
     values = a_val.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     if values.size and not (np.isfinite(values).all() and (values >= 0).all() and (values <= _F32_MAX).all()):
