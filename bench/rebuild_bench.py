@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import fresh_database, redact
+
 BASELINE_SQL = """
 WITH ev AS (
   SELECT ext_id, pid, pincode, 1 AS w FROM visits
@@ -185,25 +187,6 @@ def phase_queries(count: int, seed: int) -> dict:
     }
 
 
-def _redact(argument: str) -> str:
-    """Hide a password in a URL argument (the recorded command goes into docs/)."""
-    import re
-
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", argument)
-
-
-def _fresh_database(server_url: str, name: str) -> str:
-    import sqlalchemy as sa
-
-    url = sa.engine.make_url(server_url)
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    engine.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
 def _in_child(phase: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--seed", str(args.seed), "--queries", str(args.queries)]
     output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
@@ -286,7 +269,7 @@ def main() -> int:
     for name in ("PERSONA_DB_URL", "PERSONA_OPENSEARCH_URL", "PERSONA_OPENSEARCH_ALIAS"):
         os.environ.pop(name, None)
     if args.db_url:
-        os.environ["PERSONA_DB_URL"] = _fresh_database(args.db_url, "persona_bench")
+        os.environ["PERSONA_DB_URL"] = fresh_database(args.db_url, "persona_bench")
     if args.opensearch_url:
         os.environ.update({"PERSONA_OPENSEARCH_URL": args.opensearch_url, "PERSONA_OPENSEARCH_ALIAS": "bench_personas"})
     persona = [str(Path(sys.executable).with_name("persona"))]
@@ -306,7 +289,7 @@ def main() -> int:
     baseline = _in_child("baseline", args)
     queries = _in_child("queries", args)
     result = {
-        "command": " ".join([".venv/bin/python", "bench/rebuild_bench.py", *map(_redact, sys.argv[1:])]),
+        "command": " ".join([".venv/bin/python", "bench/rebuild_bench.py", *map(redact, sys.argv[1:])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python {platform.python_version()}",
         "stores": {

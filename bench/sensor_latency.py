@@ -29,6 +29,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _common import fresh_database, redact
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -55,6 +57,8 @@ def main() -> int:
     parser.add_argument("--workdir", default="/tmp/persona-sensor")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--out")
+    parser.add_argument("--db-url", help="a MySQL/MariaDB server URL; the bench uses a fresh database `persona_sensor`")
+    parser.add_argument("--opensearch-url", help="rank and upsert in OpenSearch instead of the embedded index")
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
@@ -62,7 +66,14 @@ def main() -> int:
     home = workdir / "home"
     shutil.rmtree(home, ignore_errors=True)
     os.environ.update({"PERSONA_HOME": str(home)})
-    os.environ.pop("DAGSTER_HOME", None)
+    for name in ("DAGSTER_HOME", "PERSONA_DB_URL", "PERSONA_OPENSEARCH_URL", "PERSONA_OPENSEARCH_ALIAS"):
+        os.environ.pop(name, None)
+    if args.db_url:
+        os.environ["PERSONA_DB_URL"] = fresh_database(args.db_url, "persona_sensor")
+    if args.opensearch_url:
+        os.environ.update(
+            {"PERSONA_OPENSEARCH_URL": args.opensearch_url, "PERSONA_OPENSEARCH_ALIAS": "sensor_personas"}
+        )
     persona = str(Path(sys.executable).with_name("persona"))
     if not (data_dir / "visits.csv").exists():
         subprocess.run(
@@ -135,7 +146,11 @@ def main() -> int:
     runs = instance.get_run_records(RunsFilter(job_name="refresh_changed_users"))
     spans = [(r.start_time, r.end_time) for r in runs if r.start_time and r.end_time]
     result = {
-        "command": " ".join([".venv/bin/python", "bench/sensor_latency.py", *sys.argv[1:]]),
+        "command": " ".join([".venv/bin/python", "bench/sensor_latency.py", *map(redact, sys.argv[1:])]),
+        "stores": {
+            "relational": "MariaDB" if args.db_url else "SQLite",
+            "search": "OpenSearch" if args.opensearch_url else "embedded index",
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "users": args.users,
         "flagged_users": len(touched),
