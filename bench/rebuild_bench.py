@@ -29,7 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import fresh_database, redact
+from _common import redact
+
+from persona_assets.stores.relational import create_mysql_database
 
 BASELINE_SQL = """
 WITH ev AS (
@@ -269,7 +271,7 @@ def main() -> int:
     for name in ("PERSONA_DB_URL", "PERSONA_OPENSEARCH_URL", "PERSONA_OPENSEARCH_ALIAS"):
         os.environ.pop(name, None)
     if args.db_url:
-        os.environ["PERSONA_DB_URL"] = fresh_database(args.db_url, "persona_bench")
+        os.environ["PERSONA_DB_URL"] = create_mysql_database(args.db_url, "persona_bench")
     if args.opensearch_url:
         os.environ.update({"PERSONA_OPENSEARCH_URL": args.opensearch_url, "PERSONA_OPENSEARCH_ALIAS": "bench_personas"})
     persona = [str(Path(sys.executable).with_name("persona"))]

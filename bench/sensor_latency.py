@@ -29,7 +29,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import fresh_database, redact
+from _common import redact
+
+from persona_assets.stores.relational import create_mysql_database
 
 
 def _free_port() -> int:
@@ -69,7 +71,7 @@ def main() -> int:
     for name in ("DAGSTER_HOME", "PERSONA_DB_URL", "PERSONA_OPENSEARCH_URL", "PERSONA_OPENSEARCH_ALIAS"):
         os.environ.pop(name, None)
     if args.db_url:
-        os.environ["PERSONA_DB_URL"] = fresh_database(args.db_url, "persona_sensor")
+        os.environ["PERSONA_DB_URL"] = create_mysql_database(args.db_url, "persona_sensor")
     if args.opensearch_url:
         os.environ.update(
             {"PERSONA_OPENSEARCH_URL": args.opensearch_url, "PERSONA_OPENSEARCH_ALIAS": "sensor_personas"}

@@ -34,6 +34,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from persona_assets.stores.relational import create_mysql_database
+
 CONTRACT_COLUMNS: dict[str, tuple[str, ...]] = {
     "products.csv": ("pid", "pos", "title", "brand", "generic_name", "gender", "cat_l1", "cat_l2", "cat_l3", "price"),
     "categories.csv": ("cat_id", "name", "parent_id"),
@@ -84,23 +86,13 @@ def backend_env(home: Path, backend: str = BACKEND) -> dict[str, str]:
     if key not in _CREATED:
         tag = "t" + hashlib.sha1(key.encode()).hexdigest()[:12]
         urls = production_services()
-        _CREATED[key] = {"PERSONA_DB_URL": _create_database(urls["db"], f"persona_{tag}")}
+        _CREATED[key] = {"PERSONA_DB_URL": create_mysql_database(urls["db"], f"persona_{tag}")}
         if backend == "production":
             _CREATED[key] |= {
                 "PERSONA_OPENSEARCH_URL": urls["opensearch"],
                 "PERSONA_OPENSEARCH_ALIAS": f"{tag}_personas",
             }
     return _CREATED[key]
-
-
-def _create_database(server_url: str, name: str) -> str:
-    url = sa.engine.make_url(server_url)
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    engine.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def fresh_engine(path: Path):

@@ -37,6 +37,17 @@ def string_column(table: pa.Table, name: str, column: str) -> pa.ChunkedArray:
     return values
 
 
+def float_column(table: pa.Table, name: str, column: str) -> pa.ChunkedArray:
+    """A numeric column as float64, with no nulls."""
+    try:
+        values = table[column].cast(pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"{name}: column {column!r} must be numeric ({exc})") from None
+    if values.null_count:
+        raise ValueError(f"{name}: column {column!r} holds {values.null_count} null value(s)")
+    return values
+
+
 def first(values: pa.ChunkedArray | pa.Array, mask: pa.ChunkedArray | pa.Array) -> object:
     """The first value where ``mask`` holds (for error messages)."""
     return values.filter(mask)[0].as_py()

@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 
 from persona_assets.query.request import SegmentQuery
 from persona_assets.query.scoring import NO_TIER_C, ScoreWeights
-from persona_assets.stores.arrow_inputs import as_table, first, string_column
+from persona_assets.stores.arrow_inputs import as_table, first, float_column, string_column
 
 __all__ = [
     "DIMENSIONS",
@@ -156,13 +156,7 @@ def _prepare_postings(
     ext = string_column(table, "affinities", "ext_id")
     dimension = string_column(table, "affinities", "dimension")
     key = string_column(table, "affinities", "key")
-    value = table["value"]
-    try:
-        value = value.cast(pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValueError(f"affinities: column 'value' must be numeric ({exc})") from None
-    if value.null_count:
-        raise ValueError(f"affinities: column 'value' holds {value.null_count} null value(s)")
+    value = float_column(table, "affinities", "value")
 
     rows_arr = pc.index_in(ext, value_set=ext_sorted)
     if rows_arr.null_count:

@@ -80,7 +80,7 @@ import pyarrow.compute as pc
 
 from persona_assets.query.request import SegmentQuery
 from persona_assets.query.scoring import NO_TIER_C, ScoreWeights, score_persona
-from persona_assets.stores.arrow_inputs import as_table, first, string_column
+from persona_assets.stores.arrow_inputs import as_table, first, float_column, string_column
 from persona_assets.stores.embedded_index import DIMENSIONS, GENDERS, Hit, IndexNotBuiltError, SearchHits
 from persona_assets.stores.relational import MAX_NAME_LENGTH
 from persona_assets.stores.search_backend import PublishReport
@@ -287,12 +287,7 @@ def build_documents(users: pd.DataFrame | pa.Table, affinities: pd.DataFrame | p
     a_ext = string_column(aff, "affinities", "ext_id").combine_chunks()
     a_dim = string_column(aff, "affinities", "dimension").combine_chunks()
     a_key = string_column(aff, "affinities", "key").combine_chunks()
-    try:
-        a_val = aff["value"].cast(pa.float64()).combine_chunks()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValueError(f"affinities: column 'value' must be numeric ({exc})") from None
-    if a_val.null_count:
-        raise ValueError(f"affinities: column 'value' holds {a_val.null_count} null value(s)")
+    a_val = float_column(aff, "affinities", "value").combine_chunks()
     row_arr = pc.index_in(a_ext, value_set=ext)
     if row_arr.null_count:
         raise ValueError(

@@ -168,6 +168,22 @@ def create_engine(url: str) -> Engine:
     return engine
 
 
+def create_mysql_database(server_url: str, name: str) -> str:
+    """(Re)create database ``name`` (utf8mb4, binary collation) on the server of ``server_url``; its URL.
+
+    For throwaway databases: benchmarks and the tests' per-home stores.
+    """
+    url = sa.engine.make_url(server_url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+            conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    finally:
+        engine.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
 def create_schema(engine: Engine) -> None:
     """Create every table that is missing (idempotent)."""
     metadata.create_all(engine, checkfirst=True)
