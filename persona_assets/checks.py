@@ -140,6 +140,18 @@ def _rate(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else 0.0
 
 
+def _judge_rate(count: int, total: int, limit: float, min_rows: int, total_label: str) -> tuple[float, bool, bool, str]:
+    """``count / total`` against ``limit``: (rate, judged, passed, verdict text). Not judged below ``min_rows``."""
+    rate = _rate(count, total)
+    judged = total >= min_rows
+    passed = not judged or rate <= limit
+    if not judged:
+        verdict = f"not judged: {total:,} {total_label} < PERSONA_CHECK_MIN_ROWS = {min_rows:,}"
+    else:
+        verdict = f"{'≤' if passed else '>'} the {limit:.2%} allowed"
+    return rate, judged, passed, verdict
+
+
 # --------------------------------------------------------------------------- reject rate
 
 
@@ -195,13 +207,9 @@ def build_reject_rate_check(asset_name: str, file_name: str) -> AssetChecksDefin
         rejected_by_reason = {str(k): int(v) for k, v in dict(summary.get("rejected", {})).items()}
         rows_read = int(summary.get("rows_read", 0))
         rejected = sum(rejected_by_reason.values())
-        rate = _rate(rejected, rows_read)
-        judged = rows_read >= settings.min_rows
-        passed = not judged or rate <= settings.max_reject_rate
-        if not judged:
-            verdict = f"not judged: {rows_read:,} rows read < PERSONA_CHECK_MIN_ROWS = {settings.min_rows:,}"
-        else:
-            verdict = f"{'≤' if passed else '>'} the {settings.max_reject_rate:.2%} allowed"
+        rate, judged, passed, verdict = _judge_rate(
+            rejected, rows_read, settings.max_reject_rate, settings.min_rows, "rows read"
+        )
         description = (
             f"{file_name} in import {import_id}: {rejected:,} of {rows_read:,} rows rejected ({rate:.2%}), {verdict}"
         )
@@ -281,13 +289,9 @@ def unknown_pincode_rate(context: AssetCheckExecutionContext, event_store: Event
     row = con.execute(UNKNOWN_PINCODE_SQL).fetchall()[0]
     product_events, missing, with_pincode, unknown = (int(v) for v in row)
     top = con.execute(TOP_UNKNOWN_PINCODES_SQL, {"limit": SAMPLE_SIZE}).fetchall()
-    rate = _rate(unknown, with_pincode)
-    judged = with_pincode >= settings.min_rows
-    passed = not judged or rate <= settings.max_unknown_pincode_rate
-    if not judged:
-        verdict = f"not judged: {with_pincode:,} events with a pincode < PERSONA_CHECK_MIN_ROWS = {settings.min_rows:,}"
-    else:
-        verdict = f"{'≤' if passed else '>'} the {settings.max_unknown_pincode_rate:.2%} allowed"
+    rate, judged, passed, verdict = _judge_rate(
+        unknown, with_pincode, settings.max_unknown_pincode_rate, settings.min_rows, "events with a pincode"
+    )
     description = (
         f"{unknown:,} of {with_pincode:,} product events with a pincode have one the directory does not know "
         f"({rate:.2%}), {verdict}; {missing:,} events have no pincode"

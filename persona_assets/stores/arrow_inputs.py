@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -51,3 +52,12 @@ def float_column(table: pa.Table, name: str, column: str) -> pa.ChunkedArray:
 def first(values: pa.ChunkedArray | pa.Array, mask: pa.ChunkedArray | pa.Array) -> object:
     """The first value where ``mask`` holds (for error messages)."""
     return values.filter(mask)[0].as_py()
+
+
+def first_repeat(composite: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """Stable sort order of ``composite`` (one integer code per row) and the row of its first repeated code,
+    or None: the duplicate check both index backends run on (ext_id, dimension, key)."""
+    order = np.argsort(composite, kind="stable")
+    ordered = composite[order]
+    same = np.flatnonzero(ordered[1:] == ordered[:-1]) if ordered.size > 1 else ordered[:0]
+    return order, (int(order[same[0]]) if same.size else None)

@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 
 from persona_assets.query.request import SegmentQuery
 from persona_assets.query.scoring import NO_TIER_C, ScoreWeights
-from persona_assets.stores.arrow_inputs import as_table, first, float_column, string_column
+from persona_assets.stores.arrow_inputs import as_table, first, first_repeat, float_column, string_column
 
 __all__ = [
     "DIMENSIONS",
@@ -184,17 +184,13 @@ def _prepare_postings(
     n_keys = max(len(key_vocab), 1)
     group = dims * n_keys + keys  # (dimension, key) pair; orders by key within a dimension
     composite = group * max(n_users, 1) + rows
-    order = np.argsort(composite, kind="stable")
-    composite = composite[order]
-    if composite.size > 1:
-        same = np.flatnonzero(composite[1:] == composite[:-1])
-        if same.size:
-            i = int(order[same[0]])
-            raise ValueError(
-                f"affinities: duplicate (ext_id, dimension, key) "
-                f"({ext_sorted[int(rows[i])].as_py()!r}, {DIMENSIONS[int(dims[i])]!r}, "
-                f"{key_vocab[int(keys[i])].as_py()!r})"
-            )
+    order, i = first_repeat(composite)
+    if i is not None:
+        raise ValueError(
+            f"affinities: duplicate (ext_id, dimension, key) "
+            f"({ext_sorted[int(rows[i])].as_py()!r}, {DIMENSIONS[int(dims[i])]!r}, "
+            f"{key_vocab[int(keys[i])].as_py()!r})"
+        )
     sorted_rows = rows[order].astype(np.int32)
     sorted_values = np.ascontiguousarray(values[order], dtype=np.float64)
     sorted_group = group[order]

@@ -80,7 +80,7 @@ import pyarrow.compute as pc
 
 from persona_assets.query.request import SegmentQuery
 from persona_assets.query.scoring import NO_TIER_C, ScoreWeights, score_persona
-from persona_assets.stores.arrow_inputs import as_table, first, float_column, string_column
+from persona_assets.stores.arrow_inputs import as_table, first, first_repeat, float_column, string_column
 from persona_assets.stores.embedded_index import DIMENSIONS, GENDERS, Hit, IndexNotBuiltError, SearchHits
 from persona_assets.stores.relational import MAX_NAME_LENGTH
 from persona_assets.stores.search_backend import PublishReport
@@ -311,16 +311,12 @@ def build_documents(users: pd.DataFrame | pa.Table, affinities: pd.DataFrame | p
     n_dims = len(DIMENSIONS)
     group = rows * n_dims + dims
     composite = group * max(len(key_vocab), 1) + key_idx
-    order = np.argsort(composite, kind="stable")
-    composite = composite[order]
-    if composite.size > 1:
-        same = np.flatnonzero(composite[1:] == composite[:-1])
-        if same.size:
-            i = int(order[same[0]])
-            raise ValueError(
-                f"affinities: duplicate (ext_id, dimension, key) ({ext[int(rows[i])].as_py()!r}, "
-                f"{DIMENSIONS[int(dims[i])]!r}, {key_vocab[int(key_idx[i])].as_py()!r})"
-            )
+    order, i = first_repeat(composite)
+    if i is not None:
+        raise ValueError(
+            f"affinities: duplicate (ext_id, dimension, key) ({ext[int(rows[i])].as_py()!r}, "
+            f"{DIMENSIONS[int(dims[i])]!r}, {key_vocab[int(key_idx[i])].as_py()!r})"
+        )
     group = group[order]
     dims = dims[order]
     values = values[order]
