@@ -31,11 +31,9 @@ by ``persona import`` anyway. Every count is set-based (SQL or DuckDB over whole
 computation per row in Python.
 """
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -52,6 +50,7 @@ from dagster import (
 
 from persona_assets.assets.reference import load_pincode_tiers
 from persona_assets.compute import affinities
+from persona_assets.ingest.importer import latest_import_file_summary
 from persona_assets.resources import EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.stores import relational
 from persona_assets.stores.changes import CALCULATED
@@ -153,22 +152,6 @@ def _judge_rate(count: int, total: int, limit: float, min_rows: int, total_label
 
 
 # --------------------------------------------------------------------------- reject rate
-
-
-def latest_import_file_summary(engine: sa.engine.Engine, file_name: str) -> tuple[str, dict[str, Any]] | None:
-    """(import id, that file's summary) of the most recent import that contained ``file_name``.
-
-    Same ordering as ``ingest.importer.latest_import_rejects``; the summary is
-    ``{"rows_read", "imported", "rejected": {reason: count}}``.
-    """
-    table = relational.imports
-    select = sa.select(table.c.import_id, table.c.summary).order_by(table.c.started_at.desc(), table.c.import_id.desc())
-    with engine.connect() as conn:
-        for import_id, summary in conn.execute(select):
-            files = json.loads(summary).get("files", {})
-            if file_name in files:
-                return str(import_id), dict(files[file_name])
-    return None
 
 
 # (asset, file of the import it publishes)

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -67,18 +68,26 @@ class ImportReport:
         }
 
 
+def latest_import_file_summary(engine, file_name: str) -> tuple[str, dict[str, Any]] | None:
+    """(import id, that file's summary) of the most recent import that contained ``file_name``.
+
+    The summary is ``{"rows_read", "imported", "rejected": {reason: count}}``. Imports are ordered by
+    their start time (microseconds), then by id (which starts with the same time).
+    """
+    table = relational.imports
+    select = sa.select(table.c.import_id, table.c.summary).order_by(table.c.started_at.desc(), table.c.import_id.desc())
+    with engine.connect() as conn:
+        for import_id, summary in conn.execute(select):
+            files = json.loads(summary).get("files", {})
+            if file_name in files:
+                return str(import_id), dict(files[file_name])
+    return None
+
+
 def latest_import_rejects(engine, file_name: str) -> dict[str, int]:
     """Rejected rows of ``file_name`` by reason in the most recent import that contained it."""
-    table = relational.imports
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(table.c.summary).order_by(table.c.started_at.desc(), table.c.import_id.desc())
-        ).all()
-    for (summary,) in rows:
-        files = json.loads(summary).get("files", {})
-        if file_name in files:
-            return dict(files[file_name]["rejected"])
-    return {}
+    found = latest_import_file_summary(engine, file_name)
+    return {} if found is None else dict(found[1]["rejected"])
 
 
 def catalog_landing_path(landing_dir: Path, name: str) -> Path:
@@ -153,7 +162,8 @@ def import_directory(
         if kind.csv_file in frames:
             validated[kind.csv_file] = validate_events(kind.name, frames[kind.csv_file][0], first_day, last_day)
 
-    import_id = datetime.now(UTC).strftime("imp-%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+    # Microseconds: two imports in the same second still order by time (the latest one is judged).
+    import_id = datetime.now(UTC).strftime("imp-%Y%m%dT%H%M%S%fZ-") + secrets.token_hex(3)
     files = {name: _report(v, len(frames[name][0]), frames[name][1]) for name, v in validated.items()}
 
     relational.create_schema(engine)
@@ -177,7 +187,7 @@ def import_directory(
                 {
                     "import_id": [import_id],
                     "source": [report.source],
-                    "started_at": [datetime.now(UTC).isoformat(timespec="seconds")],
+                    "started_at": [datetime.now(UTC).isoformat(timespec="microseconds")],
                     "summary": [json.dumps(report.as_dict())],
                 }
             ),
