@@ -86,6 +86,7 @@ def phase_baseline() -> dict:
 
     from persona_assets.assets.reference import PINCODE_TIERS_FILE
     from persona_assets.compute import affinities
+    from persona_assets.compute.duck import connect
     from persona_assets.contract.tokens import token_regex_re2
     from persona_assets.resources import resources_from_settings
     from persona_assets.settings import PersonaSettings
@@ -94,7 +95,7 @@ def phase_baseline() -> dict:
 
     settings = PersonaSettings.from_env()
     engine = resources_from_settings(settings)["relational_store"].engine
-    con = affinities.connect()
+    con = connect(settings.duckdb_limits)
     affinities.register_events(con, EventStore(settings.layout.landing_dir, settings.layout.events_dir))
     affinities.register_reference(
         con,

@@ -51,7 +51,7 @@ from dagster import (
 from persona_assets.assets.reference import load_pincode_tiers
 from persona_assets.compute import affinities
 from persona_assets.ingest.importer import latest_import_file_summary
-from persona_assets.resources import EventStoreResource, RelationalStore, SearchIndexResource
+from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.stores import relational
 from persona_assets.stores.changes import CALCULATED
 
@@ -263,9 +263,11 @@ TOP_UNKNOWN_PINCODES_SQL = """
         "PERSONA_CHECK_MIN_ROWS events with a pincode."
     ),
 )
-def unknown_pincode_rate(context: AssetCheckExecutionContext, event_store: EventStoreResource) -> AssetCheckResult:
+def unknown_pincode_rate(
+    context: AssetCheckExecutionContext, event_store: EventStoreResource, compute: ComputeResource
+) -> AssetCheckResult:
     settings = CheckSettings.from_env()
-    con = affinities.connect()
+    con = compute.connect()
     affinities.register_events(con, event_store.store)
     con.register("tiers_df", load_pincode_tiers(event_store)[["pincode"]])
     con.execute("CREATE TABLE tiers AS SELECT DISTINCT pincode FROM tiers_df")
@@ -386,7 +388,10 @@ def _relational_maps(con: duckdb.DuckDBPyConnection, engine: sa.engine.Engine, t
     ),
 )
 def maps_sum_to_one(
-    context: AssetCheckExecutionContext, event_store: EventStoreResource, relational_store: RelationalStore
+    context: AssetCheckExecutionContext,
+    event_store: EventStoreResource,
+    relational_store: RelationalStore,
+    compute: ComputeResource,
 ) -> AssetCheckResult:
     tolerance = CheckSettings.from_env().map_sum_tolerance
     path = event_store.layout.work_dir / "persona_affinity.parquet"
@@ -400,7 +405,7 @@ def maps_sum_to_one(
                 metadata={"path": str(path)},
             ),
         )
-    con = affinities.connect()
+    con = compute.connect()
     con.execute(
         "CREATE TABLE bad_maps (source VARCHAR, ext_id VARCHAR, dimension VARCHAR, total DOUBLE, keys BIGINT, "
         "bad_values BIGINT)"

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from persona_assets.assets.reference import load_pincode_tiers
 from persona_assets.compute import affinities, persona_store
+from persona_assets.compute.duck import DuckDBLimits, connect
 from persona_assets.resources import EventStoreResource
 from persona_assets.stores import relational
 from persona_assets.stores.changes import CALCULATED, NEEDS_CALCULATION, SEARCHABLE, advance_flags, snapshot_flags
@@ -40,7 +41,11 @@ class RefreshReport:
 
 
 def refresh_users(
-    ext_ids: list[str], engine: Engine, event_store: EventStoreResource, backend: SearchBackend
+    ext_ids: list[str],
+    engine: Engine,
+    event_store: EventStoreResource,
+    backend: SearchBackend,
+    limits: DuckDBLimits | None = None,
 ) -> RefreshReport:
     """Recompute ``ext_ids`` from their events and publish them into the live index."""
     started = time.perf_counter()
@@ -53,7 +58,7 @@ def refresh_users(
     snapshot = snapshot_flags(engine)
     snapshot = snapshot[snapshot["ext_id"].isin(ext_ids)]
 
-    con = affinities.connect()
+    con = connect(limits)
     affinities.register_events(con, event_store.store, only_users=ext_ids)
     affinities.register_reference(
         con,

@@ -5,9 +5,11 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+import duckdb
 from dagster import ConfigurableResource
 from sqlalchemy.engine import Engine
 
+from persona_assets.compute.duck import DuckDBLimits, connect
 from persona_assets.settings import HomeLayout, PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.events import EventStore
@@ -45,6 +47,24 @@ class EventStoreResource(ConfigurableResource):
         return EventStore(landing_dir=self.layout.landing_dir, events_dir=self.layout.events_dir)
 
 
+class ComputeResource(ConfigurableResource):
+    """DuckDB for the set-based steps, bounded by ``PERSONA_MEMORY_LIMIT`` and ``PERSONA_THREADS``.
+
+    Each step opens its own connection; what does not fit spills under ``spill_dir``.
+    """
+
+    memory_limit: str
+    threads: int
+    spill_dir: str
+
+    @property
+    def limits(self) -> DuckDBLimits:
+        return DuckDBLimits(memory_limit=self.memory_limit, threads=self.threads, temp_directory=Path(self.spill_dir))
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        return connect(self.limits)
+
+
 class SearchIndexResource(ConfigurableResource):
     """The segment-search backend: the embedded index, or OpenSearch when ``opensearch_url`` is set."""
 
@@ -76,6 +96,9 @@ def resources_from_settings(settings: PersonaSettings) -> dict[str, Configurable
     return {
         "relational_store": RelationalStore(db_url=settings.db_url),
         "event_store": EventStoreResource(home=home),
+        "compute": ComputeResource(
+            memory_limit=settings.memory_limit, threads=settings.threads, spill_dir=str(settings.layout.spill_dir)
+        ),
         "search_index": SearchIndexResource(
             home=home, opensearch_url=settings.opensearch_url, opensearch_alias=settings.opensearch_alias
         ),

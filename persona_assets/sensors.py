@@ -29,7 +29,7 @@ from dagster import (
 
 from persona_assets.jobs import CLI_TAG, REBUILD_TAG, full_rebuild_job, ingest_events_job
 from persona_assets.refresh import refresh_users
-from persona_assets.resources import EventStoreResource, RelationalStore, SearchIndexResource
+from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.stores.changes import claim_users, claimed_users, release_claim
 
 RAW_EVENT_KEYS = {AssetKey(f"raw_{kind}") for kind in ("visits", "checkouts", "searches")}
@@ -79,12 +79,13 @@ def refresh_claimed_users(
     relational_store: RelationalStore,
     event_store: EventStoreResource,
     search_index: SearchIndexResource,
+    compute: ComputeResource,
 ):
     """Recompute the claimed users and upsert them into the live index; the claim is released either way."""
     engine = relational_store.engine
     ext_ids = claimed_users(engine, config.claim)
     try:
-        report = refresh_users(ext_ids, engine, event_store, search_index.backend())
+        report = refresh_users(ext_ids, engine, event_store, search_index.backend(), compute.limits)
     finally:
         release_claim(engine, config.claim)
     context.log.info(

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+
+from persona_assets.compute.duck import DuckDBLimits
+
+DEFAULT_MEMORY_LIMIT = "3GiB"
+_MEMORY_RE = re.compile(r"[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,11 @@ class HomeLayout:
     def dagster_home(self) -> Path:
         return self.home / "dagster"
 
+    @property
+    def spill_dir(self) -> Path:
+        """Where DuckDB spills what does not fit in ``PERSONA_MEMORY_LIMIT`` (emptied by DuckDB itself)."""
+        return self.home / "tmp" / "duckdb"
+
 
 @dataclass(frozen=True)
 class PersonaSettings:
@@ -54,6 +65,9 @@ class PersonaSettings:
     # First day of the daily event partitions; events before it are rejected at import.
     events_start: date = date(2015, 1, 1)
     opensearch_alias: str = "persona_personas"
+    # DuckDB's budget per step (PERSONA_MEMORY_LIMIT) and its threads (PERSONA_THREADS, default: every core).
+    memory_limit: str = DEFAULT_MEMORY_LIMIT
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PersonaSettings:
@@ -66,14 +80,26 @@ class PersonaSettings:
             events_start = date.fromisoformat(start_text)
         except ValueError as error:
             raise ValueError(f"PERSONA_EVENTS_START: {start_text!r} is not a YYYY-MM-DD date") from error
+        memory_limit = (env.get("PERSONA_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT).strip()
+        if not _MEMORY_RE.fullmatch(memory_limit):
+            raise ValueError(f"PERSONA_MEMORY_LIMIT: {memory_limit!r} is not a size such as 4GiB, 3GB or 512MiB")
+        threads_text = env.get("PERSONA_THREADS") or str(os.cpu_count() or 1)
+        if not threads_text.isdigit() or int(threads_text) < 1:
+            raise ValueError(f"PERSONA_THREADS: {threads_text!r} is not a whole number of threads >= 1")
         return cls(
             home=home,
             db_url=db_url,
             opensearch_url=opensearch_url,
             events_start=events_start,
             opensearch_alias=env.get("PERSONA_OPENSEARCH_ALIAS") or "persona_personas",
+            memory_limit=memory_limit,
+            threads=int(threads_text),
         )
 
     @property
     def layout(self) -> HomeLayout:
         return HomeLayout(self.home)
+
+    @property
+    def duckdb_limits(self) -> DuckDBLimits:
+        return DuckDBLimits(memory_limit=self.memory_limit, threads=self.threads, temp_directory=self.layout.spill_dir)

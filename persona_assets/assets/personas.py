@@ -13,7 +13,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 
 from persona_assets.assets.reference import load_pincode_tiers
 from persona_assets.compute import affinities, persona_store
-from persona_assets.resources import EventStoreResource, RelationalStore, SearchIndexResource
+from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.stores import relational
 from persona_assets.stores.changes import (
     CALCULATED,
@@ -39,9 +39,9 @@ def _read_work(con: duckdb.DuckDBPyConnection, event_store: EventStoreResource, 
 
 
 def _connect_with_reference(
-    event_store: EventStoreResource, relational_store: RelationalStore
+    event_store: EventStoreResource, relational_store: RelationalStore, compute: ComputeResource
 ) -> duckdb.DuckDBPyConnection:
-    con = affinities.connect()
+    con = compute.connect()
     engine = relational_store.engine
     affinities.register_events(con, event_store.store)
     affinities.register_reference(
@@ -59,14 +59,17 @@ def _connect_with_reference(
     kinds={"duckdb", "sql"},
 )
 def user_raw_affinities(
-    context: AssetExecutionContext, event_store: EventStoreResource, relational_store: RelationalStore
+    context: AssetExecutionContext,
+    event_store: EventStoreResource,
+    relational_store: RelationalStore,
+    compute: ComputeResource,
 ) -> MaterializeResult:
     """Weighted interaction sums per user (contract section 2), also written to the legacy ``user_persona`` columns."""
     started = time.perf_counter()
     engine = relational_store.engine
     # Read the flags before any event, so a user changed from here on keeps hasChanged = 1.
     snapshot = snapshot_flags(engine)
-    con = _connect_with_reference(event_store, relational_store)
+    con = _connect_with_reference(event_store, relational_store, compute)
     affinities.compute_raw_affinities(con)
     context.log.info(f"raw affinities computed in {time.perf_counter() - started:.1f}s")
     work = event_store.layout.work_dir
@@ -98,11 +101,13 @@ def user_raw_affinities(
 
 
 @asset(group_name="personas", deps=RAW_EVENT_DEPS, kinds={"duckdb", "sql"})
-def user_activity(event_store: EventStoreResource, relational_store: RelationalStore) -> MaterializeResult:
+def user_activity(
+    event_store: EventStoreResource, relational_store: RelationalStore, compute: ComputeResource
+) -> MaterializeResult:
     """Each user's products (latest visit and purchase) and search texts: the query's ``visited``,
     ``purchased`` and ``search_terms`` come from here."""
     started = time.perf_counter()
-    con = affinities.connect()
+    con = compute.connect()
     affinities.register_events(con, event_store.store)
     con.execute(f"CREATE TABLE users AS {affinities.USERS_SQL}")
     users = persona_store.write_activity(relational_store.engine, con)
@@ -123,13 +128,16 @@ class VocabularyConfig(Config):
 
 @asset(group_name="personas", deps=[user_raw_affinities], kinds={"duckdb", "sql"})
 def attribute_vocabulary(
-    config: VocabularyConfig, event_store: EventStoreResource, relational_store: RelationalStore
+    config: VocabularyConfig,
+    event_store: EventStoreResource,
+    relational_store: RelationalStore,
+    compute: ComputeResource,
 ) -> MaterializeResult:
     """Top brands and generic names by raw affinity summed over all users (ties: name ascending)."""
     if config.brand_size < 0 or config.generic_size < 0:
         raise ValueError("attribute_vocabulary: brand_size and generic_size must be ≥ 0")
     started = time.perf_counter()
-    con = affinities.connect()
+    con = compute.connect()
     _read_work(con, event_store, "raw_affinity")
     vocabulary = affinities.compute_vocabulary(con, config.brand_size, config.generic_size)
     vocabulary.to_parquet(_work(event_store, "vocabulary"), index=False)
@@ -153,12 +161,15 @@ def attribute_vocabulary(
     kinds={"duckdb", "sql"},
 )
 def user_personas(
-    context: AssetExecutionContext, event_store: EventStoreResource, relational_store: RelationalStore
+    context: AssetExecutionContext,
+    event_store: EventStoreResource,
+    relational_store: RelationalStore,
+    compute: ComputeResource,
 ) -> MaterializeResult:
     """Normalised personas (contract section 3): gender label, maps kept to the vocabulary and summing to 1."""
     started = time.perf_counter()
     engine = relational_store.engine
-    con = affinities.connect()
+    con = compute.connect()
     for name in ("raw_affinity", "users"):
         _read_work(con, event_store, name)
     affinities.register_categories(con, relational.read_frame(engine, relational.categories))

@@ -22,16 +22,6 @@ PRODUCT_DIMENSIONS = ("brand", "generic", "category", "ecomm")
 MAP_DIMENSIONS = ("brand", "generic", "category", "city", "ecomm")
 
 
-def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute("SET preserve_insertion_order = false")
-    return con
-
-
 def register_events(con: duckdb.DuckDBPyConnection, store: EventStore, only_users: list[str] | None = None) -> None:
     """Views ``visits``, ``checkouts``, ``searches`` over every published day (empty when none).
 
