@@ -119,20 +119,13 @@ def cmd_materialize(args: argparse.Namespace, settings: PersonaSettings) -> int:
 
 
 def cmd_export(args: argparse.Namespace, settings: PersonaSettings) -> int:
-    from persona_assets.query.service import export_rows
+    from persona_assets.export import export_personas
     from persona_assets.resources import resources_from_settings
 
     engine = resources_from_settings(settings)["relational_store"].engine  # type: ignore[attr-defined]
-    rows = export_rows(engine)
     out = Path(args.file)
-    with out.open("w", encoding="utf-8") as handle:
-        for row in rows.itertuples(index=False):
-            handle.write(
-                f'{{"ext_id": {json.dumps(row.ext_id, ensure_ascii=False)}, "gender": "{row.gender}", '
-                f'"city": {row.city}, "ecomm": {row.ecomm}, "brand_affinity": {row.brand_affinity}, '
-                f'"generic_affinity": {row.generic_affinity}, "category_affinity": {row.category_affinity}}}\n'
-            )
-    _progress(f"wrote {len(rows):,} personas to {out}")
+    written = export_personas(engine, out, _progress)
+    _progress(f"wrote {written:,} personas to {out}")
     return 0
 
 

@@ -247,17 +247,22 @@ def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -
 
 
 def _json_maps(table: str, value: str, dimensions: tuple[str, ...]) -> str:
-    """SQL giving one row per user with one JSON object column per dimension (NULL when empty)."""
-    columns = ",\n".join(f"MAX(CASE WHEN dimension = '{d}' THEN obj END) AS \"{d}\"" for d in dimensions)
-    return (
-        f"SELECT ext_id,\n{columns}\nFROM (SELECT ext_id, dimension, "
-        f"CAST(json_group_object(key, {value}) AS VARCHAR) AS obj FROM {table} GROUP BY ext_id, dimension) "
-        "GROUP BY ext_id"
+    """SQL giving one row per user with one JSON object column per dimension (NULL when empty).
+
+    One GROUP BY over the long table, the objects spelled with ``string_agg``: about a fifth cheaper
+    than ``json_group_object`` per (user, dimension) pivoted afterwards, which matters at ~70M rows.
+    """
+    columns = ",\n".join(
+        f"'{{' || string_agg(to_json(key) || ':' || CAST({value} AS VARCHAR), ',') "
+        f"FILTER (WHERE dimension = '{d}') || '}}' AS \"{d}\""
+        for d in dimensions
     )
+    return f"SELECT ext_id,\n{columns}\nFROM {table} GROUP BY ext_id"
 
 
 def persona_rows_sql() -> str:
-    """Rows of the ``user_personas`` table: the normalised maps as JSON text, in key order."""
+    """Rows of the ``user_personas`` table: the normalised maps as JSON text (rows in no particular order:
+    a store keeps them by key, and sorting a million rows of JSON would cost more than the write)."""
     return f"""
         WITH maps AS ({_json_maps("persona_affinity", "value", MAP_DIMENSIONS)})
         SELECT u.ext_id, u.gender,
@@ -267,7 +272,6 @@ def persona_rows_sql() -> str:
                CAST(COALESCE(m.generic, '{{}}') AS VARCHAR) AS generic_affinity,
                CAST(COALESCE(m.category, '{{}}') AS VARCHAR) AS category_affinity
         FROM persona_users u LEFT JOIN maps m ON m.ext_id = u.ext_id
-        ORDER BY u.ext_id
         """
 
 
@@ -290,7 +294,6 @@ def legacy_rows_sql(search_terms_limit: int = 100) -> str:
                CAST(COALESCE(m.category, '{{}}') AS VARCHAR) AS "categoryAffinity",
                CAST(COALESCE(m.generic, '{{}}') AS VARCHAR) AS "genericAffinity"
         FROM users u LEFT JOIN maps m ON m.ext_id = u.ext_id LEFT JOIN terms t ON t.ext_id = u.ext_id
-        ORDER BY u.ext_id
         """
 
 
@@ -318,7 +321,6 @@ USER_ACTIVITY_SQL = """
     FROM users u
     LEFT JOIN per_user_products p ON p.ext_id = u.ext_id
     LEFT JOIN per_user_searches s ON s.ext_id = u.ext_id
-    ORDER BY u.ext_id
 """
 """One row per user: every product touched (latest visit and purchase) and every distinct search text."""
 
