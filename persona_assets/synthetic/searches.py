@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from persona_assets.synthetic.catalog import Catalog
+from persona_assets.synthetic.catalog import MEN, WOMEN, Catalog, Sampler
 from persona_assets.synthetic.shoppers import ACTIVITY_SIGMA, People, Visits, Window
 
 SEARCH_MEAN = 3.0  # searches per user = Poisson(SEARCH_MEAN * sqrt(activity))
@@ -48,9 +48,21 @@ class Searches:
 
 
 def draw_searches(
-    rng: np.random.Generator, cat: Catalog, people: People, visits: Visits, window: Window, *, search_mean: float
+    rng: np.random.Generator,
+    cat: Catalog,
+    sampler: Sampler,
+    people: People,
+    visits: Visits,
+    window: Window,
+    *,
+    search_mean: float,
+    unvisited_share: float,
 ) -> Searches:
-    """Poisson(``search_mean`` * sqrt(activity)) searches per user, each a little before a visit it names."""
+    """Poisson(``search_mean`` * sqrt(activity)) searches per user, each a little before a visit.
+
+    A search names the visited product, or with probability ``unvisited_share`` a product drawn
+    like an exploring visit that the user never opened (a search that led nowhere).
+    """
     start, _ = window
     n = len(people.gender)
     count = rng.poisson(search_mean * np.sqrt(people.activity))
@@ -59,6 +71,11 @@ def draw_searches(
     cand_user = np.repeat(su, 2)
     src = visits.fresh_lo[cand_user] + (rng.random(len(cand_user)) * visits.fresh_n[cand_user]).astype(np.int64)
     prod = visits.product[src]
+    if unvisited_share > 0:
+        unvisited = np.repeat(rng.random(len(su)) < unvisited_share, 2)
+        for g in (MEN, WOMEN):
+            sel = unvisited & (people.gender[cand_user] == g)
+            prod[sel] = sampler.explore(rng, g, int(sel.sum()))
     nb, ng = cat.brand_words[prod], cat.generic_words[prod]
     hb, hg = cat.has_brand[prod], cat.has_generic[prod]
     sex = cat.gender[prod]

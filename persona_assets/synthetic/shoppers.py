@@ -132,9 +132,11 @@ def draw_visits(
     window: Window,
     *,
     interests: tuple[int, int],
+    interest_share: float,
     fresh_mean: float,
+    repeat_rate: float,
 ) -> Visits:
-    """Fresh visits from ``interests`` (lo, hi) groups per user plus exploration, then repeats."""
+    """Fresh visits, ``interest_share`` of them from ``interests`` (lo, hi) groups per user, then repeats."""
     n = len(people.gender)
     sampler = world.sampler
     catalog_size = len(sampler.weight)
@@ -159,7 +161,7 @@ def draw_visits(
     slot = sum((slot_cdf[cu, j] <= x).astype(np.int64) for j in range(most - 1))  # per slot column, not per event
     group = slot_group[cu, slot]
     del x, slot
-    from_interest = rng.random(len(cu)) < INTEREST_SHARE
+    from_interest = rng.random(len(cu)) < interest_share
     cp = np.empty(len(cu), np.int64)
     for g in (MEN, WOMEN):
         sel = people.gender[cu] == g
@@ -191,7 +193,7 @@ def draw_visits(
     ft = np.minimum(sess_t[sess] + rng.gamma(1.0, 600.0, len(fu)).astype(np.int64), end)
 
     # Repeats: a later visit of one of the user's fresh products.
-    rep_n = rng.binomial(fresh_n, REPEAT_RATE)
+    rep_n = rng.binomial(fresh_n, repeat_rate)
     ru = np.repeat(np.arange(n), rep_n)
     src = fresh_lo[ru] + (rng.random(len(ru)) * fresh_n[ru]).astype(np.int64)
     left = end - ft[src]
