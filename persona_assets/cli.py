@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a synthetic dataset in the import format, and shape.json saying what was drawn",
         description="Synthetic shoppers over the real catalog. Without shape flags the output is the original "
         "30-day shape, byte for byte. --wide is the acceptance benchmark's shape (two years of days, about 73 "
-        "raw affinity rows, 4.4 searches and 29-30 events per shopper, 1%% adversarial shoppers, users drawn "
+        "raw affinity rows, 4.4 searches and 29-30 events per shopper, 1% adversarial shoppers, users drawn "
         "100,000 at a time); the other shape flags override --wide or the default.",
     )
     p.add_argument("directory")
