@@ -183,7 +183,7 @@ def generate_dataset(
     _write_files(out_dir, ext, pa.array(world.pincodes), pa.array(cat.pid), drawn, counts, say)
     say(", ".join(f"{k}: {v:,}" for k, v in counts.items()))
     description = describe(users, seed, first_day, end_date, shape, counts, len(adversarial))
-    (out_dir / SHAPE_FILE).write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n")
+    (out_dir / SHAPE_FILE).write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return counts
 
 
@@ -267,6 +267,8 @@ class _Drawn:
 
     @classmethod
     def concatenate(cls, blocks: list[_Drawn]) -> _Drawn:
+        if len(blocks) == 1:
+            return blocks[0]
         columns = {}
         for field in dataclasses.fields(cls):
             parts = [getattr(block, field.name) for block in blocks]

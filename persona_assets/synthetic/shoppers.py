@@ -83,10 +83,6 @@ class People:
     activity: np.ndarray
     name: pa.Array
 
-    @property
-    def gender_label(self) -> pa.Array:
-        return pa.array(np.where(self.gender == MEN, "men", "women"))
-
 
 def draw_people(rng: np.random.Generator, world: World, n: int) -> People:
     home = draw_cdf(world.pincode_cdf, rng.random(n))
