@@ -38,8 +38,13 @@ Timestamps are whole seconds in the window of ``days`` calendar days ending with
 ``[end_date - (days - 1) 00:00:00, end_date + 1 day 00:00:00)`` UTC, written as
 ``2026-10-05T13:02:11+00:00``. Output is byte-identical for the same (users, seed, end_date, shape).
 
-Shapes (:class:`Shape`): the default is the original 30-day shape, byte for byte; :data:`WIDE` is the
-acceptance benchmark's (see its comment). ``shape.json`` in the output says which shape was drawn.
+Shapes (:class:`Shape`): the default is the original 30-day shape, byte for byte. :data:`WIDE`
+(``persona generate --wide``) is the acceptance benchmark's: 730 days; 8-12 interests, but 90% of
+distinct products found by exploring the catalog; 5% repeat visits; 4.4 searches per shopper, each
+about a product never visited; 1% adversarial shoppers (:mod:`.adversarial`); 100,000 users per
+block. Measured at 100k users through ``persona import`` + ``persona materialize``: 73.9 raw
+affinity rows, 4.41 searches and 29.7 events per shopper. ``shape.json`` in the output says which
+shape was drawn.
 """
 
 from __future__ import annotations
