@@ -63,6 +63,25 @@ def write_csv(
                 progress(f"  {path.name}: {min(lo + SLICE_ROWS, rows):,} / {rows:,} rows written")
 
 
+def sorted_rows(*keys: np.ndarray) -> np.ndarray:
+    """Rows ordered by ``keys[0]``, then ``keys[1]``...; ties keep row order (``np.lexsort(keys[::-1])``).
+
+    One stable argsort of a combined int64 key when the keys' ranges fit in one, which is several
+    times faster than ``lexsort`` over tens of millions of rows.
+    """
+    if len(keys[0]) == 0:
+        return np.zeros(0, np.int64)
+    combined = np.zeros(len(keys[0]), np.int64)
+    span = 1
+    for key in reversed(keys):
+        lo, hi = int(key.min()), int(key.max())
+        if span * (hi - lo + 1) >= 2**62:
+            return np.lexsort(keys[::-1])
+        combined += (key.astype(np.int64) - lo) * span
+        span *= hi - lo + 1
+    return np.argsort(combined, kind="stable")
+
+
 def _concatenated_values(text: pa.Array) -> pa.Buffer:
     """The values of a string array back to back: its data buffer between the first and last offset."""
     if text.null_count:
