@@ -259,7 +259,8 @@ class Pipeline:
         """``persona export FILE``, parsed: ext_id -> the JSON object of its line."""
         target = self.root / "export.jsonl"
         self.check("export", target)
-        self.export_lines = target.read_text(encoding="utf-8").splitlines()
+        # JSON Lines end lines with "\n" only; str.splitlines would also split inside an id holding U+2028.
+        self.export_lines = target.read_text(encoding="utf-8").split("\n")[:-1]
         personas: dict[str, dict] = {}
         for line in self.export_lines:
             record = json.loads(line)
