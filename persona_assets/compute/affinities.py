@@ -140,48 +140,74 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
 
     ``raw_affinity`` also carries the ``gender`` dimension (keys men/women/unisex), which is
     not a persona map but feeds the gender label.
+
+    The sums run over integer surrogates (a number per user, product and (dimension, key)) and the
+    names are joined back once at the end: the big aggregation then moves 16-byte rows instead of
+    strings, which at a million users is what decides whether it stays in memory or spills gigabytes.
     """
     con.execute(f"CREATE OR REPLACE TABLE users AS {USERS_SQL}")
+    compute_search_matches(con)
     con.execute(
         f"""
+        CREATE OR REPLACE TEMP TABLE user_ids AS
+        SELECT ext_id, CAST(row_number() OVER () AS INTEGER) AS uid FROM users;
+        CREATE OR REPLACE TEMP TABLE product_ids AS
+        SELECT pid, CAST(row_number() OVER () AS INTEGER) AS prod FROM products;
+
+        -- Every key a product adds to: its maps (weighted) and its gender (counted).
         CREATE OR REPLACE TEMP TABLE product_keys AS
         SELECT pid, 'brand' AS dimension, brand AS key FROM products WHERE brand <> ''
         UNION ALL SELECT pid, 'generic', generic_name FROM products WHERE generic_name <> ''
         UNION ALL SELECT pid, 'category', CAST(cat_l1 AS VARCHAR) FROM products WHERE cat_l1 IS NOT NULL
         UNION ALL SELECT pid, 'category', CAST(cat_l2 AS VARCHAR) FROM products WHERE cat_l2 IS NOT NULL
         UNION ALL SELECT pid, 'category', CAST(cat_l3 AS VARCHAR) FROM products WHERE cat_l3 IS NOT NULL
-        UNION ALL SELECT pid, 'ecomm', pos FROM products WHERE pos <> '';
+        UNION ALL SELECT pid, 'ecomm', pos FROM products WHERE pos <> ''
+        UNION ALL SELECT pid, 'gender', gender FROM products WHERE gender IS NOT NULL;
+
+        CREATE OR REPLACE TEMP TABLE key_ids AS
+        SELECT dimension, key, CAST(row_number() OVER () AS INTEGER) AS kid FROM (
+            SELECT DISTINCT dimension, key FROM product_keys
+            UNION SELECT DISTINCT 'city', tier FROM pincode_tiers
+            UNION SELECT DISTINCT dimension, name FROM search_matches
+        );
+        CREATE OR REPLACE TEMP TABLE product_key_ids AS
+        SELECT p.prod, k.kid, pk.dimension = 'gender' AS counts_events
+        FROM product_keys pk JOIN product_ids p USING (pid) JOIN key_ids k USING (dimension, key);
+        CREATE OR REPLACE TEMP TABLE pincode_key_ids AS
+        SELECT t.pincode, k.kid FROM pincode_tiers t JOIN key_ids k ON k.dimension = 'city' AND k.key = t.tier;
 
         -- One row per (user, product, pincode): weight for the product maps, event count for gender/city.
+        -- The inner join with product_ids drops events whose pid the catalog does not know.
         CREATE OR REPLACE TEMP TABLE product_events AS
-        SELECT e.ext_id, e.pid, e.pincode, SUM(e.weight) AS weight, COUNT(*) AS events
+        SELECT u.uid, p.prod, e.pincode, SUM(e.weight) AS weight, COUNT(*) AS events
         FROM (
             SELECT ext_id, pid, pincode, {VISIT_WEIGHT} AS weight FROM visits
             UNION ALL SELECT ext_id, pid, pincode, {CHECKOUT_WEIGHT} FROM checkouts
         ) e
-        SEMI JOIN products p ON p.pid = e.pid
+        JOIN product_ids p ON p.pid = e.pid
+        JOIN user_ids u ON u.ext_id = e.ext_id
         GROUP BY ALL;
-        """
-    )
-    compute_search_matches(con)
-    con.execute(
-        f"""
-        CREATE OR REPLACE TABLE raw_affinity AS
-        SELECT ext_id, dimension, key, SUM(weight)::DOUBLE AS weight FROM (
-            SELECT e.ext_id, k.dimension, k.key, e.weight
-            FROM product_events e JOIN product_keys k ON k.pid = e.pid
+
+        CREATE OR REPLACE TEMP TABLE raw_affinity_ids AS
+        SELECT uid, kid, SUM(weight)::DOUBLE AS weight FROM (
+            SELECT e.uid, k.kid, CASE WHEN k.counts_events THEN e.events ELSE e.weight END AS weight
+            FROM product_events e JOIN product_key_ids k ON k.prod = e.prod
             UNION ALL
-            SELECT e.ext_id, 'gender', p.gender, e.events
-            FROM product_events e JOIN products p ON p.pid = e.pid
-            WHERE p.gender IS NOT NULL
+            SELECT e.uid, c.kid, e.events FROM product_events e JOIN pincode_key_ids c ON c.pincode = e.pincode
             UNION ALL
-            SELECT e.ext_id, 'city', t.tier, e.events
-            FROM product_events e JOIN pincode_tiers t ON t.pincode = e.pincode
-            UNION ALL
-            SELECT s.ext_id, m.dimension, m.name, {SEARCH_WEIGHT}
-            FROM searches s JOIN search_matches m ON m.query = s.query
+            SELECT u.uid, k.kid, {SEARCH_WEIGHT}
+            FROM searches s
+            JOIN search_matches m ON m.query = s.query
+            JOIN user_ids u ON u.ext_id = s.ext_id
+            JOIN key_ids k ON k.dimension = m.dimension AND k.key = m.name
         )
-        GROUP BY ALL
+        GROUP BY ALL;
+
+        CREATE OR REPLACE TABLE raw_affinity AS
+        SELECT u.ext_id, k.dimension, k.key, r.weight
+        FROM raw_affinity_ids r JOIN user_ids u USING (uid) JOIN key_ids k USING (kid);
+        DROP TABLE raw_affinity_ids;
+        DROP TABLE product_events;
         """
     )
 
