@@ -32,7 +32,9 @@ def cmd_import(args: argparse.Namespace, settings: PersonaSettings) -> int:
     store = EventStore(settings.layout.landing_dir, settings.layout.events_dir)
     started = time.perf_counter()
     try:
-        report = import_directory(Path(args.directory), engine, store, first_day=settings.events_start)
+        report = import_directory(
+            Path(args.directory), engine, store, first_day=settings.events_start, limits=settings.duckdb_limits
+        )
     except ImportFileError as error:
         return _fail(f"import stopped, nothing written: {error}")
     _progress(f"validated and landed {args.directory} in {time.perf_counter() - started:.1f}s ({report.import_id})")
