@@ -39,8 +39,8 @@ REJECT_SCHEMA = pa.schema(
 
 
 def staged_event_schema(kind: str) -> pa.Schema:
-    """The landed columns of ``kind`` plus the UTC day (``YYYY-MM-DD``) the split sorts by."""
-    return EVENT_KINDS[kind].schema.append(pa.field(DAY_COLUMN, pa.string()))
+    """The landed columns of ``kind`` plus the UTC day the split sorts by."""
+    return EVENT_KINDS[kind].schema.append(pa.field(DAY_COLUMN, pa.date32()))
 
 
 class StagedParquet:
@@ -98,7 +98,8 @@ def split_by_day(conn: duckdb.DuckDBPyConnection, staged: Path, schema: pa.Schem
         for batch in sorted_rows:
             runs = pc.run_end_encode(batch.column(DAY_COLUMN))
             start = 0
-            for day, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+            for date, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+                day = date.isoformat()
                 if writer is None or day != current:
                     if writer is not None:
                         writer.close()
