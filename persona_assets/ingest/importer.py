@@ -124,7 +124,7 @@ def import_directory(
     with ImportStaging(store.staging_dir(import_id), limits) as staging:
         catalog = {}
         for name, validate in (("categories.csv", validate_categories), ("products.csv", validate_products)):
-            frame, malformed = read_whole(source / name, present[name])
+            frame, malformed = read_whole(source / name, present[name], block_bytes)
             validated = validate(frame)
             files[name] = _stage_rejects(staging, name, validated, malformed, FileReport(rows_read=len(frame)))
             files[name].imported = len(validated.accepted)
