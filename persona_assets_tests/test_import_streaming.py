@@ -117,11 +117,36 @@ def test_batches_give_the_same_import_as_one_pass(tmp_path, scattered_source, mo
     assert rejects(batched_engine) == rejects(whole_engine)
 
 
-def test_rows_of_a_day_scattered_over_the_file_land_together_in_file_order(tmp_path, scattered_source, monkeypatch):
-    monkeypatch.setattr(staging, "SPLIT_BATCH_ROWS", 5)
-    report, _engine, store = run_import(tmp_path, scattered_source, block_bytes=TINY_BLOCK)
+def visits_in(order: str) -> list[dict[str, str]]:
+    """The scattered visits as they are, sorted by day (stable), or sorted with the first day's first row last."""
+    visits = scattered_visits(400)
+    if order == "scattered":
+        return visits
+    by_day = sorted(visits, key=lambda row: row["visited_at"][:10])
+    return by_day if order == "day order" else [*by_day[1:], by_day[0]]
+
+
+@pytest.mark.parametrize(
+    ("order", "in_day_order"),
+    [("scattered", False), ("day order", True), ("day order but one late row", False)],
+)
+def test_rows_of_a_day_land_together_in_file_order(tmp_path, monkeypatch, order, in_day_order):
+    monkeypatch.setattr(staging, "SPLIT_BATCH_ROWS", 5)  # a day spans several batches of the split
+    paths: list[bool] = []
+    read_by_day = staging.StagedEvents.day_ordered_batches
+
+    def spy(self, conn):
+        paths.append(self.in_day_order)
+        return read_by_day(self, conn)
+
+    monkeypatch.setattr(staging.StagedEvents, "day_ordered_batches", spy)
+    visits = visits_in(order)
+    source = write_import_dir(tmp_path / "src", products=PRODUCTS, categories=CATEGORIES, visits=visits)
+    report, _engine, store = run_import(tmp_path, source, block_bytes=TINY_BLOCK)
+
+    assert paths == [in_day_order]  # in day order: read back as staged; otherwise sorted by DuckDB
     expected: dict[str, list[str]] = {day: [] for day in DAYS}
-    for row in scattered_visits(400):
+    for row in visits:
         if row["ext_id"]:
             expected[row["visited_at"][:10]].append(row["pincode"])
     for day in DAYS:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,7 +26,7 @@ from persona_assets.compute.duck import DuckDBLimits, connect
 from persona_assets.stores.events import EVENT_KINDS, EventStore
 
 DAY_COLUMN = "day"
-# Rows per batch of the day-sorted stream: each batch is cut where the day changes.
+# Rows per batch of the day-ordered stream: each batch is cut where the day changes.
 SPLIT_BATCH_ROWS = 128_000
 REJECT_SCHEMA = pa.schema(
     [
@@ -77,30 +78,63 @@ class StagedParquet:
                 yield batch.to_pandas()
 
 
-def split_by_day(conn: duckdb.DuckDBPyConnection, staged: Path, schema: pa.Schema, out_dir: Path) -> dict[str, Path]:
-    """Write each day of ``staged`` to ``out_dir/<day>.parquet`` (in ``schema``) in one sorted pass.
+class StagedEvents(StagedParquet):
+    """The validated rows of one event kind, noting whether they arrived in day order.
 
-    A day's rows may be anywhere in the file. DuckDB sorts by day, keeping the file's order within a
-    day, under its memory limit (spilling when it must); the sorted stream is cut where the day changes,
-    so one day file is open at a time and the cost per day is one file.
+    Exports are usually in time order; then the split needs no sort, only one pass over the file.
+    """
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(path, staged_event_schema(kind), compression="lz4")
+        self.kind = kind
+        self.in_day_order = True
+        self._last_day: np.datetime64 | None = None
+
+    def append(self, frame: pd.DataFrame) -> None:
+        days = frame[DAY_COLUMN].to_numpy()
+        if len(days) and self.in_day_order:
+            went_back = self._last_day is not None and days[0] < self._last_day
+            self.in_day_order = not (went_back or bool((days[1:] < days[:-1]).any()))
+        if len(days):
+            self._last_day = days[-1]
+        super().append(frame)
+
+    def day_ordered_batches(self, conn: duckdb.DuckDBPyConnection) -> Iterator[pa.RecordBatch]:
+        """The staged rows by day, in file order within a day.
+
+        In day order already: read back as they are. Otherwise DuckDB sorts them under its memory
+        limit (spilling when it must) and streams the result.
+        """
+        self.close()
+        if self.in_day_order:
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=SPLIT_BATCH_ROWS)
+            return
+        columns = ", ".join(f'"{name}"' for name in self.schema.names)
+        yield from conn.sql(
+            f"SELECT {columns} FROM read_parquet($path, file_row_number = true) ORDER BY {DAY_COLUMN}, file_row_number",
+            params={"path": str(self.path)},
+        ).to_arrow_reader(SPLIT_BATCH_ROWS)
+
+
+def write_days(batches: Iterable[pa.RecordBatch], schema: pa.Schema, out_dir: Path) -> dict[str, Path]:
+    """Write rows that come in day order to ``out_dir/<day>.parquet`` (in ``schema``), one file per day.
+
+    Each batch is cut where the day changes, so one day file is open at a time and a day costs one
+    file, however many batches it spans.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    columns = ", ".join(f'"{name}"' for name in schema.names)
-    sorted_rows = conn.sql(
-        f"SELECT {columns}, {DAY_COLUMN} FROM read_parquet($path, file_row_number = true) "
-        f"ORDER BY {DAY_COLUMN}, file_row_number",
-        params={"path": str(staged)},
-    ).to_arrow_reader(SPLIT_BATCH_ROWS)
     days: dict[str, Path] = {}
     current: str | None = None
     writer: pq.ParquetWriter | None = None
     try:
-        for batch in sorted_rows:
+        for batch in batches:
             runs = pc.run_end_encode(batch.column(DAY_COLUMN))
             start = 0
             for date, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
                 day = date.isoformat()
                 if writer is None or day != current:
+                    if day in days:
+                        raise RuntimeError(f"{day} came back after {current}: the rows are not in day order")
                     if writer is not None:
                         writer.close()
                     current, days[day] = day, out_dir / f"{day}.parquet"
@@ -124,10 +158,7 @@ class ImportStaging:
             limits = dataclasses.replace(limits, temp_directory=root / "spill")
         self.limits = limits
         self.rejects = StagedParquet(root / "rejects.parquet", REJECT_SCHEMA)
-        self.events = {
-            kind: StagedParquet(root / "events" / f"{kind}.parquet", staged_event_schema(kind), compression="lz4")
-            for kind in EVENT_KINDS
-        }
+        self.events = {kind: StagedEvents(root / "events" / f"{kind}.parquet", kind) for kind in EVENT_KINDS}
 
     def __enter__(self) -> ImportStaging:
         self.root.mkdir(parents=True)
@@ -150,10 +181,9 @@ class ImportStaging:
         days: dict[str, dict[str, Path]] = {}
         with connect(self.limits) as conn:
             for kind, staged in self.events.items():
-                staged.close()
                 if staged.rows:
-                    schema = EVENT_KINDS[kind].schema
-                    days[kind] = split_by_day(conn, staged.path, schema, self.days_dir(kind))
+                    batches = staged.day_ordered_batches(conn)
+                    days[kind] = write_days(batches, EVENT_KINDS[kind].schema, self.days_dir(kind))
         return days
 
     @staticmethod
