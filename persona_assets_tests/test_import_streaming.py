@@ -278,3 +278,12 @@ def test_memory_follows_the_block_size_not_the_file(tmp_path):
     small = peak_arrow_memory_of_import(tmp_path / "small", 60_000)
     large = peak_arrow_memory_of_import(tmp_path / "large", 180_000)
     assert large < small * 1.3, (small, large)
+
+
+def test_the_import_reports_seconds_per_phase_in_its_summary(tmp_path, scattered_source):
+    # What many days cost (splitting and landing) must stay visible to whoever runs the import.
+    report, engine, _store = run_import(tmp_path, scattered_source)
+    assert list(report.seconds) == ["read and validate", "split into days", "land"]
+    assert all(seconds >= 0 for seconds in report.seconds.values())
+    summary = json.loads(relational.read_frame(engine, relational.imports)["summary"].iloc[0])
+    assert summary["seconds"] == report.seconds

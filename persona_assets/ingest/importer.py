@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -54,6 +55,8 @@ class ImportReport:
     source: str
     files: dict[str, FileReport]
     landed_days: dict[str, list[str]]
+    # Seconds per phase (read and validate, split into days, land): what many days cost stays visible.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def rejected(self) -> int:
@@ -68,7 +71,21 @@ class ImportReport:
                 for name, f in self.files.items()
             },
             "landed_days": {kind: len(days) for kind, days in self.landed_days.items()},
+            "seconds": self.seconds,
         }
+
+
+class PhaseClock:
+    """Seconds between laps, by phase name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._since = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._since, 3)
+        self._since = now
 
 
 def latest_import_file_summary(engine, file_name: str) -> tuple[str, dict[str, Any]] | None:
@@ -121,6 +138,7 @@ def import_directory(
     # Microseconds: two imports in the same second still order by time (the latest one is judged).
     import_id = datetime.now(UTC).strftime("imp-%Y%m%dT%H%M%S%fZ-") + secrets.token_hex(3)
     files: dict[str, FileReport] = {}
+    clock = PhaseClock()
     with ImportStaging(store.staging_dir(import_id), limits) as staging:
         catalog = {}
         for name, validate in (("categories.csv", validate_categories), ("products.csv", validate_products)):
@@ -138,16 +156,21 @@ def import_directory(
                     first_day,
                     last_day,
                 )
+        clock.lap("read and validate")
         days = staging.split_events()
+        clock.lap("split into days")
 
         relational.create_schema(engine)
         staging.land_days(store, days)
         for name, file_name in (("products", "products.csv"), ("categories", "categories.csv")):
             _land_catalog(store, name, catalog[file_name])
+        clock.lap("land")
         landed = {
             kind.name: sorted(days.get(kind.name, {})) for kind in EVENT_KINDS.values() if kind.csv_file in present
         }
-        report = ImportReport(import_id=import_id, source=str(source.resolve()), files=files, landed_days=landed)
+        report = ImportReport(
+            import_id=import_id, source=str(source.resolve()), files=files, landed_days=landed, seconds=clock.seconds
+        )
         _record(engine, report, staging)
     return report
 
