@@ -1,6 +1,6 @@
 """One import's files before they land: validated events per kind, their split into days, the rejects.
 
-An import writes here first, batch by batch, so memory stays bounded by the batch size and DuckDB's
+An import writes here first, batch by batch (Arrow IPC), so memory stays bounded by the batch size and DuckDB's
 limit, not by the size of the files. The folder sits beside the landing area (same filesystem: a
 finished day moves into place with one atomic rename) and is removed when the import ends, whether
 it succeeded or not. Nothing under ``landing/`` changes until every file is read, validated and split.
@@ -26,6 +26,7 @@ from persona_assets.compute.duck import DuckDBLimits, connect
 from persona_assets.stores.events import EVENT_KINDS, EventStore
 
 DAY_COLUMN = "day"
+ROW_COLUMN = "staged_row"
 # Rows per batch of the day-ordered stream: each batch is cut where the day changes.
 SPLIT_BATCH_ROWS = 128_000
 REJECT_SCHEMA = pa.schema(
@@ -40,52 +41,67 @@ REJECT_SCHEMA = pa.schema(
 
 
 def staged_event_schema(kind: str) -> pa.Schema:
-    """The landed columns of ``kind`` plus the UTC day the split sorts by."""
-    return EVENT_KINDS[kind].schema.append(pa.field(DAY_COLUMN, pa.date32()))
+    """The landed columns of ``kind``, the UTC day the split orders by, and the row's place among the staged."""
+    return EVENT_KINDS[kind].schema.append(pa.field(DAY_COLUMN, pa.date32())).append(pa.field(ROW_COLUMN, pa.int64()))
 
 
-class StagedParquet:
-    """A Parquet file appended to one frame at a time; created on the first rows, so no rows means no file."""
+class StagedRows:
+    """Frames appended to an Arrow IPC file, created on the first rows (no rows: no file).
 
-    def __init__(self, path: Path, schema: pa.Schema, *, compression: str = "zstd") -> None:
+    The file lives only while one import runs, so it is written the cheapest way: uncompressed Arrow,
+    about three times faster to write than Parquet, and read back batch by batch.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
         self.schema = schema
-        self.compression = compression
         self.rows = 0
-        self._writer: pq.ParquetWriter | None = None
+        self._sink: pa.NativeFile | None = None
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
 
     def append(self, frame: pd.DataFrame) -> None:
         if frame.empty:
             return
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.path, self.schema, compression=self.compression)
+            self._sink = pa.OSFile(str(self.path), "wb")
+            self._writer = pa.ipc.new_file(self._sink, self.schema)
         self._writer.write_table(
             pa.Table.from_pandas(frame[self.schema.names], schema=self.schema, preserve_index=False)
         )
         self.rows += len(frame)
 
     def close(self) -> None:
-        if self._writer is not None:
+        if self._writer is not None and self._sink is not None:
             self._writer.close()
-            self._writer = None
+            self._sink.close()
+        self._writer = self._sink = None
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The staged rows again, in the order they were appended (closes the file first)."""
+        self.close()
+        if not self.rows:
+            return
+        with pa.OSFile(str(self.path)) as source:
+            reader = pa.ipc.open_file(source)
+            for index in range(reader.num_record_batches):
+                yield reader.get_batch(index)
 
     def frames(self, rows_per_frame: int) -> Iterator[pd.DataFrame]:
-        """The staged rows again, ``rows_per_frame`` at a time (closes the file first)."""
-        self.close()
-        if self.rows:
-            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=rows_per_frame):
-                yield batch.to_pandas()
+        """The staged rows again as frames of at most ``rows_per_frame`` rows."""
+        for batch in self.batches():
+            for start in range(0, batch.num_rows, rows_per_frame):
+                yield batch.slice(start, rows_per_frame).to_pandas()
 
 
-class StagedEvents(StagedParquet):
+class StagedEvents(StagedRows):
     """The validated rows of one event kind, noting whether they arrived in day order.
 
     Exports are usually in time order; then the split needs no sort, only one pass over the file.
     """
 
     def __init__(self, path: Path, kind: str) -> None:
-        super().__init__(path, staged_event_schema(kind), compression="lz4")
+        super().__init__(path, staged_event_schema(kind))
         self.kind = kind
         self.in_day_order = True
         self._last_day: np.datetime64 | None = None
@@ -97,7 +113,7 @@ class StagedEvents(StagedParquet):
             self.in_day_order = not (went_back or bool((days[1:] < days[:-1]).any()))
         if len(days):
             self._last_day = days[-1]
-        super().append(frame)
+        super().append(frame.assign(**{ROW_COLUMN: np.arange(self.rows, self.rows + len(frame), dtype="int64")}))
 
     def day_ordered_batches(self, conn: duckdb.DuckDBPyConnection) -> Iterator[pa.RecordBatch]:
         """The staged rows by day, in file order within a day.
@@ -105,15 +121,12 @@ class StagedEvents(StagedParquet):
         In day order already: read back as they are. Otherwise DuckDB sorts them under its memory
         limit (spilling when it must) and streams the result.
         """
-        self.close()
         if self.in_day_order:
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=SPLIT_BATCH_ROWS)
+            yield from self.batches()
             return
-        columns = ", ".join(f'"{name}"' for name in self.schema.names)
-        yield from conn.sql(
-            f"SELECT {columns} FROM read_parquet($path, file_row_number = true) ORDER BY {DAY_COLUMN}, file_row_number",
-            params={"path": str(self.path)},
-        ).to_arrow_reader(SPLIT_BATCH_ROWS)
+        # A one-pass stream, so Arrow holds one staged batch at a time (a dataset scan would load the file).
+        staged = conn.from_arrow(pa.RecordBatchReader.from_batches(self.schema, self.batches()))
+        yield from staged.order(f"{DAY_COLUMN}, {ROW_COLUMN}").to_arrow_reader(SPLIT_BATCH_ROWS)
 
 
 def write_days(batches: Iterable[pa.RecordBatch], schema: pa.Schema, out_dir: Path) -> dict[str, Path]:
@@ -157,8 +170,8 @@ class ImportStaging:
         if limits.temp_directory is None:
             limits = dataclasses.replace(limits, temp_directory=root / "spill")
         self.limits = limits
-        self.rejects = StagedParquet(root / "rejects.parquet", REJECT_SCHEMA)
-        self.events = {kind: StagedEvents(root / "events" / f"{kind}.parquet", kind) for kind in EVENT_KINDS}
+        self.rejects = StagedRows(root / "rejects.arrow", REJECT_SCHEMA)
+        self.events = {kind: StagedEvents(root / "events" / f"{kind}.arrow", kind) for kind in EVENT_KINDS}
 
     def __enter__(self) -> ImportStaging:
         self.root.mkdir(parents=True)
