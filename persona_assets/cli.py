@@ -32,10 +32,15 @@ def cmd_import(args: argparse.Namespace, settings: PersonaSettings) -> int:
     store = EventStore(settings.layout.landing_dir, settings.layout.events_dir)
     started = time.perf_counter()
     try:
-        report = import_directory(Path(args.directory), engine, store, first_day=settings.events_start)
+        report = import_directory(
+            Path(args.directory), engine, store, first_day=settings.events_start, limits=settings.duckdb_limits
+        )
     except ImportFileError as error:
         return _fail(f"import stopped, nothing written: {error}")
-    _progress(f"validated and landed {args.directory} in {time.perf_counter() - started:.1f}s ({report.import_id})")
+    phases = ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in report.seconds.items())
+    _progress(
+        f"validated and landed {args.directory} in {time.perf_counter() - started:.1f}s ({phases}; {report.import_id})"
+    )
     if args.land_only:
         days = sorted({d for days in report.landed_days.values() for d in days})
         span = f"{days[0]} … {days[-1]}" if days else "none"

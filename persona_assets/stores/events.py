@@ -96,6 +96,17 @@ class EventStore:
         """Replace the landed version of one day with ``table`` (already validated)."""
         _atomic_write(table.cast(EVENT_KINDS[kind].schema), self.landing_path(kind, day))
 
+    def staging_dir(self, import_id: str) -> Path:
+        """Where an import prepares its files: beside the landing area, so they land by rename."""
+        return self.landing_dir / ".staging" / import_id
+
+    def land_file(self, kind: str, day: str, path: Path) -> None:
+        """Replace the landed version of one day with ``path``, a Parquet file of validated rows in the kind's
+        schema on the landing's filesystem (see ``staging_dir``): one atomic rename, so no copy per day."""
+        target = self.landing_path(kind, day)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+
     def landed_days(self, kind: str) -> list[str]:
         folder = self.landing_dir / kind
         return sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
