@@ -29,7 +29,7 @@ from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from persona_assets.query.request import DEFAULT_SIZE, MAX_SIZE, InvalidRequest, parse_segment_request
+from persona_assets.query.request import DEFAULT_SIZE, MAX_SIZE, MAX_WINDOW, InvalidRequest, parse_segment_request
 from persona_assets.query.scoring import ScoreWeights
 from persona_assets.query.service import fetch_personas
 from persona_assets.resources import RelationalStore, SearchIndexResource, resources_from_settings
@@ -103,7 +103,12 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "size": _int_field(
             f"Page size, 0-{MAX_SIZE} (default {DEFAULT_SIZE}).", minimum=0, maximum=MAX_SIZE, default=DEFAULT_SIZE
         ),
-        "from": _int_field("Offset of the page, 0 or more (default 0); past the end gives no results.", minimum=0),
+        "from": _int_field(
+            f"Offset of the page, 0 or more (default 0); past the end gives no results. from + size is at most "
+            f"{MAX_WINDOW:,} (whole audiences are for exports).",
+            minimum=0,
+            maximum=MAX_WINDOW,
+        ),
     },
 }
 

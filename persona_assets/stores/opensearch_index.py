@@ -41,9 +41,9 @@ the first window settles the contract's 1e-3 in practice; widening matters for a
 warning in the log. Exact ties between personas whose components differ (0.35·1 + 0 vs
 0.15·1 + 0.20·1) may be cut at the page boundary differently from the embedded index (allowed:
 the left-out persona scores no more than the returned one). A query with nothing to rank by
-(no criteria, or only zero weights) is the ``ext_id`` order: ``from``/``size``, or ``search_after``
-past the first 10,000 without loading documents. Otherwise a page costs O(``from + size``)
-fetched candidates: deep pages (``from`` in the tens of thousands) take hundreds of ms.
+(no criteria, or only zero weights) is the ``ext_id`` order: ``from``/``size`` (the contract keeps
+``from + size`` within 10,000, ``max_result_window``). Otherwise a page costs O(``from + size``)
+fetched candidates.
 
 Publishing. Every publish creates ``<alias>-<build_id>`` (replicas 0, refresh off while
 loading), bulk-loads it with ``opensearchpy.helpers.parallel_bulk`` (documents serialised
@@ -78,7 +78,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from persona_assets.query.request import SegmentQuery
+from persona_assets.query.request import MAX_WINDOW, SegmentQuery
 from persona_assets.query.scoring import NO_TIER_C, ScoreWeights, score_persona
 from persona_assets.stores.arrow_inputs import as_table, first, first_repeat, float_column, string_column
 from persona_assets.stores.embedded_index import DIMENSIONS, GENDERS, Hit, IndexNotBuiltError, SearchHits
@@ -117,8 +117,8 @@ _F32_MAX = float(np.finfo(np.float32).max)
 _MAX_TERM_BYTES = 32766
 #: OpenSearch refuses document ids longer than this many UTF-8 bytes (for the whole _bulk request).
 _MAX_ID_BYTES = 512
-#: search_after page size (also the index's max_result_window).
-_PAGE_MAX = 10_000
+#: search_after page size, and the index's max_result_window (the contract's largest from + size).
+_PAGE_MAX = MAX_WINDOW
 _BUILD_RE_TEMPLATE = r"{alias}-[0-9]{{8}}t[0-9]{{12}}z-[0-9a-f]{{6}}"
 _STALE_BUILD_SECONDS = 24 * 3600
 _ESCAPES = {"%": "%25", ".": "%2E", "*": "%2A"}
@@ -841,35 +841,19 @@ class OpenSearchBackend:
         return SearchHits(total=total, hits=page_hits)
 
     def _constant_page(self, plan: _Plan, query: SegmentQuery, w: ScoreWeights) -> SearchHits:
-        """Nothing to rank by: everyone passing the filter scores the same, so the page is the ext_id order.
-
-        ``from``/``size`` within the first 10,000; deeper, the ids before the page are skipped with
-        ``search_after`` without loading any document.
-        """
-        base: dict[str, Any] = {"query": plan.body_query, "sort": [{"ext_id": {"order": "asc"}}]}
-        source = {"includes": plan.includes}
-        if query.offset + query.size <= _PAGE_MAX:
-            body = {**base, "track_total_hits": True, "from": query.offset, "size": query.size, "_source": source}
-            response = self._request(self.alias, body, first=True)
-            total = int(response["hits"]["total"]["value"])
-            hits = response["hits"]["hits"]
-        else:
-            skip = {**base, "_source": False, "stored_fields": "_none_"}
-            body = {**skip, "track_total_hits": True, "size": min(_PAGE_MAX, query.offset)}
-            response = self._request(self.alias, body, first=True)
-            total = int(response["hits"]["total"]["value"])
-            hits = response["hits"]["hits"]
-            if query.offset >= total or not hits:
-                return SearchHits(total=total)
-            physical, skipped, last = hits[0]["_index"], len(hits), hits[-1]["sort"]
-            while skipped < query.offset:
-                body = {**skip, "size": min(_PAGE_MAX, query.offset - skipped), "search_after": last}
-                hits = self._request(physical, body, first=False)["hits"]["hits"]
-                if not hits:
-                    return SearchHits(total=total)
-                skipped, last = skipped + len(hits), hits[-1]["sort"]
-            body = {**base, "size": query.size, "_source": source, "search_after": last}
-            hits = self._request(physical, body, first=False)["hits"]["hits"]
+        """Nothing to rank by: everyone passing the filter scores the same, so the page is the ext_id order
+        (plain ``from``/``size``: the contract keeps ``from + size`` within ``max_result_window``)."""
+        body = {
+            "query": plan.body_query,
+            "sort": [{"ext_id": {"order": "asc"}}],
+            "track_total_hits": True,
+            "from": query.offset,
+            "size": query.size,
+            "_source": {"includes": plan.includes},
+        }
+        response = self._request(self.alias, body, first=True)
+        total = int(response["hits"]["total"]["value"])
+        hits = response["hits"]["hits"]
         candidates: list[tuple[float, str, dict[str, float], str]] = []
         self._score_hits(hits, plan, query, w, candidates)
         candidates.sort(key=lambda c: (-c[0], c[1]))
