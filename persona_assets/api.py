@@ -36,9 +36,8 @@ from persona_assets.query.service import fetch_personas
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.backends import search_backend_for
-from persona_assets.stores.embedded_index import IndexNotBuiltError
 from persona_assets.stores.opensearch_index import redact_url
-from persona_assets.stores.search_backend import SearchBackend
+from persona_assets.stores.search_backend import IndexNotBuiltError, SearchBackend
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 

@@ -8,6 +8,7 @@ temporary directory for the session, or the one named by ``PERSONA_TEST_OPENSEAR
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import secrets
@@ -19,17 +20,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import production_services
+from opensearchpy import OpenSearch
 
 from persona_assets.query import ScoreWeights, SegmentQuery, score_persona
-from persona_assets.stores.embedded_index import IndexNotBuiltError
-from persona_assets.stores.opensearch_index import (
-    OpenSearchBackend,
-    build_documents,
-    escape_key,
-    index_mapping,
-    unescape_key,
-)
-from persona_assets.stores.search_backend import EmbeddedBackend
+from persona_assets.stores.embedded_index import EmbeddedBackend
+from persona_assets.stores.opensearch_documents import encode_batch, escape_key, index_mapping, unescape_key
+from persona_assets.stores.opensearch_index import OpenSearchBackend
+from persona_assets.stores.persona_stream import checked_batches, persona_batches_from_frames
+from persona_assets.stores.search_backend import IndexNotBuiltError
 
 pytestmark = pytest.mark.services
 
@@ -99,6 +97,11 @@ def random_personas(seed: int, n: int) -> dict[str, dict]:
             }
         personas[ext_id] = persona
     return personas
+
+
+def stream(users: pd.DataFrame, affinities: pd.DataFrame, rows_per_batch: int = 10_000):
+    """The personas of two long tables as the batch stream backends take."""
+    return persona_batches_from_frames(users, affinities, rows_per_batch=rows_per_batch)
 
 
 def to_tables(personas: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -183,10 +186,10 @@ def published(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory):
     personas = random_personas(seed=11, n=400)
     users, affinities = to_tables(personas)
     embedded = EmbeddedBackend(tmp_path_factory.mktemp("embedded-index"))
-    embedded.publish(users, affinities)
+    embedded.publish(stream(users, affinities))
     alias = f"test_{secrets.token_hex(4)}_personas"
     backend = OpenSearchBackend(opensearch_url, alias=alias)
-    report = backend.publish(users, affinities)
+    report = backend.publish(stream(users, affinities, rows_per_batch=97))
     assert report.failed == {}
     assert report.document_count == len(personas)
     yield personas, embedded, backend
@@ -205,13 +208,15 @@ def test_key_escaping_is_reversible_and_safe():
 
 
 def test_documents_are_json_with_exact_values():
-    import json
-
     personas = random_personas(seed=3, n=60)
-    users, affinities = to_tables(personas)
-    docs = build_documents(users, affinities)
-    assert len(docs) == len(personas)
-    for ext_id, text in zip(docs.ext_ids, docs.sources.to_pylist(), strict=True):
+    lines = []
+    for batch in checked_batches(stream(*to_tables(personas), rows_per_batch=16)):
+        docs = encode_batch(batch)
+        assert docs.body(0, len(docs)).decode() == "".join(docs.lines.to_pylist())
+        lines += docs.body(0, len(docs)).decode().splitlines()
+    assert len(lines) == 2 * len(personas)
+    for action, text in zip(lines[::2], lines[1::2], strict=True):
+        ext_id = json.loads(action)["index"]["_id"]
         doc = json.loads(text)
         assert doc["ext_id"] == ext_id
         assert doc["gender"] == personas[ext_id]["gender"]
@@ -225,19 +230,26 @@ def test_documents_are_json_with_exact_values():
                 assert abs(hi[key] + lo.get(key, 0.0) - value) <= value * 2**-20
 
 
-def test_invalid_input_raises_before_touching_the_node(backend: OpenSearchBackend):
-    users = pd.DataFrame({"ext_id": ["a", "a"], "gender": ["men", "men"]})
-    with pytest.raises(ValueError, match="duplicate ext_id"):
-        backend.publish(users, pd.DataFrame(columns=["ext_id", "dimension", "key", "value"]))
+def test_invalid_input_publishes_nothing(backend: OpenSearchBackend):
+    live = backend.publish(stream(*to_tables(random_personas(seed=2, n=30))))
+    no_affinities = pd.DataFrame(columns=["ext_id", "dimension", "key", "value"])
+    many = pd.DataFrame({"ext_id": [f"u{i:03d}" for i in range(50)], "gender": ["men"] * 50})
+    with pytest.raises(ValueError, match="duplicate ext_id"):  # found in the 6th batch, after 5 were sent
+        backend.publish(stream(pd.concat([many, many.tail(1)]), no_affinities, rows_per_batch=10))
     users = pd.DataFrame({"ext_id": ["a"], "gender": ["men"]})
     with pytest.raises(ValueError, match="not in users"):
-        backend.publish(users, pd.DataFrame({"ext_id": ["b"], "dimension": ["brand"], "key": ["x"], "value": [1.0]}))
+        backend.publish(
+            stream(users, pd.DataFrame({"ext_id": ["b"], "dimension": ["brand"], "key": ["x"], "value": [1.0]}))
+        )
     with pytest.raises(ValueError, match="duplicate"):
         backend.publish(
-            users,
-            pd.DataFrame({"ext_id": ["a", "a"], "dimension": ["brand"] * 2, "key": ["x"] * 2, "value": [0.5] * 2}),
+            stream(
+                users,
+                pd.DataFrame({"ext_id": ["a", "a"], "dimension": ["brand"] * 2, "key": ["x"] * 2, "value": [0.5] * 2}),
+            )
         )
-    assert builds_of(backend) == []
+    assert builds_of(backend) == [live.details["index"]] == [backend.live_index()]
+    assert backend.document_count() == 30
 
 
 # --------------------------------------------------------------------------- mapping
@@ -265,9 +277,9 @@ def test_mapping_field_count_does_not_grow_with_keys(backend: OpenSearchBackend)
     affinities = pd.DataFrame(rows, columns=["ext_id", "dimension", "key", "value"])
     assert affinities.groupby(["dimension", "key"]).ngroups > 4000
 
-    small = backend.publish(users.head(1), affinities[affinities["ext_id"] == "u000"].head(3))
+    small = backend.publish(stream(users.head(1), affinities[affinities["ext_id"] == "u000"].head(3)))
     small_mapping = backend.client.indices.get_mapping(index=small.details["index"])[small.details["index"]]
-    report = backend.publish(users, affinities)
+    report = backend.publish(stream(users, affinities))
     assert report.failed == {} and report.document_count == 40
     index = report.details["index"]
     mapping = backend.client.indices.get_mapping(index=index)[index]["mappings"]
@@ -336,7 +348,7 @@ def test_zero_tolerance_widens_the_window_to_the_exact_ranking(published, caplog
     # The tie block (identical personas): a capped window cannot prove the ranking, and says so.
     strict.window_cap = 5
     query = SegmentQuery(brand="nike", size=3)
-    with caplog.at_level(logging.WARNING, logger="persona_assets.stores.opensearch_index"):
+    with caplog.at_level(logging.WARNING, logger="persona_assets.stores.opensearch_search"):
         got = strict.search(query, weights)
     assert "window cap" in caplog.text
     assert [h.score for h in got.hits] == [h.score for h in embedded.search(query, weights).hits]
@@ -373,7 +385,7 @@ def test_alias_swap_is_atomic_and_old_build_deleted(backend: OpenSearchBackend):
         )
         return users, affinities
 
-    first = backend.publish(*personas("a", 2_000))
+    first = backend.publish(stream(*personas("a", 2_000)))
     assert first.details["deleted_indices"] == 0
     index_a = backend.live_index()
     assert index_a == backend.index_name(first.build_id) == first.details["index"]
@@ -401,7 +413,7 @@ def test_alias_swap_is_atomic_and_old_build_deleted(backend: OpenSearchBackend):
         time.sleep(0.2)
         small_chunks = OpenSearchBackend(backend.url, alias=backend.alias, bulk_chunk=250, client=backend.client)
         small_chunks.bulk_threads = 1
-        second = small_chunks.publish(*personas("b", 12_000))
+        second = small_chunks.publish(stream(*personas("b", 12_000), rows_per_batch=1000))
         time.sleep(0.3)
     finally:
         stop.set()
@@ -428,6 +440,53 @@ def test_alias_swap_is_atomic_and_old_build_deleted(backend: OpenSearchBackend):
         assert {h.score for h in page.hits} == {0.15 * (1 / 3) + 0.35 * 1.0 + 0.20 * 1.0 + 0.30 * 1.0}
 
 
+class _WatchedClient(OpenSearch):
+    """The real client, noting how many ``_bulk`` requests run at once and which batch each one carries."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.lock = threading.Lock()
+        self.running = self.most_running = 0
+        self.pulled: list[int] = []  # batches the encoder has read from the stream so far
+        self.sent: list[tuple[int, int]] = []  # (batch of a request, batches read when it started)
+
+    def bulk(self, *args, **kwargs):
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            first_id = json.loads(kwargs["body"].split(b"\n", 1)[0])["index"]["_id"]
+            self.sent.append((int(first_id[1:4]), len(self.pulled)))
+        try:
+            time.sleep(0.02)  # a slow node: the encoder gets ahead if nothing holds it back
+            return super().bulk(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_bulk_requests_in_flight_are_bounded(backend: OpenSearchBackend):
+    """At most ``bulk_threads`` requests at once, and the stream is read only a few batches ahead of them."""
+    client = _WatchedClient(backend.url)
+    loader = OpenSearchBackend(backend.url, alias=backend.alias, bulk_chunk=20, client=client)
+    loader.bulk_threads = 3
+    batches = 30
+    users = pd.DataFrame({"ext_id": [f"b{b:03d}-{i:02d}" for b in range(batches) for i in range(20)], "gender": "men"})
+    affinities = pd.DataFrame({"ext_id": users["ext_id"], "dimension": "brand", "key": "nike", "value": 1.0})
+
+    def counted():
+        for batch in stream(users, affinities, rows_per_batch=20):
+            client.pulled.append(batch.num_rows)
+            yield batch
+
+    report = loader.publish(counted())
+    assert report.failed == {} and report.document_count == batches * 20
+    assert 1 < client.most_running <= 3
+    assert sorted(batch for batch, _ in client.sent) == list(range(batches))
+    # When the request of batch i started, the encoder had read at most the 2 × 3 requests queued or
+    # sending beyond it, plus the one it was encoding: a bounded lead, whatever the length of the stream.
+    assert max(read - batch for batch, read in client.sent) <= 2 * 3 + 2
+
+
 def test_partial_failure_is_retried_then_reported(backend: OpenSearchBackend):
     personas = random_personas(seed=5, n=80)
     # A document the node really refuses: a brand key longer than Lucene's 32766-byte term limit.
@@ -439,7 +498,7 @@ def test_partial_failure_is_retried_then_reported(backend: OpenSearchBackend):
     retrying = OpenSearchBackend(backend.url, alias=backend.alias, max_retries=2, client=backend.client)
     retrying.retry_backoff = 0.05
     started = time.perf_counter()
-    report = retrying.publish(users, affinities)
+    report = retrying.publish(stream(users, affinities))
     assert time.perf_counter() - started >= 0.05 + 0.1  # the back-off was waited out
     assert set(report.failed) == {"bad-term", "i" * 600}
     assert "immense term" in report.failed["bad-term"]
@@ -454,13 +513,13 @@ def test_partial_failure_is_retried_then_reported(backend: OpenSearchBackend):
 
 def test_too_many_failures_keep_the_live_build(backend: OpenSearchBackend):
     good = random_personas(seed=6, n=30)
-    report = backend.publish(*to_tables(good))
+    report = backend.publish(stream(*to_tables(good)))
     live = backend.live_index()
     bad = {f"bad{i}": {"gender": "men", "brand": {f"{i}" + "x" * 40_000: 1.0}} for i in range(10)}
     failing = OpenSearchBackend(backend.url, alias=backend.alias, max_retries=1, client=backend.client)
     failing.retry_backoff = 0.01
     with pytest.raises(RuntimeError, match="could not be indexed"):
-        failing.publish(*to_tables(good | bad))
+        failing.publish(stream(*to_tables(good | bad)))
     assert backend.live_index() == live
     assert builds_of(backend) == [live]
     assert backend.document_count() == report.document_count == 30
