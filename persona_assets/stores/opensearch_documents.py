@@ -141,26 +141,64 @@ def _truncate_mantissa(values: np.ndarray, bits: int = 8) -> np.ndarray:
 
 
 class KeyLiterals:
-    """Escaped keys as JSON literals, computed once per distinct key for the whole publish."""
+    """Escaped keys as JSON member names (``"key":``), made once per distinct key for the whole publish."""
 
     def __init__(self) -> None:
         self._known: dict[str, str] = {}
 
-    def __call__(self, keys: pa.Array) -> pa.Array:
+    def __call__(self, keys: pa.Array) -> tuple[list[str], np.ndarray]:
+        """The distinct keys' member names, and each key's index among them."""
         encoded = pc.dictionary_encode(keys)
-        literals = [
-            self._known.get(key) or self._known.setdefault(key, json.dumps(escape_key(key), ensure_ascii=False))
+        names = [
+            self._known.get(key) or self._known.setdefault(key, json.dumps(escape_key(key), ensure_ascii=False) + ":")
             for key in encoded.dictionary.to_pylist()
         ]
-        return pa.array(literals, pa.large_string()).take(encoded.indices)
+        return names, encoded.indices.to_numpy()
 
 
-def _object(offsets: np.ndarray, keys: pa.Array, values: np.ndarray, keep: np.ndarray | None = None) -> pa.Array:
-    """Per row, the body of a JSON object ``"key":value,...`` of its entries (those where ``keep``)."""
+class _ValueTexts:
+    """The JSON numbers of a batch's values: exact, hi and lo, each formatted once per distinct value.
+
+    Formatting floats is most of the client's work, and normalised counts repeat a lot (1/3, 1/2, ...);
+    hi and lo are functions of the value, so one hash of the batch's values serves all three.
+    """
+
+    def __init__(self, values: np.ndarray) -> None:
+        if values.size and not (values <= _F32_MAX).all():
+            raise ValueError("affinities: column 'value' must hold finite numbers >= 0 (and within float32 range)")
+        encoded = pc.dictionary_encode(pa.array(values, pa.float64()))
+        distinct, self.index = encoded.dictionary.to_numpy(), encoded.indices.to_numpy()
+        hi = _truncate_mantissa(distinct)
+        lo = (distinct - hi).astype(np.float32)
+        self.exact, self.hi, self.lo = (pa.array(part).cast(pa.string()).to_pylist() for part in (distinct, hi, lo))
+        self.has_hi, self.has_lo = hi >= _F32_MIN_NORMAL, lo >= _F32_MIN_NORMAL
+
+
+def _object(
+    offsets: np.ndarray,
+    names: list[str],
+    name_index: np.ndarray,
+    texts: list[str],
+    text_index: np.ndarray,
+    keep: np.ndarray | None = None,
+) -> pa.Array:
+    """Per row, the body of a JSON object ``"key":value,...`` of its members (those where ``keep``).
+
+    Member ``i`` is ``names[name_index[i]]`` then ``texts[text_index[i]]``. Every piece comes from one
+    small table of distinct strings (names, ``,``-led names, texts), so a row's object is a single
+    ``take`` of interleaved pieces and a join: no per-member concatenation.
+    """
     if keep is not None:
         kept_before = np.concatenate(([0], np.cumsum(keep)))
-        offsets, keys, values = kept_before[offsets], keys.filter(pa.array(keep)), values[keep]
-    return _per_row(offsets, _concat(keys, ":", pa.array(values).cast(pa.large_string())))
+        offsets, name_index, text_index = kept_before[offsets], name_index[keep], text_index[keep]
+    first = np.zeros(name_index.size, dtype=bool)
+    first[offsets[:-1][np.diff(offsets) > 0]] = True
+    table = pa.array([*names, *("," + n for n in names), *texts], pa.large_string())
+    pieces = np.empty(2 * name_index.size, dtype=np.int64)
+    pieces[0::2] = name_index + np.where(first, 0, len(names))
+    pieces[1::2] = text_index + 2 * len(names)
+    lists = pa.LargeListArray.from_arrays(pa.array(2 * offsets, pa.int64()), table.take(pa.array(pieces)))
+    return pc.binary_join(lists, pa.scalar("", pa.large_string()))
 
 
 @dataclass(frozen=True)
@@ -209,21 +247,21 @@ def encode_batch(batch: pa.RecordBatch, key_literals: KeyLiterals | None = None)
     """The ``_bulk`` lines of a checked persona batch (``persona_stream.checked_batches``)."""
     key_literals = key_literals or KeyLiterals()
     batch, refused = _refuse_long_ids(batch)
+    entries = {dim: map_entries(batch, dim) for dim in DIMENSIONS}
+    texts = _ValueTexts(np.concatenate([e.values for e in entries.values()]))
+    bounds = np.cumsum([0] + [e.values.size for e in entries.values()])
     ext_json = _json_strings(batch.column(0))
     pieces: list[Any] = ['{"index":{"_id":', ext_json, '}}\n{"ext_id":', ext_json, ',"gender":"', batch.column(1), '"']
     exact: list[Any] = []
-    for dim in DIMENSIONS:
-        entries = map_entries(batch, dim)
-        if entries.values.size and not (entries.values <= _F32_MAX).all():
-            raise ValueError("affinities: column 'value' must hold finite numbers >= 0 (and within float32 range)")
-        keys = key_literals(entries.keys)
-        exact += [("," if exact else "") + f'"{dim}":{{', _object(entries.offsets, keys, entries.values), "}"]
+    for i, (dim, mine) in enumerate(entries.items()):
+        names, name_index = key_literals(mine.keys)
+        value_index = texts.index[bounds[i] : bounds[i + 1]]
+        members = (mine.offsets, names, name_index)
+        exact += [("," if exact else "") + f'"{dim}":{{', _object(*members, texts.exact, value_index), "}"]
         if dim not in SCORED_DIMENSIONS:
             continue
-        hi = _truncate_mantissa(entries.values)
-        lo = (entries.values - hi).astype(np.float32)
-        for suffix, part in (("", hi), (LO_SUFFIX, lo)):
-            body = _object(entries.offsets, keys, part, keep=part >= _F32_MIN_NORMAL)
+        for suffix, part, present in (("", texts.hi, texts.has_hi), (LO_SUFFIX, texts.lo, texts.has_lo)):
+            body = _object(*members, part, value_index, keep=present[value_index])
             pieces += [f',"{dim}{suffix}":{{', body, "}"]
     pieces += [f',"{EXACT_FIELD}":{{', *exact, "}}\n"]
     return BulkDocuments(ext_ids=batch.column(0), lines=_concat(*pieces), refused=refused)
