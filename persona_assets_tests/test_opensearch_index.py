@@ -24,7 +24,7 @@ from opensearchpy import OpenSearch
 
 from persona_assets.query import ScoreWeights, SegmentQuery, score_persona
 from persona_assets.stores.embedded_index import EmbeddedBackend
-from persona_assets.stores.opensearch_documents import encode_batch, escape_key, index_mapping, unescape_key
+from persona_assets.stores.opensearch_documents import LO_FROM, encode_batch, escape_key, index_mapping, unescape_key
 from persona_assets.stores.opensearch_index import OpenSearchBackend
 from persona_assets.stores.persona_stream import checked_batches, persona_batches_from_frames
 from persona_assets.stores.search_backend import IndexNotBuiltError
@@ -97,6 +97,25 @@ def random_personas(seed: int, n: int) -> dict[str, dict]:
             }
         personas[ext_id] = persona
     return personas
+
+
+def wide_personas(seed: int, n: int) -> dict[str, dict]:
+    """Personas whose brand and category maps spread over many keys, as real ones do: most values are
+    below LO_FROM, so they are indexed without a lo feature."""
+    rng = random.Random(seed)
+    brands = [*BRANDS, *(f"brand {i}" for i in range(40))]
+    categories = [*CATEGORIES, *(str(100 + i) for i in range(60))]
+    return {
+        f"w{i:04d}": {
+            "gender": rng.choice(["men", "women", "unisex"]),
+            "city": _random_map(rng, TIERS),
+            "brand": _random_map(rng, brands, 30),
+            "generic": _random_map(rng, GENERICS),
+            "category": _random_map(rng, categories, 40),
+            "ecomm": _random_map(rng, SITES),
+        }
+        for i in range(n)
+    }
 
 
 def stream(users: pd.DataFrame, affinities: pd.DataFrame, rows_per_batch: int = 10_000):
@@ -196,6 +215,19 @@ def published(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory):
     backend.client.indices.delete(index=f"{alias}*", ignore_unavailable=True)
 
 
+@pytest.fixture(scope="module")
+def published_wide(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory):
+    """Wide personas (most values indexed without lo) in the embedded index and in OpenSearch."""
+    personas = wide_personas(seed=13, n=600)
+    users, affinities = to_tables(personas)
+    embedded = EmbeddedBackend(tmp_path_factory.mktemp("embedded-wide"))
+    embedded.publish(stream(users, affinities))
+    backend = OpenSearchBackend(opensearch_url, alias=f"test_{secrets.token_hex(4)}_wide")
+    assert backend.publish(stream(users, affinities)).failed == {}
+    yield personas, embedded, backend
+    backend.client.indices.delete(index=f"{backend.alias}*", ignore_unavailable=True)
+
+
 # --------------------------------------------------------------------------- keys, documents
 
 
@@ -208,7 +240,8 @@ def test_key_escaping_is_reversible_and_safe():
 
 
 def test_documents_are_json_with_exact_values():
-    personas = random_personas(seed=3, n=60)
+    personas = random_personas(seed=3, n=60) | wide_personas(seed=3, n=40)
+    small = 0
     lines = []
     for batch in checked_batches(stream(*to_tables(personas), rows_per_batch=16)):
         docs = encode_batch(batch)
@@ -227,7 +260,12 @@ def test_documents_are_json_with_exact_values():
             hi = {unescape_key(k): v for k, v in doc.get(dim, {}).items()}
             lo = {unescape_key(k): v for k, v in doc.get(dim + "_lo", {}).items()}
             for key, value in personas[ext_id][dim].items():
-                assert abs(hi[key] + lo.get(key, 0.0) - value) <= value * 2**-20
+                if value >= LO_FROM:
+                    assert abs(hi[key] + lo.get(key, 0.0) - value) <= value * 2**-20
+                else:  # hi alone, truncated: within 2^-8 of the value, below it
+                    small += 1
+                    assert key not in lo and 0 <= value - hi[key] < value * 2**-8
+    assert small > 500
 
 
 def test_invalid_input_publishes_nothing(backend: OpenSearchBackend):
@@ -313,6 +351,49 @@ def test_scores_exact_and_top_k_valid_against_embedded(published):
     # Not required by the contract, but the hi/lo features make the approximate order nearly exact.
     print(f"{identical}/{checked} pages identical to the embedded index")
     assert identical >= 0.95 * checked, f"{identical}/{checked} pages identical to the embedded index"
+
+
+@pytest.mark.parametrize("weights", [ScoreWeights(), ScoreWeights(1.0, 1.0, 1.0, 1.0)])
+def test_values_without_lo_still_rank_within_the_tolerance(published_wide, weights: ScoreWeights):
+    personas, embedded, backend = published_wide
+    identical = checked = 0
+    rng = random.Random(17)
+    for _ in range(60):
+        brand = rng.choice([*BRANDS, "brand 3", "brand 17", "brand 39"])
+        category = rng.choice(["12", "103", "140", "159"])
+        query = SegmentQuery(
+            gender=rng.choice([None, "men"]),
+            city_tier=rng.choice([None, "Tier2"]),
+            brand=rng.choice([None, brand]),
+            category_id=category,
+            category_level=3,
+            size=rng.choice([1, 10, 50]),
+            offset=rng.choice([0, 0, 20]),
+        )
+        ranking = reference_ranking(personas, query, weights)
+        identical += check_answer(
+            personas, ranking, query, backend.search(query, weights), embedded.search(query, weights)
+        )
+        checked += 1
+    print(f"{identical}/{checked} pages identical to the embedded index")
+    assert identical >= 0.9 * checked
+
+
+def test_values_without_lo_widen_the_window_by_their_error(backend: OpenSearchBackend, tmp_path: Path):
+    """200 category values just above 0.05 (hi-only, so one approximate score for all), the best ones on
+    the last ext_ids: with no tolerance, only a window widened by the hi-only error finds them."""
+    personas = {
+        f"t{j:03d}": {"gender": "men", "category": {"777": 0.05 + j * 2e-7, "1": 0.5}, "brand": {"nike": 0.25}}
+        for j in range(200)
+    }
+    users, affinities = to_tables(personas)
+    backend.publish(stream(users, affinities))
+    strict = OpenSearchBackend(backend.url, alias=backend.alias, client=backend.client)
+    strict.rank_tolerance = 0.0
+    query = SegmentQuery(category_id="777", category_level=3, size=10)
+    got = strict.search(query, ScoreWeights())
+    assert [h.ext_id for h in got.hits] == [f"t{j:03d}" for j in range(199, 189, -1)]
+    assert [h.score for h in got.hits] == [s for s, _, _ in reference_ranking(personas, query, ScoreWeights())[:10]]
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,15 @@ wildcard in ``_source`` filters); the empty key is ``%``. :func:`unescape_key` r
 
 Precision. Lucene keeps a feature value with 8 mantissa bits (the float's bits >> 15), a relative
 truncation error below 2^-8, too coarse for the contract's 1e-3 ranking tolerance when scores are
-near 1. Each value v is therefore indexed as ``hi`` = v truncated to 8 mantissa bits (exact in Lucene)
-plus ``lo`` = v - hi (itself truncated, error below 2^-8 of lo < 2^-8 of v), so a component is
-approximated to about 2^-16 of its value (:data:`APPROX_RELATIVE_ERROR`). Reported scores never use
-the approximation: the search re-scores candidates from ``exact`` (see ``opensearch_search``).
+near 1. A value v ≥ :data:`LO_FROM` (1/16) is therefore indexed as ``hi`` = v truncated to 8 mantissa
+bits (exact in Lucene) plus ``lo`` = v - hi (itself truncated, error below 2^-8 of lo < 2^-8 of v),
+so it is approximated to about 2^-16 of its value (:data:`APPROX_RELATIVE_ERROR`). A smaller value
+gets ``hi`` alone: it is then within v·2^-8 < 2^-12 (:data:`UNSPLIT_ERROR`) of itself, a quarter of
+the tolerance at the default weights. Rank features are most of the node's indexing work (a few µs
+each), and in real personas most values are small (brand, generic and category maps spread over many
+keys): this drops ~60 % of the ``lo`` features, ~15 % of the node's CPU per document. Reported scores
+never use the approximation: the search re-scores candidates from ``exact`` and widens its window by
+the error bound (see ``opensearch_search``).
 
 Documents are serialised column-wise with Arrow compute, one batch of whole personas at a time: each
 map is already one list per persona, so its JSON object is a join of ``"key":value`` fragments over
@@ -48,10 +53,12 @@ from persona_assets.stores.search_backend import DIMENSIONS
 __all__ = [
     "APPROX_RELATIVE_ERROR",
     "EXACT_FIELD",
+    "LO_FROM",
     "LO_SUFFIX",
     "MAX_ID_BYTES",
     "MAX_TERM_BYTES",
     "SCORED_DIMENSIONS",
+    "UNSPLIT_ERROR",
     "BulkDocuments",
     "KeyLiterals",
     "encode_batch",
@@ -67,6 +74,10 @@ EXACT_FIELD = "exact"
 #: Upper bound of (exact - approximate) / approximate for the variable part of a score: the hi/lo
 #: split leaves < 2^-16 per component, float32 products and sums a few 2^-24; 2^-14 is generous.
 APPROX_RELATIVE_ERROR = 2.0**-14
+#: Values from here up are indexed as hi + lo; smaller ones as hi alone.
+LO_FROM = 2.0**-4
+#: Upper bound of (exact - approximate) for one component indexed without lo (before its weight).
+UNSPLIT_ERROR = LO_FROM * 2.0**-8
 #: Lucene refuses terms (feature names) longer than this many UTF-8 bytes.
 MAX_TERM_BYTES = 32766
 #: OpenSearch refuses document ids longer than this many UTF-8 bytes (for the whole _bulk request).
@@ -171,7 +182,7 @@ class _ValueTexts:
         hi = _truncate_mantissa(distinct)
         lo = (distinct - hi).astype(np.float32)
         self.exact, self.hi, self.lo = (pa.array(part).cast(pa.string()).to_pylist() for part in (distinct, hi, lo))
-        self.has_hi, self.has_lo = hi >= _F32_MIN_NORMAL, lo >= _F32_MIN_NORMAL
+        self.has_hi, self.has_lo = hi >= _F32_MIN_NORMAL, (lo >= _F32_MIN_NORMAL) & (distinct >= LO_FROM)
 
 
 def _object(

@@ -12,6 +12,7 @@ Reported scores never use the approximation: every fetched candidate is re-score
 it is widened (``search_after``, on the same physical index) until no persona left out can score more
 than the tolerance (the contract's 1e-3) above the k-th returned one: an unfetched persona has an
 approximate score at most the window's last one, so its exact score is at most that × (1 + 2^-14)
+plus the error of the values indexed without ``lo`` (``UNSPLIT_ERROR`` times the weights given)
 plus the constants. With the hi/lo split the first window settles the contract's 1e-3 in practice;
 widening matters for a smaller tolerance and stops at the window cap (at least ``from + size``) with a
 warning in the log. Exact ties between personas whose components differ (0.35·1 + 0 vs
@@ -35,6 +36,7 @@ from persona_assets.stores.opensearch_documents import (
     EXACT_FIELD,
     LO_SUFFIX,
     MAX_TERM_BYTES,
+    UNSPLIT_ERROR,
     escape_key,
 )
 from persona_assets.stores.relational import MAX_NAME_LENGTH
@@ -79,6 +81,7 @@ class _Plan:
     includes: list[str]
     given: list[tuple[str, str, str]]  # (dimension, key, escaped key)
     constant: float  # the constant components' share of every score
+    slack: float  # what values indexed without lo may add to an approximate score, at most
     has_variable: bool
 
 
@@ -92,7 +95,7 @@ def _plan(query: SegmentQuery, w: ScoreWeights) -> _Plan:
     should: list[dict[str, Any]] = []
     includes = ["gender"]
     given: list[tuple[str, str, str]] = []
-    constant = 0.0
+    constant = slack = 0.0
     for dim, key, weight, default in components:
         if key is None:
             constant += weight * default
@@ -106,12 +109,14 @@ def _plan(query: SegmentQuery, w: ScoreWeights) -> _Plan:
             continue  # no score from it, or no document can hold such a feature
         for field in (dim, dim + LO_SUFFIX):
             should.append({"rank_feature": {"field": f"{field}.{escaped}", "linear": {}, "boost": weight}})
+        slack += weight * UNSPLIT_ERROR
     gender_filter: dict[str, Any] = {"match_all": {}} if query.gender is None else {"term": {"gender": query.gender}}
     return _Plan(
         body_query={"bool": {"filter": [gender_filter], "should": should}},
         includes=includes,
         given=given,
         constant=constant,
+        slack=slack,
         has_variable=bool(should),
     )
 
@@ -177,7 +182,8 @@ class _Search:
             if len(candidates) >= k:
                 candidates.sort(key=lambda c: (-c[0], c[1]))
                 kth = candidates[k - 1][0]
-                bound = plan.constant + float(last_sort[0]) * (1 + APPROX_RELATIVE_ERROR) + _APPROX_ABSOLUTE_ERROR
+                approximate = float(last_sort[0]) * (1 + APPROX_RELATIVE_ERROR)
+                bound = plan.constant + approximate + plan.slack + _APPROX_ABSOLUTE_ERROR
                 if bound <= kth + self.window.tolerance:
                     return
                 if len(candidates) >= cap:
