@@ -98,8 +98,11 @@ def merged_with(
     new_rows = renumbered[rows]
     keep = new_rows >= 0
     live_rows, live_values = new_rows[keep], values[keep]
-    kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
-    kept_per_key = kept_before[key_slices.end] - kept_before[key_slices.start]
+    dropped = np.flatnonzero(~keep)  # a refresh batch's worth: count them per key rather than the kept ones
+    dropped_per_key = np.bincount(
+        np.searchsorted(key_slices.start, dropped, side="right") - 1, minlength=len(key_slices.key)
+    )
+    kept_per_key = key_slices.end - key_slices.start - dropped_per_key
     kept_end = np.cumsum(kept_per_key)
     kept_start = kept_end - kept_per_key
     live_keys = [(DIMENSIONS.index(d), k) for d, k in zip(key_slices.dimension, key_slices.key, strict=True)]
