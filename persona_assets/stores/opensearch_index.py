@@ -112,7 +112,7 @@ class OpenSearchBackend:
     name = "opensearch"
 
     #: Concurrent ``_bulk`` requests (as many more wait queued; the encoder waits beyond that).
-    bulk_threads: int = 2
+    bulk_threads: int = 3
     #: Seconds before the first retry round; doubled for each further round.
     retry_backoff: float = 0.5
     #: More failed documents than this share of the build: the new build is dropped, the old one stays live.
@@ -134,7 +134,7 @@ class OpenSearchBackend:
         url: str,
         alias: str = "persona_personas",
         *,
-        bulk_chunk: int = 2000,
+        bulk_chunk: int = 1000,
         max_retries: int = 4,
         client: Any = None,
     ) -> None:
