@@ -8,17 +8,19 @@ Personas: ``WORK/persona_users.parquet`` + ``persona_affinity.parquet`` — the 
 leaves for ``persona_index`` — written by ``bench/persona_work.py`` when absent (~28 affinity rows per
 user, keys from the real catalog).
 
-For each backend, two phases, each in a process of its own so that its peak RSS is its own:
+For each backend, three phases, each in a process of its own so that its peak RSS is its own:
 
 * ``streamed`` (this checkout): what ``persona_index`` runs — ``persona_batches_from_parquet`` (DuckDB
   under ``--memory-limit``) into ``backend.publish``;
+* ``upsert`` (this checkout): what a refresh run does to that build — ``backend.upsert`` of
+  ``--upsert`` personas (the first ones of the users file, every value halved), streamed from DuckDB;
 * ``baseline`` (``--baseline-commit``, extracted with ``git archive``): the same files read whole
   into pandas and published with the code of that commit (for OpenSearch: every document serialised
   at once, then ``parallel_bulk``).
 
 Reported per phase: wall seconds, personas/s, peak RSS, the process's CPU seconds and (OpenSearch)
 the node's CPU seconds from ``_nodes/stats`` — on a shared 2-core machine the CPU figures are the
-steadier ones. The embedded phases also answer a fixed set of queries; the digests must match
+steadier ones. The embedded builds also answer a fixed set of queries; streamed and baseline digests must match
 (identical floats). Builds go under a throwaway alias / directory that is deleted at the end.
 """
 
@@ -86,11 +88,25 @@ def _query_digest(backend) -> str:
     return digest.hexdigest()[:16]
 
 
+def _changed_personas(args: argparse.Namespace, users_path: Path, affinity_path: Path):
+    """A DuckDB connection holding what a refresh would upsert: the first users, every value halved."""
+    from persona_assets.compute.duck import DuckDBLimits, connect
+
+    con = connect(DuckDBLimits(args.memory_limit, args.threads, Path(args.index_dir) / "spill"))
+    con.execute(f"CREATE TABLE changed_users AS SELECT * FROM read_parquet('{users_path}') LIMIT {args.upsert}")
+    con.execute(
+        f"CREATE TABLE changed_affinity AS SELECT a.ext_id, a.dimension, a.key, a.value / 2 AS value "
+        f"FROM read_parquet('{affinity_path}') a SEMI JOIN changed_users u ON u.ext_id = a.ext_id"
+    )
+    return con
+
+
 def phase(args: argparse.Namespace) -> dict:
     """One publish, in this process: streamed from the work files, or (baseline) read whole with pandas."""
     work = Path(args.work)
     users_path, affinity_path = work / "persona_users.parquet", work / "persona_affinity.parquet"
     backend = _backend(args.backend, args.url, args.alias, Path(args.index_dir))
+    changed = _changed_personas(args, users_path, affinity_path) if args.phase == "upsert" else None
     node_before = _node_cpu_seconds(args.url) if args.backend == "opensearch" else None
     cpu_before, started = _cpu_seconds(), time.perf_counter()
     if args.phase == "streamed":
@@ -99,14 +115,19 @@ def phase(args: argparse.Namespace) -> dict:
 
         limits = DuckDBLimits(args.memory_limit, args.threads, Path(args.index_dir) / "spill")
         report = backend.publish(persona_batches_from_parquet(users_path, affinity_path, limits))
+    elif args.phase == "upsert":
+        from persona_assets.stores.persona_stream import persona_batches
+
+        report = backend.upsert(persona_batches(changed, "changed_users", "changed_affinity"))
     else:
         import pandas as pd
 
         report = backend.publish(pd.read_parquet(users_path), pd.read_parquet(affinity_path))
     seconds = time.perf_counter() - started
+    sent = args.upsert if args.phase == "upsert" else report.document_count
     result = {
         "seconds": round(seconds, 2),
-        "personas_per_second": round(report.document_count / seconds, 1),
+        "personas_per_second": round(sent / seconds, 1),
         "documents": report.document_count,
         "failed": len(report.failed),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -121,8 +142,9 @@ def phase(args: argparse.Namespace) -> dict:
 
 def run_phase(args: argparse.Namespace, backend: str, which: str, pythonpath: Path) -> dict:
     command = [sys.executable, __file__, "--phase", which, "--backend", backend, "--work", args.work]
-    command += ["--url", args.url or "", "--alias", args.alias, "--index-dir", str(Path(args.scratch) / which)]
-    command += ["--memory-limit", args.memory_limit, "--threads", str(args.threads)]
+    index_dir = Path(args.scratch) / ("streamed" if which == "upsert" else which)
+    command += ["--url", args.url or "", "--alias", args.alias, "--index-dir", str(index_dir)]
+    command += ["--memory-limit", args.memory_limit, "--threads", str(args.threads), "--upsert", str(args.upsert)]
     env = {**os.environ, "PYTHONPATH": f"{pythonpath}{os.pathsep}{BENCH}"}
     print(f"{backend} {which} ...", file=sys.stderr, flush=True)
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -163,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--memory-limit", default="2GiB", help="DuckDB's budget for the streamed phase")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--upsert", type=int, default=10_000, help="personas the upsert phase replaces")
     parser.add_argument("--out")
     # One phase in this process (used by the driver above).
-    parser.add_argument("--phase", choices=["streamed", "baseline"])
+    parser.add_argument("--phase", choices=["streamed", "upsert", "baseline"])
     parser.add_argument("--backend", choices=["opensearch", "embedded"])
     parser.add_argument("--alias", default="")
     parser.add_argument("--index-dir", default="")
@@ -190,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         base = None if args.skip_baseline else baseline_checkout(args.baseline_commit, Path(args.scratch) / "base")
         for backend in backends:
             results[backend] = {"streamed": run_phase(args, backend, "streamed", REPO)}
+            results[backend]["upsert"] = run_phase(args, backend, "upsert", REPO)
             if base is not None:
                 results[backend]["baseline"] = run_phase(args, backend, "baseline", base)
                 ratio = (
@@ -203,14 +227,15 @@ def main(argv: list[str] | None = None) -> int:
             from opensearchpy import OpenSearch
 
             OpenSearch(args.url).indices.delete(index=f"{args.alias}*", ignore_unavailable=True)
-    digests = {p.get("query_digest") for r in results.get("embedded", {}).values() if isinstance(r, dict) for p in [r]}
+    embedded = results.get("embedded", {})
+    digests = {embedded[phase_]["query_digest"] for phase_ in ("streamed", "baseline") if phase_ in embedded}
     output = {
         "command": " ".join(redact(a) for a in [Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "personas": args.users,
         "memory_limit": args.memory_limit,
         "results": results,
-        "embedded_answers_identical": len(digests - {None}) <= 1 if "embedded" in results else None,
+        "embedded_streamed_and_baseline_answer_alike": len(digests) == 1 if len(digests) else None,
     }
     text = json.dumps(output, indent=2)
     print(text)
