@@ -143,9 +143,12 @@ def _check_map(batch: pa.RecordBatch, dimension: str) -> None:
         broken = np.flatnonzero(~ascending & (parents[1:] == parents[:-1]))
         if broken.size:
             i = int(broken[0])
-            ext_id, before, after = batch.column(0)[int(parents[i])].as_py(), entries.keys[i], entries.keys[i + 1]
+            ext_id = batch.column(0)[int(parents[i])].as_py()
+            before, after = entries.keys[i].as_py(), entries.keys[i + 1].as_py()
             if before == after:
-                raise ValueError(f"affinities: duplicate (ext_id, dimension, key) ({ext_id!r}, {dimension!r}, {after})")
+                raise ValueError(
+                    f"affinities: duplicate (ext_id, dimension, key) ({ext_id!r}, {dimension!r}, {after!r})"
+                )
             raise ValueError(f"personas: {dimension} keys of {ext_id!r} are not in code-point order")
 
 
