@@ -139,7 +139,7 @@ def query_latency(count: int, seed: int) -> dict:
         rank_ms.append((time.perf_counter() - started) * 1000)
     for request in requests:
         started = time.perf_counter()
-        fetch_personas(request, engine, resources["search_index"], weights)
+        fetch_personas(request, engine, index, weights)
         full_ms.append((time.perf_counter() - started) * 1000)
     return {
         "personas": index.document_count(),

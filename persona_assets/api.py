@@ -27,15 +27,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from pydantic import BaseModel, Field
+from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
-from persona_assets.query.request import DEFAULT_SIZE, MAX_SIZE, InvalidRequest, parse_segment_request
+from persona_assets.query.request import DEFAULT_SIZE, MAX_SIZE, MAX_WINDOW, InvalidRequest, parse_segment_request
 from persona_assets.query.scoring import ScoreWeights
 from persona_assets.query.service import fetch_personas
-from persona_assets.resources import RelationalStore, SearchIndexResource, resources_from_settings
 from persona_assets.settings import PersonaSettings
-from persona_assets.stores.embedded_index import IndexNotBuiltError
+from persona_assets.stores import relational
+from persona_assets.stores.backends import search_backend_for
 from persona_assets.stores.opensearch_index import redact_url
+from persona_assets.stores.search_backend import IndexNotBuiltError, SearchBackend
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -103,7 +105,12 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "size": _int_field(
             f"Page size, 0-{MAX_SIZE} (default {DEFAULT_SIZE}).", minimum=0, maximum=MAX_SIZE, default=DEFAULT_SIZE
         ),
-        "from": _int_field("Offset of the page, 0 or more (default 0); past the end gives no results.", minimum=0),
+        "from": _int_field(
+            f"Offset of the page, 0 or more (default 0); past the end gives no results. from + size is at most "
+            f"{MAX_WINDOW:,} (whole audiences are for exports).",
+            minimum=0,
+            maximum=MAX_WINDOW,
+        ),
     },
 }
 
@@ -195,9 +202,8 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
     """
     settings = settings or PersonaSettings.from_env()
     weights = weights or ScoreWeights.from_env()
-    resources = resources_from_settings(settings)
-    store: RelationalStore = resources["relational_store"]  # type: ignore[assignment]
-    index: SearchIndexResource = resources["search_index"]  # type: ignore[assignment]
+    engine = relational.create_engine(settings.db_url)
+    backend = search_backend_for(settings)
 
     app = FastAPI(
         title="persona segment query",
@@ -227,7 +233,7 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
             raw += chunk
             if len(raw) > MAX_BODY_BYTES:
                 return _invalid("request", f"the body is larger than {MAX_BODY_BYTES} bytes", status_code=413)
-        return await run_in_threadpool(_answer, bytes(raw), store, index, weights)
+        return await run_in_threadpool(_answer, bytes(raw), engine, backend, weights)
 
     @app.get(
         "/health",
@@ -236,14 +242,14 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
         responses={503: {"model": HealthResponse, "description": "The store or the index cannot answer"}},
     )
     def get_health() -> JSONResponse:
-        body = {"store": _store_health(settings, store), "index": _index_health(settings, index)}
+        body = {"store": _store_health(settings, engine), "index": _index_health(settings, backend)}
         ok = body["store"]["ok"] and body["index"]["ok"]
         return JSONResponse({"status": "ok" if ok else "unavailable", **body}, status_code=200 if ok else 503)
 
     return app
 
 
-def _answer(raw: bytes, store: RelationalStore, index: SearchIndexResource, weights: ScoreWeights) -> JSONResponse:
+def _answer(raw: bytes, engine: Engine, backend: SearchBackend, weights: ScoreWeights) -> JSONResponse:
     """Decode, validate and answer one request body (runs in the threadpool: SQLAlchemy and the index block)."""
     try:
         payload = _decode(raw)
@@ -251,7 +257,7 @@ def _answer(raw: bytes, store: RelationalStore, index: SearchIndexResource, weig
     except InvalidRequest as error:
         return _invalid(error.field, error.message)
     try:
-        response = fetch_personas(payload, store.engine, index, weights)
+        response = fetch_personas(payload, engine, backend, weights)
     except InvalidRequest as error:  # validated above; kept so a contract error can never become a 500
         return _invalid(error.field, error.message)
     except IndexNotBuiltError as error:
@@ -325,13 +331,13 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:MAX_MESSAGE_CHARS]
 
 
-def _store_health(settings: PersonaSettings, store: RelationalStore) -> dict[str, Any]:
+def _store_health(settings: PersonaSettings, engine: Engine) -> dict[str, Any]:
     health: dict[str, Any] = {"ok": False, "backend": "unknown", "url": None}
     try:
         url = sa.engine.make_url(settings.db_url)
         health["backend"] = url.get_dialect().name
         health["url"] = url.render_as_string(hide_password=True)
-        with store.engine.connect() as conn:
+        with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as error:  # reported, not raised: this is what /health is for
         health["error"] = _describe(error)
@@ -340,7 +346,7 @@ def _store_health(settings: PersonaSettings, store: RelationalStore) -> dict[str
     return health
 
 
-def _index_health(settings: PersonaSettings, index: SearchIndexResource) -> dict[str, Any]:
+def _index_health(settings: PersonaSettings, backend: SearchBackend) -> dict[str, Any]:
     if settings.opensearch_url:
         health: dict[str, Any] = {
             "ok": False,
@@ -348,9 +354,9 @@ def _index_health(settings: PersonaSettings, index: SearchIndexResource) -> dict
             "location": f"{redact_url(settings.opensearch_url)} alias {settings.opensearch_alias}",
         }
     else:
-        health = {"ok": False, "backend": "embedded", "location": str(index.index_dir)}
+        health = {"ok": False, "backend": "embedded", "location": str(settings.layout.index_dir)}
     try:
-        health["documents"] = int(index.backend().document_count())
+        health["documents"] = int(backend.document_count())
     except IndexNotBuiltError as error:
         health["error"] = f"no search index has been built yet; run `persona materialize` ({error})"
         return health

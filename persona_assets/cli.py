@@ -137,15 +137,15 @@ def cmd_export(args: argparse.Namespace, settings: PersonaSettings) -> int:
 def cmd_query(args: argparse.Namespace, settings: PersonaSettings) -> int:
     from persona_assets.query.request import InvalidRequest
     from persona_assets.query.service import fetch_personas
-    from persona_assets.resources import resources_from_settings
+    from persona_assets.stores import relational
+    from persona_assets.stores.backends import search_backend_for
 
     try:
         payload = json.loads(args.request)
     except json.JSONDecodeError as error:
         return _fail(f"request: not valid JSON ({error})")
-    resources = resources_from_settings(settings)
     try:
-        response = fetch_personas(payload, resources["relational_store"].engine, resources["search_index"])  # type: ignore[attr-defined]
+        response = fetch_personas(payload, relational.create_engine(settings.db_url), search_backend_for(settings))
     except InvalidRequest as error:
         return _fail(f"invalid request: {error}")
     print(json.dumps(response, indent=2 if args.pretty else None, ensure_ascii=False))

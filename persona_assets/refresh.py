@@ -19,6 +19,7 @@ from persona_assets.compute.duck import DuckDBLimits, connect
 from persona_assets.resources import EventStoreResource
 from persona_assets.stores import relational
 from persona_assets.stores.changes import CALCULATED, NEEDS_CALCULATION, SEARCHABLE, advance_flags, snapshot_flags
+from persona_assets.stores.persona_stream import persona_batches
 from persona_assets.stores.search_backend import SearchBackend
 
 
@@ -73,11 +74,9 @@ def refresh_users(
     persona_store.write_personas(engine, con, only_users=ext_ids)
     report.calculated = advance_flags(engine, snapshot, [NEEDS_CALCULATION], CALCULATED)
 
-    users = con.execute("SELECT ext_id, gender FROM persona_users").df()
-    affinity = con.execute("SELECT ext_id, dimension, key, value FROM persona_affinity").df()
     # Users with no events left (a re-imported day removed them) have no persona any more.
     removed = sorted(set(ext_ids) - set(present))
-    report.failed = backend.upsert(users, affinity, removed=removed).failed
+    report.failed = backend.upsert(persona_batches(con, "persona_users", "persona_affinity"), removed=removed).failed
     indexed = snapshot[~snapshot["ext_id"].isin(list(report.failed))]
     report.searchable = advance_flags(engine, indexed, [CALCULATED], SEARCHABLE)
     report.seconds = time.perf_counter() - started

@@ -12,8 +12,9 @@ from sqlalchemy.engine import Engine
 from persona_assets.compute.duck import DuckDBLimits, connect
 from persona_assets.settings import HomeLayout, PersonaSettings
 from persona_assets.stores import relational
+from persona_assets.stores.backends import search_backend
 from persona_assets.stores.events import EventStore
-from persona_assets.stores.search_backend import EmbeddedBackend, SearchBackend
+from persona_assets.stores.search_backend import SearchBackend
 
 
 @cache
@@ -79,16 +80,7 @@ class SearchIndexResource(ConfigurableResource):
 
     def backend(self) -> SearchBackend:
         """The configured backend: OpenSearch when ``opensearch_url`` is set, else the embedded index."""
-        if self.opensearch_url:
-            return _opensearch_backend(self.opensearch_url, self.opensearch_alias)
-        return EmbeddedBackend(self.index_dir)
-
-
-@cache
-def _opensearch_backend(url: str, alias: str) -> SearchBackend:
-    from persona_assets.stores.opensearch_index import OpenSearchBackend
-
-    return OpenSearchBackend(url, alias=alias)
+        return search_backend(self.index_dir, self.opensearch_url, self.opensearch_alias)
 
 
 def resources_from_settings(settings: PersonaSettings) -> dict[str, ConfigurableResource]:

@@ -272,11 +272,10 @@ class Pipeline:
     def query(self, payload: object) -> dict:
         """The contract response of ``fetch_personas`` on this home's stores (default weights)."""
         from persona_assets.query.service import fetch_personas
-        from persona_assets.resources import resources_from_settings
+        from persona_assets.stores.backends import search_backend_for
 
-        resources = resources_from_settings(self.settings)
         with self.env():
-            return fetch_personas(payload, resources["relational_store"].engine, resources["search_index"])
+            return fetch_personas(payload, self.engine, search_backend_for(self.settings))
 
     def cli_query(self, payload: object | str) -> tuple[int, dict | None, str]:
         """``persona query JSON``: (exit code, parsed stdout or None, stderr)."""

@@ -18,14 +18,12 @@ from persona_assets.query import (
     parse_segment_request,
     score_persona,
 )
+from persona_assets.stores import embedded_build as eb
 from persona_assets.stores import embedded_index as ei
-from persona_assets.stores.embedded_index import (
-    IndexNotBuiltError,
-    build_index,
-    current_build_id,
-    list_builds,
-    open_index,
-)
+from persona_assets.stores.embedded_build import current_build_id, list_builds
+from persona_assets.stores.embedded_index import EmbeddedBackend, open_index
+from persona_assets.stores.persona_stream import persona_batches_from_frames
+from persona_assets.stores.search_backend import IndexNotBuiltError
 
 DIMS = ("city", "brand", "generic", "category", "ecomm")
 BRANDS = ["nike", "puma", "home centre", "t-shirt co", "adidas"]
@@ -81,6 +79,13 @@ def to_tables(personas: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     ]
     affinities = pd.DataFrame(rows, columns=["ext_id", "dimension", "key", "value"])
     return users, affinities
+
+
+def build_index(users, affinities, directory: Path, *, rows_per_batch: int = 10_000, **options):
+    """A build from long tables, through the same persona stream the pipeline uses."""
+    return eb.build_index(
+        persona_batches_from_frames(users, affinities, rows_per_batch=rows_per_batch), directory, **options
+    )
 
 
 def reference_search(personas: dict[str, dict], query: SegmentQuery, weights: ScoreWeights):
@@ -213,7 +218,7 @@ def test_offset_and_size(index, personas):
     query = parse_segment_request({"brand": "nike", "cityTier": "tier 1"})
     full = index.search(SegmentQuery(brand="nike", city_tier="Tier1", size=1000)).hits
     assert len(full) == len(personas)
-    for offset, size in [(0, 20), (20, 20), (390, 20), (0, 0), (400, 10), (10_000, 10)]:
+    for offset, size in [(0, 20), (20, 20), (390, 20), (0, 0), (400, 10), (9_990, 10)]:
         page = index.search(SegmentQuery(brand=query.brand, city_tier=query.city_tier, size=size, offset=offset))
         assert page.total == len(personas)
         assert page.hits == full[offset : offset + size]
@@ -300,7 +305,7 @@ def test_accepts_pyarrow_tables(tmp_path, personas):
         (
             None,
             {"ext_id": ["a"], "dimension": ["brand"], "key": [None], "value": [1.0]},
-            "'key' holds 1 null",
+            "'key' holds null",
         ),
     ],
 )
@@ -346,7 +351,7 @@ def test_pointer_switch_is_atomic_and_old_build_stays_readable(tmp_path, monkeyp
     old = build_index(*_tiny(1), tmp_path)
     old_index = open_index(tmp_path)
     seen = {}
-    real_switch = ei._switch_pointer
+    real_switch = eb._switch_pointer
 
     def observing_switch(index_dir: Path, build_id: str) -> None:
         # The new build is complete on disk, but readers still get the old one.
@@ -356,7 +361,7 @@ def test_pointer_switch_is_atomic_and_old_build_stays_readable(tmp_path, monkeyp
         real_switch(index_dir, build_id)
         seen["pointer_after"] = current_build_id(index_dir)
 
-    monkeypatch.setattr(ei, "_switch_pointer", observing_switch)
+    monkeypatch.setattr(eb, "_switch_pointer", observing_switch)
     new = build_index(*_tiny(2), tmp_path)
 
     assert seen == {
@@ -375,14 +380,14 @@ def test_pointer_switch_is_atomic_and_old_build_stays_readable(tmp_path, monkeyp
 
 def test_failed_build_leaves_the_published_build_untouched(tmp_path, monkeypatch):
     old = build_index(*_tiny(1), tmp_path)
-    real_write = ei.pq.write_table
+    real_write = eb.pq.write_table
 
     def failing_write(table, where, *args, **kwargs):
         if str(where).endswith("postings.parquet"):
             raise OSError("disk full")
         return real_write(table, where, *args, **kwargs)
 
-    monkeypatch.setattr(ei.pq, "write_table", failing_write)
+    monkeypatch.setattr(eb.pq, "write_table", failing_write)
     with pytest.raises(OSError, match="disk full"):
         build_index(*_tiny(2), tmp_path)
     assert current_build_id(tmp_path) == old.build_id
@@ -407,7 +412,87 @@ def test_pruning_never_removes_the_published_build(tmp_path, monkeypatch):
     # Another writer published `first` again after newer builds were made (e.g. a rollback).
     for i in range(2, 4):
         build_index(*_tiny(i), tmp_path, keep_builds=3)
-    ei._switch_pointer(tmp_path, first.build_id)
-    ei._prune_builds(tmp_path, keep_builds=1)
+    eb._switch_pointer(tmp_path, first.build_id)
+    eb._prune_builds(tmp_path, keep_builds=1)
     assert first.build_id in list_builds(tmp_path)
     assert open_index(tmp_path).build_id == first.build_id
+
+
+# --------------------------------------------------------------------------- streams and upserts
+
+
+def _answers(index, queries):
+    return [[(h.ext_id, h.score, h.components, h.gender) for h in index.search(q).hits] for q in queries]
+
+
+_UPSERT_QUERIES = [
+    parse_segment_request(payload | {"size": 1000}) for payload in _random_queries(seed=21, count=40)
+] + [SegmentQuery(brand="brand new", size=50), SegmentQuery(category_id="70", category_level=2, size=1000)]
+
+
+def test_a_stream_of_many_batches_builds_the_same_index(personas, index, tmp_path):
+    build_index(*to_tables(personas), tmp_path, rows_per_batch=7)
+    assert _answers(open_index(tmp_path), _UPSERT_QUERIES) == _answers(index, _UPSERT_QUERIES)
+
+
+def test_upsert_equals_a_rebuild_of_the_result(personas, tmp_path):
+    backend = EmbeddedBackend(tmp_path / "upserted")
+    backend.publish(persona_batches_from_frames(*to_tables(personas), rows_per_batch=50))
+    rng = random.Random(4)
+    names = sorted(personas)
+    changed = {
+        ext_id: next(iter(random_personas(seed=i, n=1).values())) for i, ext_id in enumerate(rng.sample(names, 30))
+    }
+    changed[names[0]] = {
+        "gender": "men",
+        "city": {},
+        "brand": {"brand new": 1.0},
+        "generic": {},
+        "category": {},
+        "ecomm": {},
+    }
+    added = {f"new-{i}": persona for i, persona in enumerate(random_personas(seed=99, n=15).values())}
+    added["~last"] = {
+        "gender": "women",
+        "city": {"Tier2": 1.0},
+        "brand": {"brand new": 0.5, "nike": 0.5},
+        "generic": {},
+        "category": {"70": 1.0},
+        "ecomm": {},
+    }
+    removed = rng.sample([n for n in names if n not in changed], 10)
+    # Every persona holding category 70 is removed or changed: the key must vanish, then come back with "~last".
+    holders = [n for n in names if "70" in personas[n]["category"] and n not in removed]
+    for ext_id in holders:
+        changed[ext_id] = {**personas[ext_id], "category": {}}
+
+    report = backend.upsert(persona_batches_from_frames(*to_tables(changed | added), rows_per_batch=9), removed)
+
+    expected = {k: v for k, v in personas.items() if k not in removed} | changed | added
+    assert report.document_count == len(expected)
+    build_index(*to_tables(expected), tmp_path / "rebuilt")
+    rebuilt, upserted = open_index(tmp_path / "rebuilt"), open_index(tmp_path / "upserted")
+    # The same layout, array for array, as a build of the result from scratch.
+    assert upserted.ext_ids.equals(rebuilt.ext_ids)
+    assert np.array_equal(upserted.gender_codes, rebuilt.gender_codes)
+    assert np.array_equal(upserted.rows, rebuilt.rows) and np.array_equal(upserted.values, rebuilt.values)
+    for field in ("dimension", "key", "start", "end"):
+        assert np.array_equal(getattr(upserted.key_slices, field), getattr(rebuilt.key_slices, field)), field
+    assert "brand new" in upserted.keys("brand") and "70" in upserted.keys("category")
+    assert _answers(upserted, _UPSERT_QUERIES) == _answers(rebuilt, _UPSERT_QUERIES)
+    for query in _UPSERT_QUERIES[:10]:
+        assert_matches_reference(upserted, expected, query)
+
+
+def test_upsert_with_nothing_new_only_removes(personas, tmp_path):
+    backend = EmbeddedBackend(tmp_path)
+    backend.publish(persona_batches_from_frames(*to_tables(personas)))
+    gone = sorted(personas)[:3]
+    backend.upsert(persona_batches_from_frames(*to_tables({})), removed=gone)
+    assert open_index(tmp_path).document_count == len(personas) - 3
+    assert not set(gone) & {h.ext_id for h in open_index(tmp_path).search(SegmentQuery(size=1000)).hits}
+
+
+def test_upsert_before_any_build_is_a_clear_error(tmp_path):
+    with pytest.raises(IndexNotBuiltError):
+        EmbeddedBackend(tmp_path).upsert(persona_batches_from_frames(*_tiny(1)))

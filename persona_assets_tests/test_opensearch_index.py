@@ -8,6 +8,7 @@ temporary directory for the session, or the one named by ``PERSONA_TEST_OPENSEAR
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import secrets
@@ -19,17 +20,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import production_services
+from opensearchpy import OpenSearch
 
 from persona_assets.query import ScoreWeights, SegmentQuery, score_persona
-from persona_assets.stores.embedded_index import IndexNotBuiltError
-from persona_assets.stores.opensearch_index import (
-    OpenSearchBackend,
-    build_documents,
-    escape_key,
-    index_mapping,
-    unescape_key,
-)
-from persona_assets.stores.search_backend import EmbeddedBackend
+from persona_assets.stores.embedded_index import EmbeddedBackend
+from persona_assets.stores.opensearch_documents import LO_FROM, encode_batch, escape_key, index_mapping, unescape_key
+from persona_assets.stores.opensearch_index import OpenSearchBackend
+from persona_assets.stores.persona_stream import checked_batches, persona_batches_from_frames
+from persona_assets.stores.search_backend import IndexNotBuiltError
 
 pytestmark = pytest.mark.services
 
@@ -99,6 +97,30 @@ def random_personas(seed: int, n: int) -> dict[str, dict]:
             }
         personas[ext_id] = persona
     return personas
+
+
+def wide_personas(seed: int, n: int) -> dict[str, dict]:
+    """Personas whose brand and category maps spread over many keys, as real ones do: most values are
+    below LO_FROM, so they are indexed without a lo feature."""
+    rng = random.Random(seed)
+    brands = [*BRANDS, *(f"brand {i}" for i in range(40))]
+    categories = [*CATEGORIES, *(str(100 + i) for i in range(60))]
+    return {
+        f"w{i:04d}": {
+            "gender": rng.choice(["men", "women", "unisex"]),
+            "city": _random_map(rng, TIERS),
+            "brand": _random_map(rng, brands, 30),
+            "generic": _random_map(rng, GENERICS),
+            "category": _random_map(rng, categories, 40),
+            "ecomm": _random_map(rng, SITES),
+        }
+        for i in range(n)
+    }
+
+
+def stream(users: pd.DataFrame, affinities: pd.DataFrame, rows_per_batch: int = 10_000):
+    """The personas of two long tables as the batch stream backends take."""
+    return persona_batches_from_frames(users, affinities, rows_per_batch=rows_per_batch)
 
 
 def to_tables(personas: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -183,14 +205,27 @@ def published(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory):
     personas = random_personas(seed=11, n=400)
     users, affinities = to_tables(personas)
     embedded = EmbeddedBackend(tmp_path_factory.mktemp("embedded-index"))
-    embedded.publish(users, affinities)
+    embedded.publish(stream(users, affinities))
     alias = f"test_{secrets.token_hex(4)}_personas"
     backend = OpenSearchBackend(opensearch_url, alias=alias)
-    report = backend.publish(users, affinities)
+    report = backend.publish(stream(users, affinities, rows_per_batch=97))
     assert report.failed == {}
     assert report.document_count == len(personas)
     yield personas, embedded, backend
     backend.client.indices.delete(index=f"{alias}*", ignore_unavailable=True)
+
+
+@pytest.fixture(scope="module")
+def published_wide(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory):
+    """Wide personas (most values indexed without lo) in the embedded index and in OpenSearch."""
+    personas = wide_personas(seed=13, n=600)
+    users, affinities = to_tables(personas)
+    embedded = EmbeddedBackend(tmp_path_factory.mktemp("embedded-wide"))
+    embedded.publish(stream(users, affinities))
+    backend = OpenSearchBackend(opensearch_url, alias=f"test_{secrets.token_hex(4)}_wide")
+    assert backend.publish(stream(users, affinities)).failed == {}
+    yield personas, embedded, backend
+    backend.client.indices.delete(index=f"{backend.alias}*", ignore_unavailable=True)
 
 
 # --------------------------------------------------------------------------- keys, documents
@@ -205,13 +240,16 @@ def test_key_escaping_is_reversible_and_safe():
 
 
 def test_documents_are_json_with_exact_values():
-    import json
-
-    personas = random_personas(seed=3, n=60)
-    users, affinities = to_tables(personas)
-    docs = build_documents(users, affinities)
-    assert len(docs) == len(personas)
-    for ext_id, text in zip(docs.ext_ids, docs.sources.to_pylist(), strict=True):
+    personas = random_personas(seed=3, n=60) | wide_personas(seed=3, n=40)
+    small = 0
+    lines = []
+    for batch in checked_batches(stream(*to_tables(personas), rows_per_batch=16)):
+        docs = encode_batch(batch)
+        assert docs.body(0, len(docs)).decode() == "".join(docs.lines.to_pylist())
+        lines += docs.body(0, len(docs)).decode().splitlines()
+    assert len(lines) == 2 * len(personas)
+    for action, text in zip(lines[::2], lines[1::2], strict=True):
+        ext_id = json.loads(action)["index"]["_id"]
         doc = json.loads(text)
         assert doc["ext_id"] == ext_id
         assert doc["gender"] == personas[ext_id]["gender"]
@@ -222,22 +260,34 @@ def test_documents_are_json_with_exact_values():
             hi = {unescape_key(k): v for k, v in doc.get(dim, {}).items()}
             lo = {unescape_key(k): v for k, v in doc.get(dim + "_lo", {}).items()}
             for key, value in personas[ext_id][dim].items():
-                assert abs(hi[key] + lo.get(key, 0.0) - value) <= value * 2**-20
+                if value >= LO_FROM:
+                    assert abs(hi[key] + lo.get(key, 0.0) - value) <= value * 2**-20
+                else:  # hi alone, truncated: within 2^-8 of the value, below it
+                    small += 1
+                    assert key not in lo and 0 <= value - hi[key] < value * 2**-8
+    assert small > 500
 
 
-def test_invalid_input_raises_before_touching_the_node(backend: OpenSearchBackend):
-    users = pd.DataFrame({"ext_id": ["a", "a"], "gender": ["men", "men"]})
-    with pytest.raises(ValueError, match="duplicate ext_id"):
-        backend.publish(users, pd.DataFrame(columns=["ext_id", "dimension", "key", "value"]))
+def test_invalid_input_publishes_nothing(backend: OpenSearchBackend):
+    live = backend.publish(stream(*to_tables(random_personas(seed=2, n=30))))
+    no_affinities = pd.DataFrame(columns=["ext_id", "dimension", "key", "value"])
+    many = pd.DataFrame({"ext_id": [f"u{i:03d}" for i in range(50)], "gender": ["men"] * 50})
+    with pytest.raises(ValueError, match="duplicate ext_id"):  # found in the 6th batch, after 5 were sent
+        backend.publish(stream(pd.concat([many, many.tail(1)]), no_affinities, rows_per_batch=10))
     users = pd.DataFrame({"ext_id": ["a"], "gender": ["men"]})
     with pytest.raises(ValueError, match="not in users"):
-        backend.publish(users, pd.DataFrame({"ext_id": ["b"], "dimension": ["brand"], "key": ["x"], "value": [1.0]}))
+        backend.publish(
+            stream(users, pd.DataFrame({"ext_id": ["b"], "dimension": ["brand"], "key": ["x"], "value": [1.0]}))
+        )
     with pytest.raises(ValueError, match="duplicate"):
         backend.publish(
-            users,
-            pd.DataFrame({"ext_id": ["a", "a"], "dimension": ["brand"] * 2, "key": ["x"] * 2, "value": [0.5] * 2}),
+            stream(
+                users,
+                pd.DataFrame({"ext_id": ["a", "a"], "dimension": ["brand"] * 2, "key": ["x"] * 2, "value": [0.5] * 2}),
+            )
         )
-    assert builds_of(backend) == []
+    assert builds_of(backend) == [live.details["index"]] == [backend.live_index()]
+    assert backend.document_count() == 30
 
 
 # --------------------------------------------------------------------------- mapping
@@ -265,9 +315,9 @@ def test_mapping_field_count_does_not_grow_with_keys(backend: OpenSearchBackend)
     affinities = pd.DataFrame(rows, columns=["ext_id", "dimension", "key", "value"])
     assert affinities.groupby(["dimension", "key"]).ngroups > 4000
 
-    small = backend.publish(users.head(1), affinities[affinities["ext_id"] == "u000"].head(3))
+    small = backend.publish(stream(users.head(1), affinities[affinities["ext_id"] == "u000"].head(3)))
     small_mapping = backend.client.indices.get_mapping(index=small.details["index"])[small.details["index"]]
-    report = backend.publish(users, affinities)
+    report = backend.publish(stream(users, affinities))
     assert report.failed == {} and report.document_count == 40
     index = report.details["index"]
     mapping = backend.client.indices.get_mapping(index=index)[index]["mappings"]
@@ -303,8 +353,51 @@ def test_scores_exact_and_top_k_valid_against_embedded(published):
     assert identical >= 0.95 * checked, f"{identical}/{checked} pages identical to the embedded index"
 
 
+@pytest.mark.parametrize("weights", [ScoreWeights(), ScoreWeights(1.0, 1.0, 1.0, 1.0)])
+def test_values_without_lo_still_rank_within_the_tolerance(published_wide, weights: ScoreWeights):
+    personas, embedded, backend = published_wide
+    identical = checked = 0
+    rng = random.Random(17)
+    for _ in range(60):
+        brand = rng.choice([*BRANDS, "brand 3", "brand 17", "brand 39"])
+        category = rng.choice(["12", "103", "140", "159"])
+        query = SegmentQuery(
+            gender=rng.choice([None, "men"]),
+            city_tier=rng.choice([None, "Tier2"]),
+            brand=rng.choice([None, brand]),
+            category_id=category,
+            category_level=3,
+            size=rng.choice([1, 10, 50]),
+            offset=rng.choice([0, 0, 20]),
+        )
+        ranking = reference_ranking(personas, query, weights)
+        identical += check_answer(
+            personas, ranking, query, backend.search(query, weights), embedded.search(query, weights)
+        )
+        checked += 1
+    print(f"{identical}/{checked} pages identical to the embedded index")
+    assert identical >= 0.9 * checked
+
+
+def test_values_without_lo_widen_the_window_by_their_error(backend: OpenSearchBackend, tmp_path: Path):
+    """200 category values just above 0.05 (hi-only, so one approximate score for all), the best ones on
+    the last ext_ids: with no tolerance, only a window widened by the hi-only error finds them."""
+    personas = {
+        f"t{j:03d}": {"gender": "men", "category": {"777": 0.05 + j * 2e-7, "1": 0.5}, "brand": {"nike": 0.25}}
+        for j in range(200)
+    }
+    users, affinities = to_tables(personas)
+    backend.publish(stream(users, affinities))
+    strict = OpenSearchBackend(backend.url, alias=backend.alias, client=backend.client)
+    strict.rank_tolerance = 0.0
+    query = SegmentQuery(category_id="777", category_level=3, size=10)
+    got = strict.search(query, ScoreWeights())
+    assert [h.ext_id for h in got.hits] == [f"t{j:03d}" for j in range(199, 189, -1)]
+    assert [h.score for h in got.hits] == [s for s, _, _ in reference_ranking(personas, query, ScoreWeights())[:10]]
+
+
 @pytest.mark.parametrize(
-    ("size", "offset"), [(5, 3), (1000, 0), (0, 0), (0, 50), (10, 395), (10, 10_000), (7, 50), (1, 0)]
+    ("size", "offset"), [(5, 3), (1000, 0), (0, 0), (0, 50), (10, 395), (10, 9_990), (7, 50), (1, 0)]
 )
 def test_paging_against_embedded(published, size: int, offset: int):
     personas, embedded, backend = published
@@ -336,7 +429,7 @@ def test_zero_tolerance_widens_the_window_to_the_exact_ranking(published, caplog
     # The tie block (identical personas): a capped window cannot prove the ranking, and says so.
     strict.window_cap = 5
     query = SegmentQuery(brand="nike", size=3)
-    with caplog.at_level(logging.WARNING, logger="persona_assets.stores.opensearch_index"):
+    with caplog.at_level(logging.WARNING, logger="persona_assets.stores.opensearch_search"):
         got = strict.search(query, weights)
     assert "window cap" in caplog.text
     assert [h.score for h in got.hits] == [h.score for h in embedded.search(query, weights).hits]
@@ -373,7 +466,7 @@ def test_alias_swap_is_atomic_and_old_build_deleted(backend: OpenSearchBackend):
         )
         return users, affinities
 
-    first = backend.publish(*personas("a", 2_000))
+    first = backend.publish(stream(*personas("a", 2_000)))
     assert first.details["deleted_indices"] == 0
     index_a = backend.live_index()
     assert index_a == backend.index_name(first.build_id) == first.details["index"]
@@ -401,7 +494,7 @@ def test_alias_swap_is_atomic_and_old_build_deleted(backend: OpenSearchBackend):
         time.sleep(0.2)
         small_chunks = OpenSearchBackend(backend.url, alias=backend.alias, bulk_chunk=250, client=backend.client)
         small_chunks.bulk_threads = 1
-        second = small_chunks.publish(*personas("b", 12_000))
+        second = small_chunks.publish(stream(*personas("b", 12_000), rows_per_batch=1000))
         time.sleep(0.3)
     finally:
         stop.set()
@@ -420,12 +513,59 @@ def test_alias_swap_is_atomic_and_old_build_deleted(backend: OpenSearchBackend):
     assert second.details["deleted_indices"] == 1
     assert backend.document_count() == 12_000
 
-    # Nothing to rank by: the ext_id order, also past the first 10,000 (search_after, not from/size).
-    for offset, size in ((9_995, 10), (11_990, 20), (0, 3)):
+    # Nothing to rank by: the ext_id order, as deep as the contract's window goes.
+    for offset, size in ((9_980, 20), (5_000, 1000), (0, 3)):
         page = backend.search(SegmentQuery(gender="men", offset=offset, size=size), ScoreWeights())
         assert page.total == 12_000
         assert [h.ext_id for h in page.hits] == [f"b{i:05d}" for i in range(offset, min(offset + size, 12_000))]
         assert {h.score for h in page.hits} == {0.15 * (1 / 3) + 0.35 * 1.0 + 0.20 * 1.0 + 0.30 * 1.0}
+
+
+class _WatchedClient(OpenSearch):
+    """The real client, noting how many ``_bulk`` requests run at once and which batch each one carries."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.lock = threading.Lock()
+        self.running = self.most_running = 0
+        self.pulled: list[int] = []  # batches the encoder has read from the stream so far
+        self.sent: list[tuple[int, int]] = []  # (batch of a request, batches read when it started)
+
+    def bulk(self, *args, **kwargs):
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            first_id = json.loads(kwargs["body"].split(b"\n", 1)[0])["index"]["_id"]
+            self.sent.append((int(first_id[1:4]), len(self.pulled)))
+        try:
+            time.sleep(0.02)  # a slow node: the encoder gets ahead if nothing holds it back
+            return super().bulk(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_bulk_requests_in_flight_are_bounded(backend: OpenSearchBackend):
+    """At most ``bulk_threads`` requests at once, and the stream is read only a few batches ahead of them."""
+    client = _WatchedClient(backend.url)
+    loader = OpenSearchBackend(backend.url, alias=backend.alias, bulk_chunk=20, client=client)
+    loader.bulk_threads = 3
+    batches = 30
+    users = pd.DataFrame({"ext_id": [f"b{b:03d}-{i:02d}" for b in range(batches) for i in range(20)], "gender": "men"})
+    affinities = pd.DataFrame({"ext_id": users["ext_id"], "dimension": "brand", "key": "nike", "value": 1.0})
+
+    def counted():
+        for batch in stream(users, affinities, rows_per_batch=20):
+            client.pulled.append(batch.num_rows)
+            yield batch
+
+    report = loader.publish(counted())
+    assert report.failed == {} and report.document_count == batches * 20
+    assert 1 < client.most_running <= 3
+    assert sorted(batch for batch, _ in client.sent) == list(range(batches))
+    # When the request of batch i started, the encoder had read at most the 2 × 3 requests queued or
+    # sending beyond it, plus the one it was encoding: a bounded lead, whatever the length of the stream.
+    assert max(read - batch for batch, read in client.sent) <= 2 * 3 + 2
 
 
 def test_partial_failure_is_retried_then_reported(backend: OpenSearchBackend):
@@ -439,7 +579,7 @@ def test_partial_failure_is_retried_then_reported(backend: OpenSearchBackend):
     retrying = OpenSearchBackend(backend.url, alias=backend.alias, max_retries=2, client=backend.client)
     retrying.retry_backoff = 0.05
     started = time.perf_counter()
-    report = retrying.publish(users, affinities)
+    report = retrying.publish(stream(users, affinities))
     assert time.perf_counter() - started >= 0.05 + 0.1  # the back-off was waited out
     assert set(report.failed) == {"bad-term", "i" * 600}
     assert "immense term" in report.failed["bad-term"]
@@ -454,13 +594,13 @@ def test_partial_failure_is_retried_then_reported(backend: OpenSearchBackend):
 
 def test_too_many_failures_keep_the_live_build(backend: OpenSearchBackend):
     good = random_personas(seed=6, n=30)
-    report = backend.publish(*to_tables(good))
+    report = backend.publish(stream(*to_tables(good)))
     live = backend.live_index()
     bad = {f"bad{i}": {"gender": "men", "brand": {f"{i}" + "x" * 40_000: 1.0}} for i in range(10)}
     failing = OpenSearchBackend(backend.url, alias=backend.alias, max_retries=1, client=backend.client)
     failing.retry_backoff = 0.01
     with pytest.raises(RuntimeError, match="could not be indexed"):
-        failing.publish(*to_tables(good | bad))
+        failing.publish(stream(*to_tables(good | bad)))
     assert backend.live_index() == live
     assert builds_of(backend) == [live]
     assert backend.document_count() == report.document_count == 30

@@ -267,9 +267,32 @@ def test_size_out_of_range_or_not_an_integer_is_an_error(value):
     assert_invalid({"size": value}, "size")
 
 
-@pytest.mark.parametrize(("value", "expected"), [(0, 0), (5, 5), (10**6, 10**6), ("15", 15), (" 3", 3)])
+@pytest.mark.parametrize(("value", "expected"), [(0, 0), (5, 5), (9_980, 9_980), ("15", 15), (" 3", 3)])
 def test_from_is_the_offset(value, expected):
     assert parse_segment_request({"from": value}).offset == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "valid"),
+    [
+        ({"from": 9_000, "size": 1000}, True),
+        ({"from": 10_000, "size": 0}, True),
+        ({"from": 9_001, "size": 1000}, False),
+        ({"from": 9_981}, False),  # with the default size of 20
+        ({"from": 10**30}, False),
+    ],
+)
+def test_from_plus_size_is_at_most_10000(body, valid):
+    if valid:
+        query = parse_segment_request(body)
+        assert query.offset + query.size <= 10_000
+    else:
+        assert_invalid(body, "from")
+
+
+def test_a_query_past_the_window_cannot_be_built():
+    with pytest.raises(ValueError, match="10000"):
+        SegmentQuery(offset=9_990, size=20)
 
 
 @pytest.mark.parametrize("value", [-1, "-3", 1.0, 2.5, True, False, "1.0", "", "x", [0]])

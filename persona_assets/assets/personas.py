@@ -23,6 +23,7 @@ from persona_assets.stores.changes import (
     reflag_changed_since,
     snapshot_flags,
 )
+from persona_assets.stores.persona_stream import persona_batches_from_parquet
 
 RAW_EVENT_DEPS = ["raw_visits", "raw_checkouts", "raw_searches"]
 
@@ -198,16 +199,20 @@ def persona_index(
     event_store: EventStoreResource,
     relational_store: RelationalStore,
     search_index: SearchIndexResource,
+    compute: ComputeResource,
 ) -> MaterializeResult:
     """A fresh segment-search index of the normalised personas, swapped in atomically.
 
-    Users the backend could not index keep hasChanged = 2 and are listed in the metadata.
+    The personas stream from the work files in batches of whole users (DuckDB within the compute
+    limits), so memory does not grow with the number of users. Users the backend could not index keep
+    hasChanged = 2 and are listed in the metadata.
     """
     started = time.perf_counter()
     backend = search_index.backend()
-    users = pd.read_parquet(_work(event_store, "persona_users"))
-    affinity = pd.read_parquet(_work(event_store, "persona_affinity"))
-    report = backend.publish(users, affinity)
+    personas = persona_batches_from_parquet(
+        _work(event_store, "persona_users"), _work(event_store, "persona_affinity"), compute.limits
+    )
+    report = backend.publish(personas)
     snapshot = pd.read_parquet(_work(event_store, "flag_snapshot"))
     indexed = snapshot[~snapshot["ext_id"].isin(list(report.failed))]
     searchable = advance_flags(relational_store.engine, indexed, [CALCULATED], SEARCHABLE)

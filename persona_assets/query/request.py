@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_SIZE",
     "FIELDS",
     "MAX_SIZE",
+    "MAX_WINDOW",
     "InvalidRequest",
     "SegmentQuery",
     "parse_segment_request",
@@ -36,6 +37,8 @@ __all__ = [
 
 DEFAULT_SIZE = 20
 MAX_SIZE = 1000
+#: ``from + size`` at most: OpenSearch's ``max_result_window``; whole audiences are for exports.
+MAX_WINDOW = 10_000
 
 #: The request fields, in the legacy spelling.
 FIELDS = (
@@ -91,6 +94,11 @@ class SegmentQuery:
     category_level: int | None = None
     size: int = DEFAULT_SIZE
     offset: int = 0
+
+    def __post_init__(self) -> None:
+        # The backends rely on these; parse_segment_request reports them against the request's fields.
+        if self.size < 0 or self.offset < 0 or self.offset + self.size > MAX_WINDOW:
+            raise ValueError(f"size {self.size} and offset {self.offset}: both >= 0, together at most {MAX_WINDOW}")
 
     @property
     def has_product_criteria(self) -> bool:
@@ -217,6 +225,11 @@ def parse_segment_request(payload: object) -> SegmentQuery:
         offset = _parse_int("from", given["from"])
         if offset < 0:
             raise InvalidRequest("from", f"must be 0 or more, got {offset}")
+    if offset + size > MAX_WINDOW:
+        raise InvalidRequest(
+            "from",
+            f"from + size must be at most {MAX_WINDOW:,}, got {offset} + {size}; export whole audiences instead",
+        )
 
     return SegmentQuery(
         gender=gender,

@@ -1,6 +1,7 @@
 """The segment query (contract section 4): rank in the search backend, enrich from the relational store.
 
-One service, two front doors: ``persona query`` now, ``POST /fetchPersonas`` later.
+One service, two front doors: ``persona query`` and ``POST /fetchPersonas``. It takes a plain engine and
+a plain :class:`~persona_assets.stores.search_backend.SearchBackend`, so neither door needs Dagster.
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ from sqlalchemy.engine import Engine
 from persona_assets.contract.tokens import contains_name, tokenize
 from persona_assets.query.request import SegmentQuery, parse_segment_request
 from persona_assets.query.scoring import ScoreWeights
-from persona_assets.resources import SearchIndexResource
 from persona_assets.stores import relational
+from persona_assets.stores.search_backend import SearchBackend
 
 MAX_PRODUCTS = 50
 MAX_SEARCH_TERMS = 20
 
 
 def fetch_personas(
-    payload: object, engine: Engine, search_index: SearchIndexResource, weights: ScoreWeights | None = None
+    payload: object, engine: Engine, backend: SearchBackend, weights: ScoreWeights | None = None
 ) -> dict[str, Any]:
     """Validate ``payload`` (raises ``InvalidRequest`` naming the field) and answer it."""
     query = parse_segment_request(payload)
-    hits = search_index.backend().search(query, weights or ScoreWeights.from_env())
+    hits = backend.search(query, weights or ScoreWeights.from_env())
     activity = _activity(engine, [hit.ext_id for hit in hits.hits])
     matches = _product_matcher(engine, query, activity)
     name_tokens = [tokenize(n) for n in (query.brand, query.generic_name) if n is not None]

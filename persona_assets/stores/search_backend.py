@@ -1,26 +1,80 @@
-"""The seam between the pipeline and a segment-search backend.
+"""The seam between the pipeline and a segment-search backend, and the types it speaks.
 
-Two implementations: the embedded index (no server, the default) and OpenSearch
-(``PERSONA_OPENSEARCH_URL``). The rebuild publishes a whole new build and swaps it in
-atomically; the query ranks there. Both answer under the same contract.
+Two implementations: the embedded index (``embedded_index``, no server, the default) and OpenSearch
+(``opensearch_index``, ``PERSONA_OPENSEARCH_URL``). They import what they share from here, never from
+each other. A full rebuild publishes a whole new build and swaps it in atomically; a refresh upserts a
+few personas into the live one; the query ranks there. Both answer under the same contract.
+
+Personas travel as a stream of Arrow record batches (:data:`PERSONA_SCHEMA`), so neither side ever
+holds every persona at once: ``persona_stream.persona_batches`` produces them with DuckDB under the
+configured memory limit, and a backend consumes them batch by batch.
 """
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from persona_assets.query.request import SegmentQuery
 from persona_assets.query.scoring import ScoreWeights
-from persona_assets.stores.embedded_index import SearchHits, build_index, open_index
+
+__all__ = [
+    "DIMENSIONS",
+    "GENDERS",
+    "PERSONA_SCHEMA",
+    "Hit",
+    "IndexNotBuiltError",
+    "PersonaBatches",
+    "PublishReport",
+    "SearchBackend",
+    "SearchHits",
+]
+
+#: The persona maps, in the order every backend lays them out.
+DIMENSIONS = ("brand", "generic", "category", "city", "ecomm")
+#: The gender labels of a persona.
+GENDERS = ("men", "women", "unisex")
+
+#: One row per persona, whole: its id, gender label and one map per dimension (key -> normalised value).
+#:
+#: * ``ext_id``: non-null, unique over the whole stream, rows in code-point (UTF-8 byte) order across
+#:   batches, so a backend can check uniqueness and lay users out in order without holding them all;
+#: * ``gender``: one of :data:`GENDERS`;
+#: * each map: keys unique and in code-point order, values finite and >= 0 (a null map = no keys).
+#:
+#: Producers may hand over equivalent types (``large_string``, dictionaries, any float); the backends
+#: check and cast each batch (``persona_stream.checked_batches``).
+PERSONA_SCHEMA = pa.schema(
+    [
+        pa.field("ext_id", pa.string(), nullable=False),
+        pa.field("gender", pa.string(), nullable=False),
+        *(pa.field(dim, pa.map_(pa.string(), pa.float64())) for dim in DIMENSIONS),
+    ]
+)
+
+#: A stream of persona batches (a ``pa.RecordBatchReader`` is one).
+PersonaBatches = Iterable[pa.RecordBatch]
+
+
+class IndexNotBuiltError(FileNotFoundError):
+    """No build of the search index has been published yet."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    ext_id: str
+    score: float
+    components: dict[str, float]
+    gender: str
+
+
+@dataclass(frozen=True)
+class SearchHits:
+    total: int
+    hits: list[Hit] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -41,11 +95,12 @@ class SearchBackend(Protocol):
 
     name: str
 
-    def publish(self, users: pd.DataFrame, affinities: pd.DataFrame) -> PublishReport:
-        """Index every persona into a new build and swap it in atomically; old builds are removed."""
+    def publish(self, personas: PersonaBatches) -> PublishReport:
+        """Index every persona of the stream into a new build and swap it in atomically; old builds are
+        removed. Invalid input raises ``ValueError`` and leaves the live build as it was."""
         ...
 
-    def upsert(self, users: pd.DataFrame, affinities: pd.DataFrame, removed: Sequence[str] = ()) -> PublishReport:
+    def upsert(self, personas: PersonaBatches, removed: Sequence[str] = ()) -> PublishReport:
         """Replace (or add) these personas in the live build and drop ``removed`` (users left with no
         events); searchable when this returns."""
         ...
@@ -57,66 +112,3 @@ class SearchBackend(Protocol):
     def document_count(self) -> int:
         """Personas in the live build."""
         ...
-
-
-class EmbeddedBackend:
-    """The embedded index under ``PERSONA_HOME/index``."""
-
-    name = "embedded"
-
-    def __init__(self, index_dir: Path) -> None:
-        self.index_dir = index_dir
-
-    def publish(self, users: pd.DataFrame, affinities: pd.DataFrame) -> PublishReport:
-        with self._writer_lock():
-            build = build_index(users, affinities, self.index_dir)
-        return PublishReport(
-            build_id=build.build_id,
-            document_count=build.document_count,
-            details={"postings": build.posting_count},
-        )
-
-    def upsert(self, users: pd.DataFrame, affinities: pd.DataFrame, removed: Sequence[str] = ()) -> PublishReport:
-        """A new build = the live one with these personas replaced (and ``removed`` dropped), swapped in
-        like a full build.
-
-        Writers (rebuilds and upserts, from any process) take a file lock, so no upsert is lost to
-        another writer's swap.
-        """
-        with self._writer_lock():
-            live_users, live_affinities = open_index(self.index_dir).to_tables()
-            changed = pa.array([*pd.unique(users["ext_id"]), *removed], pa.string())
-            keep_users = live_users.filter(pc.invert(pc.is_in(live_users["ext_id"], value_set=changed)))
-            keep_affinities = live_affinities.filter(pc.invert(pc.is_in(live_affinities["ext_id"], value_set=changed)))
-            merged_users = pa.concat_tables(
-                [
-                    keep_users,
-                    pa.Table.from_pandas(users[["ext_id", "gender"]], preserve_index=False).cast(keep_users.schema),
-                ]
-            )
-            merged_affinities = pa.concat_tables(
-                [
-                    keep_affinities,
-                    pa.Table.from_pandas(
-                        affinities[["ext_id", "dimension", "key", "value"]], preserve_index=False
-                    ).cast(keep_affinities.schema),
-                ]
-            )
-            build = build_index(merged_users, merged_affinities, self.index_dir)
-        return PublishReport(build_id=build.build_id, document_count=build.document_count)
-
-    @contextmanager
-    def _writer_lock(self) -> Iterator[None]:
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        with (self.index_dir / ".writer.lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def search(self, query: SegmentQuery, weights: ScoreWeights) -> SearchHits:
-        return open_index(self.index_dir).search(query, weights)
-
-    def document_count(self) -> int:
-        return open_index(self.index_dir).document_count

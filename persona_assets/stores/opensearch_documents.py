@@ -1,0 +1,278 @@
+"""OpenSearch mapping and documents: what a build looks like, and one persona batch as ``_bulk`` lines.
+
+Mapping (constant size, whatever the number of brands, generic names or categories)::
+
+    dynamic: strict
+    ext_id, gender                             keyword
+    city, brand, generic, category             rank_features: escaped key -> value, truncated by Lucene
+    city_lo, brand_lo, generic_lo, category_lo rank_features: escaped key -> value - truncated value
+    exact                                      object, "enabled": false: {dimension: {escaped key: float64}}
+                                               for the five dimensions (ecomm too), read back from _source
+
+Eleven fields, however many keys the personas carry: the legacy design (one numeric field per key)
+had to keep raising ``index.mapping.total_fields.limit``. ``_source`` is stored whole: filtering the
+rank features out of it made the node parse and re-serialise every document, half again its indexing
+CPU, for disk space nobody was short of.
+
+Keys are escaped so that any string is a usable feature name and ``_source`` path: ``%`` → ``%25``,
+``.`` → ``%2E`` (the rank_feature query splits ``field.feature`` on the last dot), ``*`` → ``%2A`` (a
+wildcard in ``_source`` filters); the empty key is ``%``. :func:`unescape_key` reverses :func:`escape_key`.
+
+Precision. Lucene keeps a feature value with 8 mantissa bits (the float's bits >> 15), a relative
+truncation error below 2^-8, too coarse for the contract's 1e-3 ranking tolerance when scores are
+near 1. A value v ≥ :data:`LO_FROM` (1/16) is therefore indexed as ``hi`` = v truncated to 8 mantissa
+bits (exact in Lucene) plus ``lo`` = v - hi (itself truncated, error below 2^-8 of lo < 2^-8 of v),
+so it is approximated to about 2^-16 of its value (:data:`APPROX_RELATIVE_ERROR`). A smaller value
+gets ``hi`` alone: it is then within v·2^-8 < 2^-12 (:data:`UNSPLIT_ERROR`) of itself, a quarter of
+the tolerance at the default weights. Rank features are most of the node's indexing work (a few µs
+each), and in real personas most values are small (brand, generic and category maps spread over many
+keys): this drops ~60 % of the ``lo`` features, ~15 % of the node's CPU per document. Reported scores
+never use the approximation: the search re-scores candidates from ``exact`` and widens its window by
+the error bound (see ``opensearch_search``).
+
+Documents are serialised column-wise with Arrow compute, one batch of whole personas at a time: each
+map is already one list per persona, so its JSON object is a join of ``"key":value`` fragments over
+the map's own offsets. :class:`BulkDocuments` keeps a batch's action and source lines contiguous, so
+a ``_bulk`` request body is a slice of one buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from persona_assets.stores.persona_stream import map_entries
+from persona_assets.stores.search_backend import DIMENSIONS
+
+__all__ = [
+    "APPROX_RELATIVE_ERROR",
+    "EXACT_FIELD",
+    "LO_FROM",
+    "LO_SUFFIX",
+    "MAX_ID_BYTES",
+    "MAX_TERM_BYTES",
+    "SCORED_DIMENSIONS",
+    "UNSPLIT_ERROR",
+    "BulkDocuments",
+    "KeyLiterals",
+    "encode_batch",
+    "escape_key",
+    "index_mapping",
+    "unescape_key",
+]
+
+#: The dimensions a query scores (ecomm is only reported).
+SCORED_DIMENSIONS = ("city", "brand", "generic", "category")
+LO_SUFFIX = "_lo"
+EXACT_FIELD = "exact"
+#: Upper bound of (exact - approximate) / approximate for the variable part of a score: the hi/lo
+#: split leaves < 2^-16 per component, float32 products and sums a few 2^-24; 2^-14 is generous.
+APPROX_RELATIVE_ERROR = 2.0**-14
+#: Values from here up are indexed as hi + lo; smaller ones as hi alone.
+LO_FROM = 2.0**-4
+#: Upper bound of (exact - approximate) for one component indexed without lo (before its weight).
+UNSPLIT_ERROR = LO_FROM * 2.0**-8
+#: Lucene refuses terms (feature names) longer than this many UTF-8 bytes.
+MAX_TERM_BYTES = 32766
+#: OpenSearch refuses document ids longer than this many UTF-8 bytes (for the whole _bulk request).
+MAX_ID_BYTES = 512
+_F32_MIN_NORMAL = float(np.finfo(np.float32).tiny)
+_F32_MAX = float(np.finfo(np.float32).max)
+_ESCAPES = {"%": "%25", ".": "%2E", "*": "%2A"}
+_ESCAPE_RE = re.compile(r"[%.*]")
+_UNESCAPE_RE = re.compile(r"%(25|2E|2A)")
+_UNESCAPES = {"25": "%", "2E": ".", "2A": "*"}
+_NEEDS_JSON_ESCAPE = r'["\\\x00-\x1f]'
+
+
+def escape_key(key: str) -> str:
+    """A key as a feature name / ``_source`` path element: no ``.`` or ``*``; reversible."""
+    if key == "":
+        return "%"
+    return _ESCAPE_RE.sub(lambda m: _ESCAPES[m.group(0)], key)
+
+
+def unescape_key(name: str) -> str:
+    """The key :func:`escape_key` turned into ``name``."""
+    if name == "%":
+        return ""
+    return _UNESCAPE_RE.sub(lambda m: _UNESCAPES[m.group(1)], name)
+
+
+def index_mapping() -> dict[str, Any]:
+    """The mapping of every build: the same eleven fields whatever the data."""
+    properties: dict[str, Any] = {"ext_id": {"type": "keyword"}, "gender": {"type": "keyword"}}
+    for dim in SCORED_DIMENSIONS:
+        properties[dim] = {"type": "rank_features"}
+        properties[dim + LO_SUFFIX] = {"type": "rank_features"}
+    properties[EXACT_FIELD] = {"type": "object", "enabled": False}
+    return {"dynamic": "strict", "_meta": {"persona_format": 2}, "properties": properties}
+
+
+# --------------------------------------------------------------------------- serialisation
+
+
+def _concat(*parts: Any) -> pa.Array:
+    """Element-wise concatenation of string arrays and str constants."""
+    args = [
+        pa.scalar(part, pa.large_string()) if isinstance(part, str) else part.cast(pa.large_string()) for part in parts
+    ]
+    return pc.binary_join_element_wise(*args, pa.scalar("", pa.large_string()))
+
+
+def _json_strings(values: pa.Array) -> pa.Array:
+    """Each string as a JSON string literal (quotes included)."""
+    values = values.cast(pa.large_string())
+    quoted = _concat('"', values, '"')
+    needs = pc.match_substring_regex(values, _NEEDS_JSON_ESCAPE)
+    if not pc.any(needs).as_py():
+        return quoted
+    plain = quoted.to_pylist()
+    for i in np.flatnonzero(needs.to_numpy(zero_copy_only=False)).tolist():
+        plain[i] = json.dumps(values[i].as_py(), ensure_ascii=False)
+    return pa.array(plain, type=pa.large_string())
+
+
+def _per_row(offsets: np.ndarray, fragments: pa.Array) -> pa.Array:
+    """Fragments ``offsets[i]:offsets[i+1]`` joined with ',' for each row ('' when none)."""
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), fragments)
+    return pc.binary_join(lists, pa.scalar(",", pa.large_string()))
+
+
+def _truncate_mantissa(values: np.ndarray, bits: int = 8) -> np.ndarray:
+    """``values`` (float64, ≥ 0) with only the top ``bits`` mantissa bits kept (never above the value)."""
+    mask = np.uint64(~((1 << (52 - bits)) - 1) & 0xFFFFFFFFFFFFFFFF)
+    return (values.view(np.uint64) & mask).view(np.float64)
+
+
+class KeyLiterals:
+    """Escaped keys as JSON member names (``"key":``), made once per distinct key for the whole publish."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, str] = {}
+
+    def __call__(self, keys: pa.Array) -> tuple[list[str], np.ndarray]:
+        """The distinct keys' member names, and each key's index among them."""
+        encoded = pc.dictionary_encode(keys)
+        names = [
+            self._known.get(key) or self._known.setdefault(key, json.dumps(escape_key(key), ensure_ascii=False) + ":")
+            for key in encoded.dictionary.to_pylist()
+        ]
+        return names, encoded.indices.to_numpy()
+
+
+class _ValueTexts:
+    """The JSON numbers of a batch's values: exact, hi and lo, each formatted once per distinct value.
+
+    Formatting floats is most of the client's work, and normalised counts repeat a lot (1/3, 1/2, ...);
+    hi and lo are functions of the value, so one hash of the batch's values serves all three.
+    """
+
+    def __init__(self, values: np.ndarray) -> None:
+        if values.size and not (values <= _F32_MAX).all():
+            raise ValueError("affinities: column 'value' must hold finite numbers >= 0 (and within float32 range)")
+        encoded = pc.dictionary_encode(pa.array(values, pa.float64()))
+        distinct, self.index = encoded.dictionary.to_numpy(), encoded.indices.to_numpy()
+        hi = _truncate_mantissa(distinct)
+        lo = (distinct - hi).astype(np.float32)
+        self.exact, self.hi, self.lo = (pa.array(part).cast(pa.string()).to_pylist() for part in (distinct, hi, lo))
+        self.has_hi, self.has_lo = hi >= _F32_MIN_NORMAL, (lo >= _F32_MIN_NORMAL) & (distinct >= LO_FROM)
+
+
+def _object(
+    offsets: np.ndarray,
+    names: list[str],
+    name_index: np.ndarray,
+    texts: list[str],
+    text_index: np.ndarray,
+    keep: np.ndarray | None = None,
+) -> pa.Array:
+    """Per row, the body of a JSON object ``"key":value,...`` of its members (those where ``keep``).
+
+    Member ``i`` is ``names[name_index[i]]`` then ``texts[text_index[i]]``. Every piece comes from one
+    small table of distinct strings (names, ``,``-led names, texts), so a row's object is a single
+    ``take`` of interleaved pieces and a join: no per-member concatenation.
+    """
+    if keep is not None:
+        kept_before = np.concatenate(([0], np.cumsum(keep)))
+        offsets, name_index, text_index = kept_before[offsets], name_index[keep], text_index[keep]
+    first = np.zeros(name_index.size, dtype=bool)
+    first[offsets[:-1][np.diff(offsets) > 0]] = True
+    table = pa.array([*names, *("," + n for n in names), *texts], pa.large_string())
+    pieces = np.empty(2 * name_index.size, dtype=np.int64)
+    pieces[0::2] = name_index + np.where(first, 0, len(names))
+    pieces[1::2] = text_index + 2 * len(names)
+    lists = pa.LargeListArray.from_arrays(pa.array(2 * offsets, pa.int64()), table.take(pa.array(pieces)))
+    return pc.binary_join(lists, pa.scalar("", pa.large_string()))
+
+
+@dataclass(frozen=True)
+class BulkDocuments:
+    """One batch as ``_bulk`` lines: ``lines[i]`` is the action and source line of ``ext_ids[i]``.
+
+    ``refused`` holds the personas that cannot be sent at all (ext_id → why); they are not in ``lines``.
+    """
+
+    ext_ids: pa.Array
+    lines: pa.Array  # large_string, each ending in "\n"
+    refused: dict[str, str]
+
+    def __len__(self) -> int:
+        return len(self.ext_ids)
+
+    def byte_offsets(self) -> np.ndarray:
+        """Where each line starts in the lines' data buffer (and where the last ends)."""
+        buffer = self.lines.buffers()[1]
+        return np.frombuffer(buffer, dtype=np.int64, count=len(self.lines) + 1, offset=self.lines.offset * 8)
+
+    def body(self, start: int, stop: int) -> bytes:
+        """The request body of documents ``start:stop``: one slice of the lines' buffer."""
+        offsets = self.byte_offsets()
+        return self.lines.buffers()[2][int(offsets[start]) : int(offsets[stop])].to_pybytes()
+
+    def body_of(self, positions: list[int]) -> bytes:
+        """The request body of the documents at ``positions`` (retries)."""
+        return "".join(self.lines.take(pa.array(positions, pa.int64())).to_pylist()).encode("utf-8")
+
+
+def _refuse_long_ids(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[str, str]]:
+    """An ext_id over OpenSearch's id limit fails its whole ``_bulk`` request, so it is never sent."""
+    lengths = pc.binary_length(batch.column(0))
+    too_long = pc.greater(lengths, MAX_ID_BYTES)
+    if not pc.any(too_long).as_py():
+        return batch, {}
+    refused = {
+        ext_id: f"ext_id is {len(ext_id.encode('utf-8'))} bytes long; OpenSearch document ids are at most {MAX_ID_BYTES}"
+        for ext_id in batch.column(0).filter(too_long).to_pylist()
+    }
+    return batch.filter(pc.invert(too_long)), refused
+
+
+def encode_batch(batch: pa.RecordBatch, key_literals: KeyLiterals | None = None) -> BulkDocuments:
+    """The ``_bulk`` lines of a checked persona batch (``persona_stream.checked_batches``)."""
+    key_literals = key_literals or KeyLiterals()
+    batch, refused = _refuse_long_ids(batch)
+    entries = {dim: map_entries(batch, dim) for dim in DIMENSIONS}
+    texts = _ValueTexts(np.concatenate([e.values for e in entries.values()]))
+    bounds = np.cumsum([0] + [e.values.size for e in entries.values()])
+    ext_json = _json_strings(batch.column(0))
+    pieces: list[Any] = ['{"index":{"_id":', ext_json, '}}\n{"ext_id":', ext_json, ',"gender":"', batch.column(1), '"']
+    exact: list[Any] = []
+    for i, (dim, mine) in enumerate(entries.items()):
+        names, name_index = key_literals(mine.keys)
+        value_index = texts.index[bounds[i] : bounds[i + 1]]
+        members = (mine.offsets, names, name_index)
+        exact += [("," if exact else "") + f'"{dim}":{{', _object(*members, texts.exact, value_index), "}"]
+        if dim not in SCORED_DIMENSIONS:
+            continue
+        for suffix, part, present in (("", texts.hi, texts.has_hi), (LO_SUFFIX, texts.lo, texts.has_lo)):
+            body = _object(*members, part, value_index, keep=present[value_index])
+            pieces += [f',"{dim}{suffix}":{{', body, "}"]
+    pieces += [f',"{EXACT_FIELD}":{{', *exact, "}}\n"]
+    return BulkDocuments(ext_ids=batch.column(0), lines=_concat(*pieces), refused=refused)

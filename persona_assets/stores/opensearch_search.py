@@ -1,0 +1,251 @@
+"""Ranking a segment query in OpenSearch: approximate order from rank features, exact scores from ``_source``.
+
+A query is a ``bool`` with a ``filter`` (the gender term, or ``match_all``) and, for each component
+given (tier, brand, generic name, category) with a weight above 0, two ``should`` clauses
+``rank_feature`` (``linear``, boost = the weight) on ``<dim>`` and ``<dim>_lo``; the constants of the
+components not given (C = 1/3, B = G = K = 1) are the same for everyone and are added client-side.
+Hits are sorted ``_score`` desc, ``ext_id`` asc.
+
+Reported scores never use the approximation: every fetched candidate is re-scored with
+:func:`~persona_assets.query.scoring.score_persona` from the exact float64 values in ``_source``
+(bit-identical to the embedded index). The candidate window starts at ``overfetch × (from + size) + 10``;
+it is widened (``search_after``, on the same physical index) until no persona left out can score more
+than the tolerance (the contract's 1e-3) above the k-th returned one: an unfetched persona has an
+approximate score at most the window's last one, so its exact score is at most that × (1 + 2^-14)
+plus the error of the values indexed without ``lo`` (``UNSPLIT_ERROR`` times the weights given)
+plus the constants. With the hi/lo split the first window settles the contract's 1e-3 in practice;
+widening matters for a smaller tolerance and stops at the window cap (at least ``from + size``) with a
+warning in the log. Exact ties between personas whose components differ (0.35·1 + 0 vs
+0.15·1 + 0.20·1) may be cut at the page boundary differently from the embedded index (allowed: the
+left-out persona scores no more than the returned one). A query with nothing to rank by (no criteria,
+or only zero weights) is the ``ext_id`` order: plain ``from``/``size`` (the contract caps ``from + size``
+at 10,000, OpenSearch's ``max_result_window``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from persona_assets.query.request import MAX_WINDOW, SegmentQuery
+from persona_assets.query.scoring import NO_TIER_C, ScoreWeights, score_persona
+from persona_assets.stores.opensearch_documents import (
+    APPROX_RELATIVE_ERROR,
+    EXACT_FIELD,
+    LO_SUFFIX,
+    MAX_TERM_BYTES,
+    UNSPLIT_ERROR,
+    escape_key,
+)
+from persona_assets.stores.relational import MAX_NAME_LENGTH
+from persona_assets.stores.search_backend import Hit, SearchHits
+
+__all__ = ["IndexMissing", "RankWindow", "search_alias"]
+
+logger = logging.getLogger(__name__)
+
+#: Absolute slack: values below float32's smallest normal (1.2e-38) cannot be rank features.
+_APPROX_ABSOLUTE_ERROR = 1e-12
+_SORT = [{"_score": {"order": "desc"}}, {"ext_id": {"order": "asc"}}]
+
+Candidate = tuple[float, str, dict[str, float], str]  # score, ext_id, components, gender
+
+
+class IndexMissing(Exception):
+    """The alias names no index (nothing published yet)."""
+
+
+class _BuildGone(Exception):
+    """The physical index a paged search was reading has been swapped out and deleted."""
+
+
+@dataclass(frozen=True)
+class RankWindow:
+    """How hard a search works for its ranking guarantee.
+
+    ``tolerance``: no persona left out may score more than this above a returned one; ``overfetch``: the
+    first window is ``overfetch × (from + size) + 10``; ``cap``: candidates fetched at most (at least
+    ``from + size``), beyond which the guarantee is logged as unproven.
+    """
+
+    tolerance: float = 1e-3
+    overfetch: float = 1.25
+    cap: int = MAX_WINDOW
+
+
+@dataclass(frozen=True)
+class _Plan:
+    body_query: dict[str, Any]
+    includes: list[str]
+    given: list[tuple[str, str, str]]  # (dimension, key, escaped key)
+    constant: float  # the constant components' share of every score
+    slack: float  # what values indexed without lo may add to an approximate score, at most
+    has_variable: bool
+
+
+def _plan(query: SegmentQuery, w: ScoreWeights) -> _Plan:
+    components = (
+        ("city", query.city_tier, w.city, NO_TIER_C),
+        ("brand", query.brand, w.brand, 1.0),
+        ("generic", query.generic_name, w.generic, 1.0),
+        ("category", query.category_id, w.category, 1.0),
+    )
+    should: list[dict[str, Any]] = []
+    includes = ["gender"]
+    given: list[tuple[str, str, str]] = []
+    constant = slack = 0.0
+    for dim, key, weight, default in components:
+        if key is None:
+            constant += weight * default
+            continue
+        escaped = escape_key(key)
+        given.append((dim, key, escaped))
+        if len(key) > MAX_NAME_LENGTH:
+            continue  # no stored persona has such a key (imports reject longer names): it scores 0
+        includes.append(f"{EXACT_FIELD}.{dim}.{escaped}")
+        if weight <= 0 or len(escaped.encode("utf-8")) > MAX_TERM_BYTES:
+            continue  # no score from it, or no document can hold such a feature
+        for field in (dim, dim + LO_SUFFIX):
+            should.append({"rank_feature": {"field": f"{field}.{escaped}", "linear": {}, "boost": weight}})
+        slack += weight * UNSPLIT_ERROR
+    gender_filter: dict[str, Any] = {"match_all": {}} if query.gender is None else {"term": {"gender": query.gender}}
+    return _Plan(
+        body_query={"bool": {"filter": [gender_filter], "should": should}},
+        includes=includes,
+        given=given,
+        constant=constant,
+        slack=slack,
+        has_variable=bool(should),
+    )
+
+
+def search_alias(client: Any, alias: str, query: SegmentQuery, w: ScoreWeights, window: RankWindow) -> SearchHits:
+    """Rank the personas behind ``alias`` passing the gender filter; raises :class:`IndexMissing`."""
+    plan = _plan(query, w)
+    for _attempt in range(5):
+        try:
+            return _Search(client, alias, plan, query, w, window).run()
+        except _BuildGone:
+            continue  # the alias moved on while we paged: start again on the new build
+    raise RuntimeError(f"OpenSearch alias {alias!r} kept changing during a search")
+
+
+class _Search:
+    """One attempt at a query (restarted when the alias moves on while it pages)."""
+
+    def __init__(
+        self, client: Any, alias: str, plan: _Plan, query: SegmentQuery, w: ScoreWeights, window: RankWindow
+    ) -> None:
+        self.client, self.alias, self.plan, self.query, self.w, self.window = client, alias, plan, query, w, window
+
+    def _request(self, index: str, body: dict[str, Any], *, first: bool) -> dict[str, Any]:
+        from opensearchpy import NotFoundError
+
+        try:
+            return self.client.search(index=index, body=body)
+        except NotFoundError:
+            if first:
+                raise IndexMissing(self.alias) from None
+            raise _BuildGone from None
+
+    def run(self) -> SearchHits:
+        plan, query = self.plan, self.query
+        body: dict[str, Any] = {"query": plan.body_query, "track_total_hits": True}
+        if query.size <= 0:
+            response = self._request(self.alias, {**body, "size": 0}, first=True)
+            return SearchHits(total=int(response["hits"]["total"]["value"]))
+        if not plan.has_variable:
+            return self._constant_page()
+        k = query.offset + query.size
+        body.update(
+            sort=_SORT,
+            _source={"includes": plan.includes},
+            size=min(math.ceil(self.window.overfetch * k) + 10, MAX_WINDOW),
+        )
+        response = self._request(self.alias, body, first=True)
+        total = int(response["hits"]["total"]["value"])
+        if query.offset >= total:
+            return SearchHits(total=total)
+        hits = response["hits"]["hits"]
+        candidates: list[Candidate] = []
+        self._score(hits, candidates)
+        if hits:
+            self._widen(hits[0]["_index"], hits[-1]["sort"], min(k, total), total, candidates)
+        return self._page(total, candidates)
+
+    def _widen(self, physical: str, last_sort: list[Any], k: int, total: int, candidates: list[Candidate]) -> None:
+        """Fetch more candidates until nobody left out can beat the k-th by more than the tolerance."""
+        plan, cap = self.plan, max(self.window.cap, k)
+        while len(candidates) < total:
+            if len(candidates) >= k:
+                candidates.sort(key=lambda c: (-c[0], c[1]))
+                kth = candidates[k - 1][0]
+                approximate = float(last_sort[0]) * (1 + APPROX_RELATIVE_ERROR)
+                bound = plan.constant + approximate + plan.slack + _APPROX_ABSOLUTE_ERROR
+                if bound <= kth + self.window.tolerance:
+                    return
+                if len(candidates) >= cap:
+                    logger.warning(
+                        "OpenSearch search %s: stopped at the window cap of %d candidates; a persona left out "
+                        "may score up to %.3g above the last one returned (tolerance %.3g)",
+                        self.query,
+                        cap,
+                        bound - kth,
+                        self.window.tolerance,
+                    )
+                    return
+            size = min(MAX_WINDOW, cap - len(candidates), max(len(candidates), k - len(candidates)))
+            page = {
+                "query": plan.body_query,
+                "sort": _SORT,
+                "_source": {"includes": plan.includes},
+                "size": max(size, 1),
+                "search_after": last_sort,
+                "track_total_hits": False,
+            }
+            hits = self._request(physical, page, first=False)["hits"]["hits"]
+            if not hits:
+                return
+            self._score(hits, candidates)
+            last_sort = hits[-1]["sort"]
+
+    def _constant_page(self) -> SearchHits:
+        """Nothing to rank by: everyone passing the filter scores the same, so the page is the ext_id order."""
+        query = self.query
+        body = {
+            "query": self.plan.body_query,
+            "sort": [{"ext_id": {"order": "asc"}}],
+            "track_total_hits": True,
+            "from": query.offset,
+            "size": query.size,
+            "_source": {"includes": self.plan.includes},
+        }
+        response = self._request(self.alias, body, first=True)
+        candidates: list[Candidate] = []
+        self._score(response["hits"]["hits"], candidates)
+        return self._page(int(response["hits"]["total"]["value"]), candidates, offset=0)
+
+    def _page(self, total: int, candidates: list[Candidate], offset: int | None = None) -> SearchHits:
+        start = self.query.offset if offset is None else offset
+        candidates.sort(key=lambda c: (-c[0], c[1]))
+        return SearchHits(
+            total=total,
+            hits=[
+                Hit(ext_id=ext_id, score=score, components=components, gender=gender)
+                for score, ext_id, components, gender in candidates[start : start + self.query.size]
+            ],
+        )
+
+    def _score(self, hits: list[dict[str, Any]], out: list[Candidate]) -> None:
+        for hit in hits:
+            source = hit.get("_source") or {}
+            exact = source.get(EXACT_FIELD) or {}
+            persona: dict[str, Any] = {"gender": source.get("gender")}
+            for dim, key, escaped in self.plan.given:
+                value = (exact.get(dim) or {}).get(escaped)
+                if value is not None:
+                    persona[dim] = {key: value}
+            score, components = score_persona(persona, self.query, self.w)
+            out.append((score, hit["_id"], components, source.get("gender")))
