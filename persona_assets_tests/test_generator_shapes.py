@@ -19,7 +19,7 @@ from persona_assets.compute import affinities
 from persona_assets.contract.pincodes import pincode_tier_table
 from persona_assets.contract.tokens import token_key, tokenize
 from persona_assets.ingest import validation
-from persona_assets.ingest.importer import read_csv_strings
+from persona_assets.ingest.csv_files import read_whole
 from persona_assets.synthetic.adversarial import ID_PATTERNS, PANDAS_NA_WORDS, invalid_reason
 from persona_assets.synthetic.generator import DEFAULT_SHAPE, WIDE, generate_dataset
 
@@ -33,18 +33,16 @@ ORDINARY_ID = r"U[0-9]{7}"
 
 def read_as_imported(directory: Path, name: str) -> pd.DataFrame:
     """A generated file read the way ``persona import`` reads it (every cell text, nothing dropped)."""
-    frame, malformed = read_csv_strings(
-        directory / name, EVENT_FILES.get(name, ("ext_id", "name", "gender", "pincode"))
-    )
+    frame, malformed = read_whole(directory / name, EVENT_FILES.get(name, ("ext_id", "name", "gender", "pincode")))
     assert malformed == [], malformed[:3]
     return frame
 
 
 def raw_affinity_rows_per_user(directory: Path) -> float:
     """Rows of the rebuild's ``raw_affinity`` table per user, computed by the rebuild's own SQL."""
-    products = validation.validate_products(read_csv_strings(directory / "products.csv", validation.PRODUCT_COLUMNS)[0])
+    products = validation.validate_products(read_whole(directory / "products.csv", validation.PRODUCT_COLUMNS)[0])
     categories = validation.validate_categories(
-        read_csv_strings(directory / "categories.csv", validation.CATEGORY_COLUMNS)[0]
+        read_whole(directory / "categories.csv", validation.CATEGORY_COLUMNS)[0]
     )
     con = duckdb.connect()
     affinities.register_reference(con, products.accepted, categories.accepted, pincode_tier_table())
