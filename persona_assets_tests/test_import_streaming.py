@@ -212,6 +212,17 @@ def test_no_staging_is_left_after_an_import(tmp_path, scattered_source):
     assert sorted(p.name for p in store.landing_dir.iterdir()) == ["catalog", "searches", "visits"]
 
 
+def test_an_unreadable_first_import_leaves_no_folder_behind(tmp_path):
+    # Past the first 8 KiB, which the header check decodes: the byte is met while streaming.
+    source = write_import_dir(tmp_path / "src", products=PRODUCTS, categories=CATEGORIES, visits=scattered_visits(400))
+    assert (source / "visits.csv").stat().st_size > 8192
+    with (source / "visits.csv").open("ab") as handle:
+        handle.write(b"u1,P1,caf\xe9,2024-03-09\n")
+    with pytest.raises(Exception, match=r"(?i)utf-?8"):
+        run_import(tmp_path, source, block_bytes=TINY_BLOCK)
+    assert not (tmp_path / "home").exists()
+
+
 def test_unreadable_bytes_half_way_write_nothing_and_leave_no_staging(tmp_path, scattered_source):
     _first, engine, store = run_import(tmp_path, scattered_source)
     before = {path: path.read_bytes() for path in store.landing_dir.rglob("*") if path.is_file()}
@@ -222,6 +233,7 @@ def test_unreadable_bytes_half_way_write_nothing_and_leave_no_staging(tmp_path, 
     )
     text = (broken / "visits.csv").read_bytes()
     cut = text.index(b"\n", len(text) * 3 // 4) + 1
+    assert cut > 8192  # past what the header check decodes: the byte is met while streaming
     (broken / "visits.csv").write_bytes(text[:cut] + b"u1,P1,caf\xe9,2024-03-09\n" + text[cut:])
     store_again = EventStore(store.landing_dir, store.events_dir)
     with pytest.raises(Exception, match=r"(?i)utf-?8"):

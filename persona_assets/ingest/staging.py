@@ -172,8 +172,10 @@ class ImportStaging:
         self.limits = limits
         self.rejects = StagedRows(root / "rejects.arrow", REJECT_SCHEMA)
         self.events = {kind: StagedEvents(root / "events" / f"{kind}.arrow", kind) for kind in EVENT_KINDS}
+        self._created: list[Path] = []
 
     def __enter__(self) -> ImportStaging:
+        self._created = [folder for folder in (self.root, *self.root.parents) if not folder.exists()]
         self.root.mkdir(parents=True)
         return self
 
@@ -183,8 +185,9 @@ class ImportStaging:
         for staged in (self.rejects, *self.events.values()):
             staged.close()
         shutil.rmtree(self.root, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the parent is shared with concurrent imports: only when empty
-            self.root.parent.rmdir()
+        for folder in self._created[1:]:  # the folders made for it, when empty (concurrent imports share them)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def days_dir(self, kind: str) -> Path:
         return self.root / "days" / kind
