@@ -32,10 +32,15 @@ def cmd_import(args: argparse.Namespace, settings: PersonaSettings) -> int:
     store = EventStore(settings.layout.landing_dir, settings.layout.events_dir)
     started = time.perf_counter()
     try:
-        report = import_directory(Path(args.directory), engine, store, first_day=settings.events_start)
+        report = import_directory(
+            Path(args.directory), engine, store, first_day=settings.events_start, limits=settings.duckdb_limits
+        )
     except ImportFileError as error:
         return _fail(f"import stopped, nothing written: {error}")
-    _progress(f"validated and landed {args.directory} in {time.perf_counter() - started:.1f}s ({report.import_id})")
+    phases = ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in report.seconds.items())
+    _progress(
+        f"validated and landed {args.directory} in {time.perf_counter() - started:.1f}s ({phases}; {report.import_id})"
+    )
     if args.land_only:
         days = sorted({d for days in report.landed_days.values() for d in days})
         span = f"{days[0]} … {days[-1]}" if days else "none"
@@ -119,20 +124,13 @@ def cmd_materialize(args: argparse.Namespace, settings: PersonaSettings) -> int:
 
 
 def cmd_export(args: argparse.Namespace, settings: PersonaSettings) -> int:
-    from persona_assets.query.service import export_rows
+    from persona_assets.export import export_personas
     from persona_assets.resources import resources_from_settings
 
     engine = resources_from_settings(settings)["relational_store"].engine  # type: ignore[attr-defined]
-    rows = export_rows(engine)
     out = Path(args.file)
-    with out.open("w", encoding="utf-8") as handle:
-        for row in rows.itertuples(index=False):
-            handle.write(
-                f'{{"ext_id": {json.dumps(row.ext_id, ensure_ascii=False)}, "gender": "{row.gender}", '
-                f'"city": {row.city}, "ecomm": {row.ecomm}, "brand_affinity": {row.brand_affinity}, '
-                f'"generic_affinity": {row.generic_affinity}, "category_affinity": {row.category_affinity}}}\n'
-            )
-    _progress(f"wrote {len(rows):,} personas to {out}")
+    written = export_personas(engine, out, _progress)
+    _progress(f"wrote {written:,} personas to {out}")
     return 0
 
 
@@ -155,13 +153,39 @@ def cmd_query(args: argparse.Namespace, settings: PersonaSettings) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, settings: PersonaSettings) -> int:
-    from persona_assets.synthetic.generator import generate_dataset
+    """Write a synthetic import directory and print its ``shape.json`` (what a benchmark ran on)."""
+    import dataclasses
 
+    from persona_assets.synthetic.generator import DEFAULT_SHAPE, SHAPE_FILE, WIDE, generate_dataset
+
+    # `persona demo` passes only directory, users and seed: the other flags are then absent.
+    overrides = {
+        "days": getattr(args, "days", None),
+        "interests": getattr(args, "interests", None),
+        "searches_per_user": getattr(args, "searches", None),
+        "adversarial_share": getattr(args, "adversarial", None),
+        "block_users": getattr(args, "block_users", None),
+    }
+    base = WIDE if getattr(args, "wide", False) else DEFAULT_SHAPE
+    shape = dataclasses.replace(base, **{name: value for name, value in overrides.items() if value is not None})
+    directory = Path(args.directory)
     started = time.perf_counter()
-    counts = generate_dataset(Path(args.directory), users=args.users, seed=args.seed, progress=_progress)
-    _progress(f"generated {args.directory} in {time.perf_counter() - started:.1f}s")
-    print(json.dumps(counts, indent=2))
+    try:
+        generate_dataset(directory, users=args.users, seed=args.seed, shape=shape, progress=_progress)
+    except ValueError as error:
+        return _fail(f"generate: {error}")
+    _progress(f"generated {directory} in {time.perf_counter() - started:.1f}s")
+    print((directory / SHAPE_FILE).read_text(encoding="utf-8"), end="")
     return 0
+
+
+def _interest_range(text: str) -> tuple[int, int]:
+    """``LO-HI`` (or ``N`` for exactly N) interests per shopper."""
+    fewest, _, most = text.partition("-")
+    try:
+        return int(fewest), int(most or fewest)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO-HI (e.g. 2-4), got {text!r}") from None
 
 
 DEMO_QUERY = {"gender": "men", "cityTier": "Tier1", "size": 5}
@@ -266,10 +290,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("request")
     p.add_argument("--pretty", action="store_true")
     p.set_defaults(func=cmd_query)
-    p = sub.add_parser("generate", help="write a synthetic dataset in the import format")
+    p = sub.add_parser(
+        "generate",
+        help="write a synthetic dataset in the import format, and shape.json saying what was drawn",
+        description="Synthetic shoppers over the real catalog. Without shape flags the output is the original "
+        "30-day shape, byte for byte. --wide is the acceptance benchmark's shape (two years of days, about 73 "
+        "raw affinity rows, 4.4 searches and 29-30 events per shopper, 1% adversarial shoppers, users drawn "
+        "100,000 at a time); the other shape flags override --wide or the default.",
+    )
     p.add_argument("directory")
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--wide", action="store_true", help="the acceptance benchmark's shape (see above)")
+    p.add_argument("--days", type=int, metavar="D", help="calendar days of the window ending 2026-10-31 (default 30)")
+    p.add_argument("--interests", type=_interest_range, metavar="LO-HI", help="interests per shopper (default 2-4)")
+    p.add_argument("--searches", type=float, metavar="MEAN", help="mean searches per shopper (default about 2.7)")
+    p.add_argument(
+        "--adversarial",
+        type=float,
+        metavar="SHARE",
+        help="share of shoppers with adversarial ext_ids (quotes, commas, SQL, emoji, case twins, 191 "
+        "characters...) and search texts (default 0)",
+    )
+    p.add_argument(
+        "--block-users",
+        type=int,
+        metavar="N",
+        help="draw N users at a time so memory stays bounded; the data depends on N (default: all at once)",
+    )
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("demo", help="generate, import, materialise and print a sample segment")
     p.add_argument("--users", type=int, default=20_000)

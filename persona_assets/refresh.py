@@ -56,8 +56,7 @@ def refresh_users(
     vocabulary = persona_store.current_vocabulary(engine)
     if vocabulary.empty and backend.document_count() == 0:
         raise RuntimeError("no vocabulary yet: materialise the full rebuild once before refreshing users")
-    snapshot = snapshot_flags(engine)
-    snapshot = snapshot[snapshot["ext_id"].isin(ext_ids)]
+    snapshot = snapshot_flags(engine, ext_ids)
 
     con = connect(limits)
     affinities.register_events(con, event_store.store, only_users=ext_ids)

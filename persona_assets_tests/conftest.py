@@ -52,6 +52,8 @@ PERSONA_ENV_VARS = (
     "PERSONA_SCORE_WEIGHTS",
     "PERSONA_EVENTS_START",
     "PERSONA_OPENSEARCH_ALIAS",
+    "PERSONA_MEMORY_LIMIT",
+    "PERSONA_THREADS",
     "DAGSTER_HOME",
 )
 
@@ -171,8 +173,10 @@ def write_import_dir(
 
 
 @contextlib.contextmanager
-def persona_env(home: Path, dagster_home: Path, backend: str = BACKEND) -> Iterator[None]:
-    """PERSONA_HOME/DAGSTER_HOME pointing at ``home``/``dagster_home``; other PERSONA_* unset."""
+def persona_env(
+    home: Path, dagster_home: Path, backend: str = BACKEND, extra: Mapping[str, str] | None = None
+) -> Iterator[None]:
+    """PERSONA_HOME/DAGSTER_HOME pointing at ``home``/``dagster_home``; other PERSONA_* unset but ``extra``."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.exists():
@@ -182,7 +186,7 @@ def persona_env(home: Path, dagster_home: Path, backend: str = BACKEND) -> Itera
             mp.delenv(name, raising=False)
         mp.setenv("PERSONA_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(dagster_home))
-        for name, value in backend_env(home, backend).items():
+        for name, value in {**backend_env(home, backend), **(extra or {})}.items():
             mp.setenv(name, value)
         yield
 
@@ -204,16 +208,17 @@ def write_import_dir_fixture():
 class Pipeline:
     """One isolated persona home driven through the CLI (``persona_assets.cli.main``)."""
 
-    def __init__(self, root: Path, backend: str = BACKEND) -> None:
+    def __init__(self, root: Path, backend: str = BACKEND, extra_env: Mapping[str, str] | None = None) -> None:
         self.root = Path(root)
         self.backend = backend
+        self.extra_env = dict(extra_env or {})
         self.home = self.root / "persona-home"
         self.dagster_home = self.root / "dagster-home"
         self.personas: dict[str, dict] = {}
         self.export_lines: list[str] = []
 
     def env(self):
-        return persona_env(self.home, self.dagster_home, self.backend)
+        return persona_env(self.home, self.dagster_home, self.backend, self.extra_env)
 
     @property
     def settings(self):
@@ -254,7 +259,8 @@ class Pipeline:
         """``persona export FILE``, parsed: ext_id -> the JSON object of its line."""
         target = self.root / "export.jsonl"
         self.check("export", target)
-        self.export_lines = target.read_text(encoding="utf-8").splitlines()
+        # JSON Lines end lines with "\n" only; str.splitlines would also split inside an id holding U+2028.
+        self.export_lines = target.read_text(encoding="utf-8").split("\n")[:-1]
         personas: dict[str, dict] = {}
         for line in self.export_lines:
             record = json.loads(line)

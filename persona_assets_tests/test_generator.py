@@ -59,7 +59,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
 
 def test_files_have_exactly_the_contract_columns_and_counts(generated, frames):
     out, counts, _ = generated
-    assert sorted(p.name for p in out.iterdir()) == sorted(CONTRACT_COLUMNS)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*CONTRACT_COLUMNS, "shape.json"])
     for name, columns in CONTRACT_COLUMNS.items():
         header = (out / name).read_text(encoding="utf-8").split("\n", 1)[0]
         assert header == ",".join(columns), name

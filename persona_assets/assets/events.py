@@ -44,8 +44,8 @@ def build_raw_event_asset(kind: EventKind) -> AssetsDefinition:
         rows = 0
         days = context.partition_keys
         for day in days:
-            table, users = store.publish(kind.name, day)
-            rows += table.num_rows
+            day_rows, users = store.publish(kind.name, day)
+            rows += day_rows
             touched |= users
         flagged = flag_users_changed(relational_store.engine, touched)
         context.log.info(f"raw_{kind.name}: published {len(days)} day(s), {rows:,} events, flagged {flagged:,} users")

@@ -140,48 +140,74 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
 
     ``raw_affinity`` also carries the ``gender`` dimension (keys men/women/unisex), which is
     not a persona map but feeds the gender label.
+
+    The sums run over integer surrogates (a number per user, product and (dimension, key)) and the
+    names are joined back once at the end: the big aggregation then moves 16-byte rows instead of
+    strings, which at a million users is what decides whether it stays in memory or spills gigabytes.
     """
     con.execute(f"CREATE OR REPLACE TABLE users AS {USERS_SQL}")
+    compute_search_matches(con)
     con.execute(
         f"""
+        CREATE OR REPLACE TEMP TABLE user_ids AS
+        SELECT ext_id, CAST(row_number() OVER () AS INTEGER) AS uid FROM users;
+        CREATE OR REPLACE TEMP TABLE product_ids AS
+        SELECT pid, CAST(row_number() OVER () AS INTEGER) AS prod FROM products;
+
+        -- Every key a product adds to: its maps (weighted) and its gender (counted).
         CREATE OR REPLACE TEMP TABLE product_keys AS
         SELECT pid, 'brand' AS dimension, brand AS key FROM products WHERE brand <> ''
         UNION ALL SELECT pid, 'generic', generic_name FROM products WHERE generic_name <> ''
         UNION ALL SELECT pid, 'category', CAST(cat_l1 AS VARCHAR) FROM products WHERE cat_l1 IS NOT NULL
         UNION ALL SELECT pid, 'category', CAST(cat_l2 AS VARCHAR) FROM products WHERE cat_l2 IS NOT NULL
         UNION ALL SELECT pid, 'category', CAST(cat_l3 AS VARCHAR) FROM products WHERE cat_l3 IS NOT NULL
-        UNION ALL SELECT pid, 'ecomm', pos FROM products WHERE pos <> '';
+        UNION ALL SELECT pid, 'ecomm', pos FROM products WHERE pos <> ''
+        UNION ALL SELECT pid, 'gender', gender FROM products WHERE gender IS NOT NULL;
+
+        CREATE OR REPLACE TEMP TABLE key_ids AS
+        SELECT dimension, key, CAST(row_number() OVER () AS INTEGER) AS kid FROM (
+            SELECT DISTINCT dimension, key FROM product_keys
+            UNION SELECT DISTINCT 'city', tier FROM pincode_tiers
+            UNION SELECT DISTINCT dimension, name FROM search_matches
+        );
+        CREATE OR REPLACE TEMP TABLE product_key_ids AS
+        SELECT p.prod, k.kid, pk.dimension = 'gender' AS counts_events
+        FROM product_keys pk JOIN product_ids p USING (pid) JOIN key_ids k USING (dimension, key);
+        CREATE OR REPLACE TEMP TABLE pincode_key_ids AS
+        SELECT t.pincode, k.kid FROM pincode_tiers t JOIN key_ids k ON k.dimension = 'city' AND k.key = t.tier;
 
         -- One row per (user, product, pincode): weight for the product maps, event count for gender/city.
+        -- The inner join with product_ids drops events whose pid the catalog does not know.
         CREATE OR REPLACE TEMP TABLE product_events AS
-        SELECT e.ext_id, e.pid, e.pincode, SUM(e.weight) AS weight, COUNT(*) AS events
+        SELECT u.uid, p.prod, e.pincode, SUM(e.weight) AS weight, COUNT(*) AS events
         FROM (
             SELECT ext_id, pid, pincode, {VISIT_WEIGHT} AS weight FROM visits
             UNION ALL SELECT ext_id, pid, pincode, {CHECKOUT_WEIGHT} FROM checkouts
         ) e
-        SEMI JOIN products p ON p.pid = e.pid
+        JOIN product_ids p ON p.pid = e.pid
+        JOIN user_ids u ON u.ext_id = e.ext_id
         GROUP BY ALL;
-        """
-    )
-    compute_search_matches(con)
-    con.execute(
-        f"""
-        CREATE OR REPLACE TABLE raw_affinity AS
-        SELECT ext_id, dimension, key, SUM(weight)::DOUBLE AS weight FROM (
-            SELECT e.ext_id, k.dimension, k.key, e.weight
-            FROM product_events e JOIN product_keys k ON k.pid = e.pid
+
+        CREATE OR REPLACE TEMP TABLE raw_affinity_ids AS
+        SELECT uid, kid, SUM(weight)::DOUBLE AS weight FROM (
+            SELECT e.uid, k.kid, CASE WHEN k.counts_events THEN e.events ELSE e.weight END AS weight
+            FROM product_events e JOIN product_key_ids k ON k.prod = e.prod
             UNION ALL
-            SELECT e.ext_id, 'gender', p.gender, e.events
-            FROM product_events e JOIN products p ON p.pid = e.pid
-            WHERE p.gender IS NOT NULL
+            SELECT e.uid, c.kid, e.events FROM product_events e JOIN pincode_key_ids c ON c.pincode = e.pincode
             UNION ALL
-            SELECT e.ext_id, 'city', t.tier, e.events
-            FROM product_events e JOIN pincode_tiers t ON t.pincode = e.pincode
-            UNION ALL
-            SELECT s.ext_id, m.dimension, m.name, {SEARCH_WEIGHT}
-            FROM searches s JOIN search_matches m ON m.query = s.query
+            SELECT u.uid, k.kid, {SEARCH_WEIGHT}
+            FROM searches s
+            JOIN search_matches m ON m.query = s.query
+            JOIN user_ids u ON u.ext_id = s.ext_id
+            JOIN key_ids k ON k.dimension = m.dimension AND k.key = m.name
         )
-        GROUP BY ALL
+        GROUP BY ALL;
+
+        CREATE OR REPLACE TABLE raw_affinity AS
+        SELECT u.ext_id, k.dimension, k.key, r.weight
+        FROM raw_affinity_ids r JOIN user_ids u USING (uid) JOIN key_ids k USING (kid);
+        DROP TABLE raw_affinity_ids;
+        DROP TABLE product_events;
         """
     )
 
@@ -247,17 +273,22 @@ def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -
 
 
 def _json_maps(table: str, value: str, dimensions: tuple[str, ...]) -> str:
-    """SQL giving one row per user with one JSON object column per dimension (NULL when empty)."""
-    columns = ",\n".join(f"MAX(CASE WHEN dimension = '{d}' THEN obj END) AS \"{d}\"" for d in dimensions)
-    return (
-        f"SELECT ext_id,\n{columns}\nFROM (SELECT ext_id, dimension, "
-        f"CAST(json_group_object(key, {value}) AS VARCHAR) AS obj FROM {table} GROUP BY ext_id, dimension) "
-        "GROUP BY ext_id"
+    """SQL giving one row per user with one JSON object column per dimension (NULL when empty).
+
+    One GROUP BY over the long table, the objects spelled with ``string_agg``: about a fifth cheaper
+    than ``json_group_object`` per (user, dimension) pivoted afterwards, which matters at ~70M rows.
+    """
+    columns = ",\n".join(
+        f"'{{' || string_agg(to_json(key) || ':' || CAST({value} AS VARCHAR), ',') "
+        f"FILTER (WHERE dimension = '{d}') || '}}' AS \"{d}\""
+        for d in dimensions
     )
+    return f"SELECT ext_id,\n{columns}\nFROM {table} GROUP BY ext_id"
 
 
 def persona_rows_sql() -> str:
-    """Rows of the ``user_personas`` table: the normalised maps as JSON text, in key order."""
+    """Rows of the ``user_personas`` table: the normalised maps as JSON text (rows in no particular order:
+    a store keeps them by key, and sorting a million rows of JSON would cost more than the write)."""
     return f"""
         WITH maps AS ({_json_maps("persona_affinity", "value", MAP_DIMENSIONS)})
         SELECT u.ext_id, u.gender,
@@ -267,7 +298,6 @@ def persona_rows_sql() -> str:
                CAST(COALESCE(m.generic, '{{}}') AS VARCHAR) AS generic_affinity,
                CAST(COALESCE(m.category, '{{}}') AS VARCHAR) AS category_affinity
         FROM persona_users u LEFT JOIN maps m ON m.ext_id = u.ext_id
-        ORDER BY u.ext_id
         """
 
 
@@ -290,7 +320,6 @@ def legacy_rows_sql(search_terms_limit: int = 100) -> str:
                CAST(COALESCE(m.category, '{{}}') AS VARCHAR) AS "categoryAffinity",
                CAST(COALESCE(m.generic, '{{}}') AS VARCHAR) AS "genericAffinity"
         FROM users u LEFT JOIN maps m ON m.ext_id = u.ext_id LEFT JOIN terms t ON t.ext_id = u.ext_id
-        ORDER BY u.ext_id
         """
 
 
@@ -318,7 +347,6 @@ USER_ACTIVITY_SQL = """
     FROM users u
     LEFT JOIN per_user_products p ON p.ext_id = u.ext_id
     LEFT JOIN per_user_searches s ON s.ext_id = u.ext_id
-    ORDER BY u.ext_id
 """
 """One row per user: every product touched (latest visit and purchase) and every distinct search text."""
 

@@ -1,16 +1,18 @@
 """``persona import DIR``: read, validate and land the contract's CSV files.
 
 Every required file and column is checked before anything is written, so a broken
-import writes nothing. Accepted rows land (catalog and one Parquet file per event kind
-and day); rejected rows go to ``import_rejects`` with their reasons. Publishing the
-landed data is the job of the assets, which the CLI materialises right after.
+import writes nothing. Event files are streamed in batches through the validators into a
+staging folder and split into days there (see ``staging``); only when everything is
+ready do the accepted rows land (catalog and one Parquet file per event kind and day)
+and the rejected rows go to ``import_rejects`` with their reasons. Publishing the landed
+data is the job of the assets, which the CLI materialises right after.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,22 +20,24 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
+from persona_assets.compute.duck import DuckDBLimits
+from persona_assets.ingest.csv_files import DEFAULT_BLOCK_BYTES, MALFORMED_REASON, CsvBatches, check_file, read_whole
+from persona_assets.ingest.staging import ImportStaging
 from persona_assets.ingest.validation import (
     OPTIONAL_FILES,
     REQUIRED_FILES,
     ImportFileError,
     Validated,
-    check_columns,
     validate_categories,
     validate_events,
     validate_products,
 )
 from persona_assets.stores import relational
-from persona_assets.stores.events import EVENT_KINDS, EventStore
+from persona_assets.stores.events import EVENT_KINDS, EventKind, EventStore
 
 
 @dataclass
@@ -51,6 +55,8 @@ class ImportReport:
     source: str
     files: dict[str, FileReport]
     landed_days: dict[str, list[str]]
+    # Seconds per phase (read and validate, split into days, land): what many days cost stays visible.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def rejected(self) -> int:
@@ -65,7 +71,21 @@ class ImportReport:
                 for name, f in self.files.items()
             },
             "landed_days": {kind: len(days) for kind, days in self.landed_days.items()},
+            "seconds": self.seconds,
         }
+
+
+class PhaseClock:
+    """Seconds between laps, by phase name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._since = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._since, 3)
+        self._since = now
 
 
 def latest_import_file_summary(engine, file_name: str) -> tuple[str, dict[str, Any]] | None:
@@ -94,132 +114,137 @@ def catalog_landing_path(landing_dir: Path, name: str) -> Path:
     return landing_dir / "catalog" / f"{name}.parquet"
 
 
-def _read_header(path: Path) -> list[str]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        header = next(csv.reader(handle), None)
-    if header is None:
-        raise ImportFileError(f"{path.name}: the file is empty (a header row is required)")
-    return header
-
-
-def read_csv_strings(path: Path, required: tuple[str, ...]) -> tuple[pd.DataFrame, list[str]]:
-    """Read a CSV with every cell as text, headers trimmed; returns the frame and the malformed lines."""
-    header = _read_header(path)
-    check_columns(path.name, header, required)
-    malformed: list[str] = []
-
-    def keep_bad_row(row: pacsv.InvalidRow) -> str:
-        malformed.append(
-            f"line {row.number}: {row.text!r} has {row.actual_columns} fields, expected {row.expected_columns}"
-        )
-        return "skip"
-
-    table = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(column_names=[h.strip() for h in header], skip_rows=1),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep_bad_row),
-        convert_options=pacsv.ConvertOptions(
-            column_types={h.strip(): pa.string() for h in header},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-            include_columns=list(required),
-        ),
-    )
-    return table.to_pandas(), malformed
-
-
-def _report(validated: Validated, rows_read: int, malformed: list[str]) -> FileReport:
-    counts = validated.rejected["reason"].value_counts().to_dict() if len(validated.rejected) else {}
-    if malformed:
-        counts["wrong number of fields"] = len(malformed)
-    return FileReport(rows_read=rows_read + len(malformed), imported=len(validated.accepted), rejected_by_reason=counts)
-
-
 def import_directory(
-    source: Path, engine, store: EventStore, *, first_day: date, last_day: date | None = None
+    source: Path,
+    engine: Engine,
+    store: EventStore,
+    *,
+    first_day: date,
+    last_day: date | None = None,
+    limits: DuckDBLimits | None = None,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
 ) -> ImportReport:
-    """Validate every file of ``source``, then land the accepted rows and record the rejected ones."""
+    """Validate every file of ``source``, then land the accepted rows and record the rejected ones.
+
+    Event files are read ``block_bytes`` of CSV at a time and staged; DuckDB (bounded by ``limits``)
+    splits them into days. Memory therefore depends on those two settings, not on the files.
+    """
     source = Path(source)
     if not source.is_dir():
         raise ImportFileError(f"{source}: not a directory")
     last_day = last_day or datetime.now(UTC).date()
-    for name in REQUIRED_FILES:
-        if not (source / name).is_file():
-            raise ImportFileError(f"{name}: required file is missing from {source}")
-    # Read and check every file first: a missing column anywhere means nothing is written.
-    frames = {name: read_csv_strings(source / name, cols) for name, cols in REQUIRED_FILES.items()}
-    frames |= {
-        name: read_csv_strings(source / name, cols)
-        for name, cols in OPTIONAL_FILES.items()
-        if (source / name).is_file()
-    }
-
-    validated: dict[str, Validated] = {
-        "categories.csv": validate_categories(frames["categories.csv"][0]),
-        "products.csv": validate_products(frames["products.csv"][0]),
-    }
-    for kind in EVENT_KINDS.values():
-        if kind.csv_file in frames:
-            validated[kind.csv_file] = validate_events(kind.name, frames[kind.csv_file][0], first_day, last_day)
+    present = _check_files(source)  # a missing file or column anywhere means nothing is written
 
     # Microseconds: two imports in the same second still order by time (the latest one is judged).
     import_id = datetime.now(UTC).strftime("imp-%Y%m%dT%H%M%S%fZ-") + secrets.token_hex(3)
-    files = {name: _report(v, len(frames[name][0]), frames[name][1]) for name, v in validated.items()}
+    files: dict[str, FileReport] = {}
+    clock = PhaseClock()
+    with ImportStaging(store.staging_dir(import_id), limits) as staging:
+        catalog = {}
+        for name, validate in (("categories.csv", validate_categories), ("products.csv", validate_products)):
+            frame, malformed = read_whole(source / name, present[name], block_bytes)
+            validated = validate(frame)
+            files[name] = _stage_rejects(staging, name, validated, malformed, FileReport(rows_read=len(frame)))
+            files[name].imported = len(validated.accepted)
+            catalog[name] = validated.accepted
+        for kind in EVENT_KINDS.values():
+            if kind.csv_file in present:
+                files[kind.csv_file] = _stage_events(
+                    staging,
+                    kind,
+                    CsvBatches(source / kind.csv_file, present[kind.csv_file], block_bytes),
+                    first_day,
+                    last_day,
+                )
+        clock.lap("read and validate")
+        days = staging.split_events()
+        clock.lap("split into days")
 
-    relational.create_schema(engine)
-    rejects = _rejects_frame(import_id, validated, {name: frames[name][1] for name in validated})
-    landed: dict[str, list[str]] = {}
-    for kind in EVENT_KINDS.values():
-        if kind.csv_file in validated:
-            landed[kind.name] = _land_events(store, kind.name, validated[kind.csv_file].accepted)
-    for name, file_name in (("products", "products.csv"), ("categories", "categories.csv")):
-        path = catalog_landing_path(store.landing_dir, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(pa.Table.from_pandas(validated[file_name].accepted, preserve_index=False), tmp)
-        tmp.replace(path)
-    report = ImportReport(import_id=import_id, source=str(source.resolve()), files=files, landed_days=landed)
+        relational.create_schema(engine)
+        staging.land_days(store, days)
+        for name, file_name in (("products", "products.csv"), ("categories", "categories.csv")):
+            _land_catalog(store, name, catalog[file_name])
+        clock.lap("land")
+        landed = {
+            kind.name: sorted(days.get(kind.name, {})) for kind in EVENT_KINDS.values() if kind.csv_file in present
+        }
+        report = ImportReport(
+            import_id=import_id, source=str(source.resolve()), files=files, landed_days=landed, seconds=clock.seconds
+        )
+        _record(engine, report, staging)
+    return report
+
+
+def _check_files(source: Path) -> dict[str, tuple[str, ...]]:
+    """The required columns of every file to read, once each file's presence and header are checked."""
+    for name in REQUIRED_FILES:
+        if not (source / name).is_file():
+            raise ImportFileError(f"{name}: required file is missing from {source}")
+    present = dict(REQUIRED_FILES) | {name: cols for name, cols in OPTIONAL_FILES.items() if (source / name).is_file()}
+    for name, columns in present.items():
+        check_file(source / name, columns)
+    return present
+
+
+def _stage_events(
+    staging: ImportStaging, kind: EventKind, batches: CsvBatches, first_day: date, last_day: date
+) -> FileReport:
+    """Validate an event file batch by batch, staging accepted rows and rejects as it goes."""
+    report = FileReport()
+    for batch in batches:
+        validated = validate_events(kind.name, batch.rows, first_day, last_day) if len(batch.rows) else None
+        if validated is not None:
+            staging.events[kind.name].append(validated.accepted)
+            report.imported += len(validated.accepted)
+        _stage_rejects(staging, kind.csv_file, validated, batch.malformed, report)
+    report.rows_read += batches.rows_parsed
+    return report
+
+
+def _stage_rejects(
+    staging: ImportStaging, file_name: str, validated: Validated | None, malformed: list[str], report: FileReport
+) -> FileReport:
+    """Stage the rejected rows of one batch and count them by reason in ``report``."""
+    counts = report.rejected_by_reason
+    if validated is not None and len(validated.rejected):
+        rejected = validated.rejected
+        for reason, count in rejected["reason"].value_counts().items():
+            counts[str(reason)] = counts.get(str(reason), 0) + int(count)
+        staging.rejects.append(rejected.assign(file=file_name, reason=rejected["reason"].str.slice(0, 255)))
+    if malformed:
+        counts[MALFORMED_REASON] = counts.get(MALFORMED_REASON, 0) + len(malformed)
+        report.rows_read += len(malformed)
+        staging.rejects.append(
+            pd.DataFrame(
+                {"file": file_name, "row_number": 0, "reason": MALFORMED_REASON, "details": malformed, "raw": malformed}
+            )
+        )
+    return report
+
+
+def _land_catalog(store: EventStore, name: str, accepted: pd.DataFrame) -> None:
+    path = catalog_landing_path(store.landing_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(pa.Table.from_pandas(accepted, preserve_index=False), tmp)
+    tmp.replace(path)
+
+
+def _record(engine: Engine, report: ImportReport, staging: ImportStaging) -> None:
+    """The import's summary and every rejected row, in one transaction, the rejects in bounded chunks."""
     with engine.begin() as conn:
         relational.bulk_insert(
             conn,
             relational.imports,
             pd.DataFrame(
                 {
-                    "import_id": [import_id],
+                    "import_id": [report.import_id],
                     "source": [report.source],
                     "started_at": [datetime.now(UTC).isoformat(timespec="microseconds")],
                     "summary": [json.dumps(report.as_dict())],
                 }
             ),
         )
-        if len(rejects):
+        for rejects in staging.rejects.frames(relational.CHUNK_ROWS):
+            rejects.insert(0, "import_id", report.import_id)
             relational.bulk_insert(conn, relational.import_rejects, rejects)
-    return report
-
-
-def _rejects_frame(import_id: str, validated: dict[str, Validated], malformed: dict[str, list[str]]) -> pd.DataFrame:
-    parts = [v.rejected.assign(file=name) for name, v in validated.items() if len(v.rejected)]
-    for name, lines in malformed.items():
-        if lines:
-            parts.append(
-                pd.DataFrame(
-                    {"row_number": 0, "reason": "wrong number of fields", "details": lines, "raw": lines, "file": name}
-                )
-            )
-    if not parts:
-        return pd.DataFrame()
-    frame = pd.concat(parts, ignore_index=True)
-    frame["import_id"] = import_id
-    frame["reason"] = frame["reason"].str.slice(0, 255)
-    return frame[["import_id", "file", "row_number", "reason", "details", "raw"]]
-
-
-def _land_events(store: EventStore, kind: str, accepted: pd.DataFrame) -> list[str]:
-    """Write each day of ``accepted`` as that day's landed file (replacing an earlier import of the day)."""
-    schema = EVENT_KINDS[kind].schema
-    days = []
-    for day, rows in accepted.groupby("day", sort=True):
-        table = pa.Table.from_pandas(rows[schema.names], schema=schema, preserve_index=False)
-        store.land(kind, str(day), table)
-        days.append(str(day))
-    return days

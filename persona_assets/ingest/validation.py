@@ -202,8 +202,13 @@ def _fromisoformat_utc(value: str) -> datetime | None:
     return moment if 1678 <= moment.year <= 2261 else datetime(1678, 1, 1, tzinfo=UTC)
 
 
+def utc_dates(moments: pd.Series) -> np.ndarray:
+    """The UTC calendar day of each moment (NaT stays NaT), without formatting every row as text."""
+    return moments.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]").astype("datetime64[D]")
+
+
 def validate_events(kind: str, frame: pd.DataFrame, first_day: date, last_day: date) -> Validated:
-    """Validate one event file; accepted rows get a ``day`` column (the UTC date, YYYY-MM-DD)."""
+    """Validate one event file; accepted rows get a ``day`` column (the UTC date, as midnight without zone)."""
     spec = EVENT_KINDS[kind]
     reasons = _Reasons(frame)
     columns: dict[str, pd.Series] = {}
@@ -221,11 +226,11 @@ def validate_events(kind: str, frame: pd.DataFrame, first_day: date, last_day: d
     moments = parse_timestamps(raw_time)
     reasons.add(f"empty {spec.time_column}", raw_time == "")
     reasons.add(f"unparsable {spec.time_column}", (raw_time != "") & moments.isna())
-    days = moments.dt.strftime("%Y-%m-%d")
-    in_window = (days >= first_day.isoformat()) & (days <= last_day.isoformat())
+    dates = utc_dates(moments)
+    in_window = (dates >= np.datetime64(first_day, "D")) & (dates <= np.datetime64(last_day, "D"))
     reasons.add(
         f"{spec.time_column} outside the event partitions ({first_day} to {last_day})",
-        moments.notna() & ~in_window,
+        moments.notna().to_numpy() & ~in_window,
     )
-    accepted = pd.DataFrame({**columns, "ts": moments, "day": days})
+    accepted = pd.DataFrame({**columns, "ts": moments, "day": pd.Series(dates, index=frame.index)})
     return reasons.split(accepted)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -96,10 +95,3 @@ def _recent_terms(searches: list[dict[str, Any]], name_tokens: list[list[str]]) 
     kept = [s for s in searches if not name_tokens or any(contains_name(tokenize(s["query"]), n) for n in name_tokens)]
     kept.sort(key=lambda s: (-s["searched_us"], s["query"]))
     return [s["query"] for s in kept[:MAX_SEARCH_TERMS]]
-
-
-def export_rows(engine: Engine) -> pd.DataFrame:
-    """Normalised personas ordered by ext_id, maps as JSON text (for ``persona export``)."""
-    return relational.read_frame(
-        engine, sa.select(relational.user_personas).order_by(relational.user_personas.c.ext_id)
-    )

@@ -24,6 +24,9 @@ from persona_assets.stores.relational import (
     user_persona,
 )
 
+# Ids per IN (...) list: well under SQLite's and MySQL's limits on bound parameters.
+_IN_CHUNK = 500
+
 NEEDS_CALCULATION = 1
 CALCULATED = 2
 SEARCHABLE = 0
@@ -50,9 +53,23 @@ def flag_users_changed(engine: Engine, ext_ids: Iterable[str]) -> int:
     return len(ids)
 
 
-def snapshot_flags(engine: Engine) -> pd.DataFrame:
-    """(ext_id, change_seq, has_changed) of every user, read before a calculation reads events."""
-    frame = read_frame(engine, sa.select(user_persona.c.extId, user_persona.c.change_seq, user_persona.c.hasChanged))
+def snapshot_flags(engine: Engine, only_users: Sequence[str] | None = None) -> pd.DataFrame:
+    """(ext_id, change_seq, has_changed) read before a calculation reads events: of every user, or of
+    ``only_users`` (a refresh reads just its users' rows, by primary key, whatever the size of the table)."""
+    columns = (user_persona.c.extId, user_persona.c.change_seq, user_persona.c.hasChanged)
+    if only_users is None:
+        frame = read_frame(engine, sa.select(*columns))
+    else:
+        ids = sorted(set(only_users))
+        chunks = [
+            read_frame(engine, sa.select(*columns).where(user_persona.c.extId.in_(ids[start : start + _IN_CHUNK])))
+            for start in range(0, len(ids), _IN_CHUNK)
+        ]
+        frame = (
+            pd.concat(chunks, ignore_index=True)
+            if chunks
+            else read_frame(engine, sa.select(*columns).where(sa.false()))
+        )
     return frame.rename(columns={"extId": "ext_id", "hasChanged": "has_changed"})
 
 

@@ -1,0 +1,59 @@
+"""``persona export FILE``: every normalised persona as one JSON line, streamed in bounded chunks.
+
+The personas are read with a server-side cursor in ext_id order and written as they come, so the
+export of a million personas holds one chunk in memory, never the table. The file is written
+under a temporary name and renamed when complete: a failed export never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from persona_assets.stores import relational
+
+EXPORT_CHUNK_ROWS = 10_000
+PROGRESS_EVERY_ROWS = 250_000
+
+
+def persona_json_line(ext_id: str, gender: str, city: str, ecomm: str, brand: str, generic: str, category: str) -> str:
+    """One export line; the maps are stored as JSON text already and are written as they are."""
+    return (
+        f'{{"ext_id": {json.dumps(ext_id, ensure_ascii=False)}, "gender": "{gender}", '
+        f'"city": {city}, "ecomm": {ecomm}, "brand_affinity": {brand}, '
+        f'"generic_affinity": {generic}, "category_affinity": {category}}}\n'
+    )
+
+
+def export_personas(engine: Engine, out: Path, progress: Callable[[str], None] | None = None) -> int:
+    """Write every persona of ``user_personas`` to ``out`` (JSON lines, ext_id ascending); returns the count."""
+    table = relational.user_personas
+    select = sa.select(
+        table.c.ext_id,
+        table.c.gender,
+        table.c.city,
+        table.c.ecomm,
+        table.c.brand_affinity,
+        table.c.generic_affinity,
+        table.c.category_affinity,
+    ).order_by(table.c.ext_id)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    written = 0
+    try:
+        with engine.connect() as conn, tmp.open("w", encoding="utf-8") as handle:
+            result = conn.execution_options(stream_results=True, yield_per=EXPORT_CHUNK_ROWS).execute(select)
+            for rows in result.partitions(EXPORT_CHUNK_ROWS):
+                handle.writelines(persona_json_line(*row) for row in rows)
+                before, written = written, written + len(rows)
+                if progress and written // PROGRESS_EVERY_ROWS > before // PROGRESS_EVERY_ROWS:
+                    progress(f"  {written:,} personas written")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
