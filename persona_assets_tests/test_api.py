@@ -466,3 +466,16 @@ def test_persona_serve_command(run):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_the_query_path_loads_no_dagster(tmp_path):
+    """``persona serve`` and ``fetch_personas`` take a plain engine and SearchBackend: Dagster stays unloaded."""
+    code = (
+        "import sys\n"
+        "import persona_assets.api, persona_assets.query.service, persona_assets.stores.backends\n"
+        "from persona_assets.settings import PersonaSettings\n"
+        "persona_assets.api.create_app(PersonaSettings.from_env({'PERSONA_HOME': sys.argv[1]}))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'dagster', 'dagster_webserver'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
