@@ -28,14 +28,18 @@ contrib AS (
   UNION ALL SELECT ev.ext_id, 'gender', p.gender, 1 FROM ev JOIN prod p USING (pid) WHERE p.gender IS NOT NULL
   UNION ALL SELECT ev.ext_id, 'city', t.tier, 1 FROM ev JOIN prod p USING (pid) JOIN pincode_tiers t ON t.pincode = ev.pincode
   UNION ALL
-  -- Searches: a name is found when its space-joined tokens occur between spaces in the query's.
-  SELECT s.ext_id, n.dimension, n.name, 5
-  FROM (SELECT ext_id, ' ' || array_to_string(regexp_extract_all(lower(query), $pattern), ' ') || ' ' AS padded,
-               row_number() OVER () AS search_row
-        FROM searches) s
-  JOIN names n ON contains(s.padded, ' ' || n.token_key || ' ')
+  -- Searches: a name is found when its tokens are one of the query's n-grams (n = a name's token count);
+  -- +5 once per search and name.
+  SELECT ext_id, dimension, name, 5 FROM (
+    SELECT DISTINCT s.search_row, s.ext_id, n.dimension, n.name
+    FROM (SELECT row_number() OVER () AS search_row, ext_id, regexp_extract_all(lower(query), $pattern) AS tokens
+          FROM searches) s
+    CROSS JOIN (SELECT DISTINCT n_tokens AS len FROM names) l
+    CROSS JOIN LATERAL (SELECT unnest(range(1, len(s.tokens) - l.len + 2)) AS i) g
+    JOIN names n ON n.n_tokens = l.len AND n.token_key = array_to_string(s.tokens[g.i:g.i + l.len - 1], ' ')
+  )
 )
-SELECT ext_id, dimension, key, SUM(weight)::DOUBLE AS weight FROM contrib GROUP BY ALL
+SELECT ext_id, dimension, key, SUM(weight)::BIGINT AS weight FROM contrib GROUP BY ALL
 """
 
 
@@ -65,8 +69,8 @@ def baseline_raw_affinities() -> dict:
     started = time.perf_counter()
     con.execute(f"CREATE TABLE baseline AS {BASELINE_SQL}", {"pattern": token_regex_re2()})
     seconds = time.perf_counter() - started
-    ours = settings.layout.work_dir / "raw_affinity.parquet"
-    con.execute(f"CREATE VIEW ours AS SELECT * FROM read_parquet('{ours}')")
+    affinities.load_raw_affinities(con, settings.layout.work_dir)
+    con.execute("CREATE VIEW ours AS SELECT * FROM raw_affinity")
     mismatches = con.execute(
         """
         SELECT COUNT(*) FROM (

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from persona_assets.compute.duck import DuckDBLimits
+from persona_assets.compute.duck import DuckDBLimits, size_in_bytes
 
 DEFAULT_MEMORY_LIMIT = "3GiB"
-_MEMORY_RE = re.compile(r"[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,10 @@ class PersonaSettings:
         except ValueError as error:
             raise ValueError(f"PERSONA_EVENTS_START: {start_text!r} is not a YYYY-MM-DD date") from error
         memory_limit = (env.get("PERSONA_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT).strip()
-        if not _MEMORY_RE.fullmatch(memory_limit):
-            raise ValueError(f"PERSONA_MEMORY_LIMIT: {memory_limit!r} is not a size such as 4GiB, 3GB or 512MiB")
+        try:
+            size_in_bytes(memory_limit)
+        except ValueError as error:
+            raise ValueError(f"PERSONA_MEMORY_LIMIT: {error}") from None
         threads_text = env.get("PERSONA_THREADS") or str(os.cpu_count() or 1)
         if not threads_text.isdigit() or int(threads_text) < 1:
             raise ValueError(f"PERSONA_THREADS: {threads_text!r} is not a whole number of threads >= 1")

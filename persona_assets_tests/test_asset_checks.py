@@ -391,7 +391,7 @@ def test_a_bad_map_in_user_personas_fails(good: Pipeline):
 
 
 def test_a_failing_maps_check_stops_persona_index(tmp_path):
-    """A bad weight handed over in work/raw_affinity.parquet makes user_personas write maps that do not
+    """A bad weight handed over in work/raw_affinity_ids.parquet makes user_personas write maps that do not
     sum to 1: the blocking check fails, persona_index is not materialised, the live build and the
     hasChanged = 2 flags stay."""
     pipeline = Pipeline(tmp_path / "blocking")
@@ -404,9 +404,14 @@ def test_a_failing_maps_check_stops_persona_index(tmp_path):
     flag_users_changed(pipeline.engine, USERS[:6])
     assert run(pipeline, AssetSelection.assets("user_raw_affinities", "attribute_vocabulary")).success
 
-    path = pipeline.home / "work" / "raw_affinity.parquet"
+    work = pipeline.home / "work"
+    uid = pd.read_parquet(work / "users.parquet").set_index("ext_id").loc["u02", "uid"]
+    keys = pd.read_parquet(work / "affinity_keys.parquet")
+    brand_kids = keys.loc[keys["dimension"] == "brand", "kid"]
+    path = work / "raw_affinity_ids.parquet"
     frame = pd.read_parquet(path)
-    frame.loc[(frame["ext_id"] == "u02") & (frame["dimension"] == "brand"), "weight"] = float("inf")
+    frame["weight"] = frame["weight"].astype(float)  # whole numbers as written; a float column can hold inf
+    frame.loc[(frame["uid"] == uid) & frame["kid"].isin(brand_kids), "weight"] = float("inf")
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
 
     result = run(pipeline, AssetSelection.assets("user_personas", "persona_index"))

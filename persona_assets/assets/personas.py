@@ -32,13 +32,6 @@ def _work(event_store: EventStoreResource, name: str) -> Path:
     return event_store.layout.work_dir / f"{name}.parquet"
 
 
-def _read_work(con: duckdb.DuckDBPyConnection, event_store: EventStoreResource, name: str) -> None:
-    path = _work(event_store, name)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: materialise the upstream asset that writes {name} first")
-    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
-
-
 def _connect_with_reference(
     event_store: EventStoreResource, relational_store: RelationalStore, compute: ComputeResource
 ) -> duckdb.DuckDBPyConnection:
@@ -75,16 +68,15 @@ def user_raw_affinities(
     context.log.info(f"raw affinities computed in {time.perf_counter() - started:.1f}s")
     work = event_store.layout.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    affinities.write_parquet(con, "raw_affinity", _work(event_store, "raw_affinity"))
-    affinities.write_parquet(con, "users", _work(event_store, "users"))
+    affinities.save_raw_affinities(con, work)
     snapshot.to_parquet(_work(event_store, "flag_snapshot"), index=False)
-    persona_store.write_legacy_columns(engine, con)
+    persona_store.write_legacy_columns(engine, con, compute.limits)
     stats = (
         con.execute(
             """
         SELECT
           (SELECT COUNT(*) FROM users) AS users,
-          (SELECT COUNT(*) FROM raw_affinity) AS affinity_rows,
+          (SELECT COUNT(*) FROM raw_affinity_ids) AS affinity_rows,
           (SELECT COUNT(*) FROM visits) + (SELECT COUNT(*) FROM checkouts) AS product_events,
           (SELECT COUNT(*) FROM (SELECT pid FROM visits UNION ALL SELECT pid FROM checkouts) e
              WHERE e.pid NOT IN (SELECT pid FROM products)) AS unknown_pid_events,
@@ -110,8 +102,8 @@ def user_activity(
     started = time.perf_counter()
     con = compute.connect()
     affinities.register_events(con, event_store.store)
-    con.execute(f"CREATE TABLE users AS {affinities.USERS_SQL}")
-    users = persona_store.write_activity(relational_store.engine, con)
+    affinities.create_users(con)
+    users = persona_store.write_activity(relational_store.engine, con, limits=compute.limits)
     return MaterializeResult(
         metadata={
             "users": users,
@@ -139,7 +131,7 @@ def attribute_vocabulary(
         raise ValueError("attribute_vocabulary: brand_size and generic_size must be ≥ 0")
     started = time.perf_counter()
     con = compute.connect()
-    _read_work(con, event_store, "raw_affinity")
+    affinities.load_raw_affinities(con, event_store.layout.work_dir)
     vocabulary = affinities.compute_vocabulary(con, config.brand_size, config.generic_size)
     vocabulary.to_parquet(_work(event_store, "vocabulary"), index=False)
     relational.replace_table(relational_store.engine, relational.attribute_vocabulary, vocabulary)
@@ -171,14 +163,13 @@ def user_personas(
     started = time.perf_counter()
     engine = relational_store.engine
     con = compute.connect()
-    for name in ("raw_affinity", "users"):
-        _read_work(con, event_store, name)
+    affinities.load_raw_affinities(con, event_store.layout.work_dir)
     affinities.register_categories(con, relational.read_frame(engine, relational.categories))
     vocabulary = pd.read_parquet(_work(event_store, "vocabulary"))
     affinities.compute_personas(con, vocabulary)
     affinities.write_parquet(con, "persona_affinity", _work(event_store, "persona_affinity"))
     affinities.write_parquet(con, "persona_users", _work(event_store, "persona_users"))
-    stored = persona_store.write_personas(engine, con)
+    stored = persona_store.write_personas(engine, con, limits=compute.limits)
     snapshot = pd.read_parquet(_work(event_store, "flag_snapshot"))
     calculated = advance_flags(engine, snapshot, [NEEDS_CALCULATION], CALCULATED)
     context.log.info(f"{stored:,} personas stored; {calculated:,} users moved 1 → 2")

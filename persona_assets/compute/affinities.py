@@ -135,22 +135,37 @@ def compute_search_matches(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def create_users(con: duckdb.DuckDBPyConnection) -> None:
+    """Table ``users(ext_id, uid)``: every user with events, numbered 0..n-1.
+
+    The dense ``uid`` is what every big table carries instead of the ext_id string, and what the writes
+    of per-user rows are cut into ranges by (:func:`user_ranges`). Numbered in ext_id order, so each range
+    reaches the relational store in primary-key order: its B-tree grows at the end instead of splitting
+    pages all over (several times faster on SQLite and InnoDB alike).
+    """
+    con.execute(
+        f"CREATE OR REPLACE TABLE users AS SELECT ext_id, CAST(row_number() OVER (ORDER BY ext_id) - 1 AS INTEGER) "
+        f"AS uid FROM ({USERS_SQL})"
+    )
+
+
 def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
-    """Tables ``users(ext_id)`` and ``raw_affinity(ext_id, dimension, key, weight)`` (contract section 2).
+    """Tables ``users(ext_id, uid)``, ``affinity_keys(kid, dimension, key, json_key)`` and
+    ``raw_affinity_ids(uid, kid, weight)``, and the view ``raw_affinity(ext_id, dimension, key, weight)``
+    (contract section 2).
 
     ``raw_affinity`` also carries the ``gender`` dimension (keys men/women/unisex), which is
     not a persona map but feeds the gender label.
 
-    The sums run over integer surrogates (a number per user, product and (dimension, key)) and the
-    names are joined back once at the end: the big aggregation then moves 16-byte rows instead of
-    strings, which at a million users is what decides whether it stays in memory or spills gigabytes.
+    The sums run over integer surrogates (a number per user, product and (dimension, key)) and stay in
+    that form: the big tables then move 16-byte rows instead of strings, which at a million users is what
+    decides whether a step stays in memory or spills gigabytes. Names are joined back only where they
+    leave (the view, the JSON rows, the hand-off files).
     """
-    con.execute(f"CREATE OR REPLACE TABLE users AS {USERS_SQL}")
+    create_users(con)
     compute_search_matches(con)
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE user_ids AS
-        SELECT ext_id, CAST(row_number() OVER () AS INTEGER) AS uid FROM users;
         CREATE OR REPLACE TEMP TABLE product_ids AS
         SELECT pid, CAST(row_number() OVER () AS INTEGER) AS prod FROM products;
 
@@ -164,17 +179,19 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
         UNION ALL SELECT pid, 'ecomm', pos FROM products WHERE pos <> ''
         UNION ALL SELECT pid, 'gender', gender FROM products WHERE gender IS NOT NULL;
 
-        CREATE OR REPLACE TEMP TABLE key_ids AS
-        SELECT dimension, key, CAST(row_number() OVER () AS INTEGER) AS kid FROM (
+        CREATE OR REPLACE TABLE affinity_keys AS
+        SELECT CAST(row_number() OVER () AS INTEGER) AS kid, dimension, key,
+               CAST(to_json(key) AS VARCHAR) || ':' AS json_key
+        FROM (
             SELECT DISTINCT dimension, key FROM product_keys
             UNION SELECT DISTINCT 'city', tier FROM pincode_tiers
             UNION SELECT DISTINCT dimension, name FROM search_matches
         );
         CREATE OR REPLACE TEMP TABLE product_key_ids AS
         SELECT p.prod, k.kid, pk.dimension = 'gender' AS counts_events
-        FROM product_keys pk JOIN product_ids p USING (pid) JOIN key_ids k USING (dimension, key);
+        FROM product_keys pk JOIN product_ids p USING (pid) JOIN affinity_keys k USING (dimension, key);
         CREATE OR REPLACE TEMP TABLE pincode_key_ids AS
-        SELECT t.pincode, k.kid FROM pincode_tiers t JOIN key_ids k ON k.dimension = 'city' AND k.key = t.tier;
+        SELECT t.pincode, k.kid FROM pincode_tiers t JOIN affinity_keys k ON k.dimension = 'city' AND k.key = t.tier;
 
         -- One row per (user, product, pincode): weight for the product maps, event count for gender/city.
         -- The inner join with product_ids drops events whose pid the catalog does not know.
@@ -185,11 +202,13 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
             UNION ALL SELECT ext_id, pid, pincode, {CHECKOUT_WEIGHT} FROM checkouts
         ) e
         JOIN product_ids p ON p.pid = e.pid
-        JOIN user_ids u ON u.ext_id = e.ext_id
+        JOIN users u ON u.ext_id = e.ext_id
         GROUP BY ALL;
 
-        CREATE OR REPLACE TEMP TABLE raw_affinity_ids AS
-        SELECT uid, kid, SUM(weight)::DOUBLE AS weight FROM (
+        -- Sums of whole numbers, so exact integers; sorted by user so that each uid range a later step reads
+        -- is a few contiguous row groups (a range's GROUP BY is then twice as fast as over scattered rows).
+        CREATE OR REPLACE TABLE raw_affinity_ids AS
+        SELECT uid, kid, SUM(weight)::BIGINT AS weight FROM (
             SELECT e.uid, k.kid, CASE WHEN k.counts_events THEN e.events ELSE e.weight END AS weight
             FROM product_events e JOIN product_key_ids k ON k.prod = e.prod
             UNION ALL
@@ -198,18 +217,42 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
             SELECT u.uid, k.kid, {SEARCH_WEIGHT}
             FROM searches s
             JOIN search_matches m ON m.query = s.query
-            JOIN user_ids u ON u.ext_id = s.ext_id
-            JOIN key_ids k ON k.dimension = m.dimension AND k.key = m.name
+            JOIN users u ON u.ext_id = s.ext_id
+            JOIN affinity_keys k ON k.dimension = m.dimension AND k.key = m.name
         )
-        GROUP BY ALL;
-
-        CREATE OR REPLACE TABLE raw_affinity AS
-        SELECT u.ext_id, k.dimension, k.key, r.weight
-        FROM raw_affinity_ids r JOIN user_ids u USING (uid) JOIN key_ids k USING (kid);
-        DROP TABLE raw_affinity_ids;
+        GROUP BY ALL
+        ORDER BY uid, kid;
         DROP TABLE product_events;
         """
     )
+    _name_view(con, "raw_affinity", "raw_affinity_ids", "weight")
+
+
+def _name_view(con: duckdb.DuckDBPyConnection, view: str, table: str, value: str) -> None:
+    """``view(ext_id, dimension, key, value)``: an id table with its names joined back."""
+    con.execute(
+        f"CREATE OR REPLACE VIEW {view} AS SELECT u.ext_id, k.dimension, k.key, t.{value} "
+        f"FROM {table} t JOIN users u USING (uid) JOIN affinity_keys k USING (kid)"
+    )
+
+
+def load_raw_affinities(con: duckdb.DuckDBPyConnection, work_dir: Path) -> None:
+    """The tables :func:`compute_raw_affinities` leaves, as views over the files :func:`save_raw_affinities`
+    wrote (how the vocabulary and ``user_personas`` pick them up in connections of their own)."""
+    for table in RAW_AFFINITY_TABLES:
+        path = work_dir / f"{table}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: materialise user_raw_affinities first")
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{path}')")
+    _name_view(con, "raw_affinity", "raw_affinity_ids", "weight")
+
+
+def save_raw_affinities(con: duckdb.DuckDBPyConnection, work_dir: Path) -> None:
+    for table in RAW_AFFINITY_TABLES:
+        write_parquet(con, table, work_dir / f"{table}.parquet")
+
+
+RAW_AFFINITY_TABLES = ("users", "affinity_keys", "raw_affinity_ids")
 
 
 def compute_vocabulary(con: duckdb.DuckDBPyConnection, brand_size: int, generic_size: int) -> pd.DataFrame:
@@ -217,9 +260,10 @@ def compute_vocabulary(con: duckdb.DuckDBPyConnection, brand_size: int, generic_
     return con.execute(
         """
         WITH totals AS (
-            SELECT dimension AS kind, key AS name, SUM(weight) AS total
-            FROM raw_affinity WHERE dimension IN ('brand', 'generic')
-            GROUP BY ALL HAVING SUM(weight) > 0
+            SELECT k.dimension AS kind, k.key AS name, t.total
+            FROM (SELECT kid, SUM(weight) AS total FROM raw_affinity_ids GROUP BY kid HAVING SUM(weight) > 0) t
+            JOIN affinity_keys k USING (kid)
+            WHERE k.dimension IN ('brand', 'generic')
         ),
         ranked AS (
             SELECT kind, name, total,
@@ -235,81 +279,109 @@ def compute_vocabulary(con: duckdb.DuckDBPyConnection, brand_size: int, generic_
 
 
 def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -> None:
-    """Tables ``persona_users(ext_id, gender)`` and ``persona_affinity(ext_id, dimension, key, value)``."""
+    """Tables ``persona_users(ext_id, uid, gender)`` and ``persona_affinity_ids(uid, kid, value)``, and the
+    view ``persona_affinity(ext_id, dimension, key, value)``, from the tables of :func:`compute_raw_affinities`.
+
+    Each map is divided by its sum with a GROUP BY and a join on integers (no window over strings).
+    """
     con.register("vocabulary_df", vocabulary[["kind", "name"]])
     con.execute(
         """
-        CREATE OR REPLACE TABLE persona_affinity AS
+        CREATE OR REPLACE TEMP TABLE kept_keys AS
+        SELECT k.kid, k.dimension FROM affinity_keys k
+        WHERE k.dimension IN ('city', 'ecomm')
+           OR (k.dimension IN ('brand', 'generic')
+               AND EXISTS (SELECT 1 FROM vocabulary_df v WHERE v.kind = k.dimension AND v.name = k.key))
+           OR (k.dimension = 'category' AND EXISTS (SELECT 1 FROM categories c WHERE c.cat_id = k.key));
+
+        CREATE OR REPLACE TABLE persona_affinity_ids AS
         WITH kept AS (
-            SELECT r.ext_id, r.dimension, r.key, r.weight FROM raw_affinity r
-            WHERE r.weight > 0 AND (
-                r.dimension IN ('city', 'ecomm')
-                OR (r.dimension IN ('brand', 'generic')
-                    AND EXISTS (SELECT 1 FROM vocabulary_df v WHERE v.kind = r.dimension AND v.name = r.key))
-                OR (r.dimension = 'category' AND EXISTS (SELECT 1 FROM categories c WHERE c.cat_id = r.key))
-            )
-        )
-        SELECT ext_id, dimension, key, weight / SUM(weight) OVER (PARTITION BY ext_id, dimension) AS value
-        FROM kept
-        """
-    )
-    con.execute(
-        """
+            SELECT r.uid, r.kid, k.dimension, r.weight
+            FROM raw_affinity_ids r JOIN kept_keys k USING (kid) WHERE r.weight > 0
+        ),
+        totals AS (SELECT uid, dimension, SUM(weight) AS total FROM kept GROUP BY ALL)
+        SELECT kept.uid, kept.kid, CAST(kept.weight AS DOUBLE) / totals.total AS value
+        FROM kept JOIN totals USING (uid, dimension)
+        ORDER BY kept.uid, kept.kid;
+
         CREATE OR REPLACE TABLE persona_users AS
         WITH g AS (
-            SELECT ext_id,
-                   SUM(CASE WHEN key = 'men' THEN weight ELSE 0 END) AS m,
-                   SUM(CASE WHEN key = 'women' THEN weight ELSE 0 END) AS w
-            FROM raw_affinity WHERE dimension = 'gender' GROUP BY ext_id
+            SELECT r.uid,
+                   SUM(CASE WHEN k.key = 'men' THEN r.weight ELSE 0 END) AS m,
+                   SUM(CASE WHEN k.key = 'women' THEN r.weight ELSE 0 END) AS w
+            FROM raw_affinity_ids r JOIN affinity_keys k USING (kid) WHERE k.dimension = 'gender' GROUP BY r.uid
         )
-        SELECT u.ext_id,
+        SELECT u.ext_id, u.uid,
                CASE WHEN COALESCE(g.m, 0) + COALESCE(g.w, 0) = 0 THEN 'unisex'
                     WHEN g.m / (g.m + g.w) >= 0.8 THEN 'men'
                     WHEN g.w / (g.m + g.w) >= 0.8 THEN 'women'
                     ELSE 'unisex' END AS gender
-        FROM users u LEFT JOIN g ON g.ext_id = u.ext_id
+        FROM users u LEFT JOIN g ON g.uid = u.uid;
         """
     )
+    _name_view(con, "persona_affinity", "persona_affinity_ids", "value")
+
+
+def user_ranges(con: duckdb.DuckDBPyConnection, users_per_range: int) -> list[tuple[int, int]]:
+    """``(first, last)`` uid ranges (inclusive) of at most ``users_per_range`` users covering ``users``."""
+    count = int(con.execute("SELECT COUNT(*) FROM users").fetchall()[0][0])
+    step = max(1, users_per_range)
+    return [(first, min(first + step, count) - 1) for first in range(0, count, step)]
+
+
+IN_RANGE = "BETWEEN $first AND $last"
+"""The filter every per-range query puts on its uid columns (parameters ``first``, ``last``)."""
 
 
 def _json_maps(table: str, value: str, dimensions: tuple[str, ...]) -> str:
-    """SQL giving one row per user with one JSON object column per dimension (NULL when empty).
+    """SQL giving, for the users of one uid range, one row per user with one JSON object column per
+    dimension (NULL when empty).
 
-    One GROUP BY over the long table, the objects spelled with ``string_agg``: about a fifth cheaper
-    than ``json_group_object`` per (user, dimension) pivoted afterwards, which matters at ~70M rows.
+    One GROUP BY over the id table, the objects spelled with ``string_agg`` from each key's JSON text
+    (quoted once per key in ``affinity_keys``, not once per row).
     """
     columns = ",\n".join(
-        f"'{{' || string_agg(to_json(key) || ':' || CAST({value} AS VARCHAR), ',') "
-        f"FILTER (WHERE dimension = '{d}') || '}}' AS \"{d}\""
+        f"'{{' || string_agg(k.json_key || CAST(t.{value} AS VARCHAR), ',') "
+        f"FILTER (WHERE k.dimension = '{d}') || '}}' AS \"{d}\""
         for d in dimensions
     )
-    return f"SELECT ext_id,\n{columns}\nFROM {table} GROUP BY ext_id"
+    return f"SELECT t.uid,\n{columns}\nFROM {table} t JOIN affinity_keys k USING (kid) WHERE t.uid {IN_RANGE} GROUP BY t.uid"
 
 
 def persona_rows_sql() -> str:
-    """Rows of the ``user_personas`` table: the normalised maps as JSON text (rows in no particular order:
-    a store keeps them by key, and sorting a million rows of JSON would cost more than the write)."""
+    """Rows of the ``user_personas`` table for one uid range: the normalised maps as JSON text."""
     return f"""
-        WITH maps AS ({_json_maps("persona_affinity", "value", MAP_DIMENSIONS)})
+        WITH maps AS ({_json_maps("persona_affinity_ids", "value", MAP_DIMENSIONS)})
         SELECT u.ext_id, u.gender,
                CAST(COALESCE(m.city, '{{}}') AS VARCHAR) AS city,
                CAST(COALESCE(m.ecomm, '{{}}') AS VARCHAR) AS ecomm,
                CAST(COALESCE(m.brand, '{{}}') AS VARCHAR) AS brand_affinity,
                CAST(COALESCE(m.generic, '{{}}') AS VARCHAR) AS generic_affinity,
                CAST(COALESCE(m.category, '{{}}') AS VARCHAR) AS category_affinity
-        FROM persona_users u LEFT JOIN maps m ON m.ext_id = u.ext_id
+        FROM persona_users u LEFT JOIN maps m ON m.uid = u.uid
+        WHERE u.uid {IN_RANGE}
         """
 
 
+def create_user_queries(con: duckdb.DuckDBPyConnection) -> None:
+    """Table ``user_queries(uid, query, last_at)``: each user's distinct search texts with their latest time."""
+    con.execute(
+        "CREATE OR REPLACE TABLE user_queries AS "
+        "SELECT u.uid, s.query, MAX(s.ts) AS last_at FROM searches s JOIN users u USING (ext_id) GROUP BY ALL"
+    )
+
+
 def legacy_rows_sql(search_terms_limit: int = 100) -> str:
-    """The legacy ``user_persona`` columns: raw maps as JSON and the user's latest search texts."""
+    """The legacy ``user_persona`` columns for one uid range: raw maps as JSON and the latest search texts.
+
+    Needs ``user_queries`` (:func:`create_user_queries`) beside the tables of ``compute_raw_affinities``.
+    """
     dims = (*MAP_DIMENSIONS, "gender")
     return f"""
-        WITH maps AS ({_json_maps("raw_affinity", "weight", dims)}),
+        WITH maps AS ({_json_maps("raw_affinity_ids", "weight", dims)}),
         terms AS (
-            SELECT ext_id, to_json(list(query ORDER BY last_at DESC, query)[1:{int(search_terms_limit)}]) AS terms
-            FROM (SELECT ext_id, query, MAX(ts) AS last_at FROM searches GROUP BY ALL)
-            GROUP BY ext_id
+            SELECT uid, to_json(list(query ORDER BY last_at DESC, query)[1:{int(search_terms_limit)}]) AS terms
+            FROM user_queries WHERE uid {IN_RANGE} GROUP BY uid
         )
         SELECT u.ext_id AS "extId",
                CAST(COALESCE(t.terms, '[]') AS VARCHAR) AS "searchTerms",
@@ -319,36 +391,47 @@ def legacy_rows_sql(search_terms_limit: int = 100) -> str:
                CAST(COALESCE(m.brand, '{{}}') AS VARCHAR) AS "brandAffinity",
                CAST(COALESCE(m.category, '{{}}') AS VARCHAR) AS "categoryAffinity",
                CAST(COALESCE(m.generic, '{{}}') AS VARCHAR) AS "genericAffinity"
-        FROM users u LEFT JOIN maps m ON m.ext_id = u.ext_id LEFT JOIN terms t ON t.ext_id = u.ext_id
+        FROM users u LEFT JOIN maps m ON m.uid = u.uid LEFT JOIN terms t ON t.uid = u.uid
+        WHERE u.uid {IN_RANGE}
         """
 
 
-USER_ACTIVITY_SQL = """
-    WITH products AS (
-        SELECT ext_id, pid,
-               epoch_us(MAX(ts) FILTER (WHERE kind = 'visit')) AS visited_us,
-               epoch_us(MAX(ts) FILTER (WHERE kind = 'checkout')) AS purchased_us
+def create_user_products(con: duckdb.DuckDBPyConnection) -> None:
+    """Table ``user_products(uid, pid, visited_us, purchased_us)``: every product a user touched, with the
+    latest visit and purchase (epoch microseconds)."""
+    con.execute(
+        """
+        CREATE OR REPLACE TABLE user_products AS
+        SELECT u.uid, e.pid,
+               epoch_us(MAX(e.ts) FILTER (WHERE e.kind = 'visit')) AS visited_us,
+               epoch_us(MAX(e.ts) FILTER (WHERE e.kind = 'checkout')) AS purchased_us
         FROM (
             SELECT ext_id, pid, ts, 'visit' AS kind FROM visits
             UNION ALL SELECT ext_id, pid, ts, 'checkout' FROM checkouts
-        ) GROUP BY ext_id, pid
-    ),
-    per_user_products AS (
-        SELECT ext_id, CAST(to_json(list({'pid': pid, 'visited_us': visited_us, 'purchased_us': purchased_us})) AS VARCHAR)
-               AS products
-        FROM products GROUP BY ext_id
+        ) e JOIN users u USING (ext_id)
+        GROUP BY u.uid, e.pid
+        """
+    )
+
+
+USER_ACTIVITY_SQL = f"""
+    WITH per_user_products AS (
+        SELECT uid, CAST(to_json(list({{'pid': pid, 'visited_us': visited_us, 'purchased_us': purchased_us}}))
+               AS VARCHAR) AS products
+        FROM user_products WHERE uid {IN_RANGE} GROUP BY uid
     ),
     per_user_searches AS (
-        SELECT ext_id, CAST(to_json(list({'query': query, 'searched_us': searched_us})) AS VARCHAR) AS searches
-        FROM (SELECT ext_id, query, epoch_us(MAX(ts)) AS searched_us FROM searches GROUP BY ext_id, query)
-        GROUP BY ext_id
+        SELECT uid, CAST(to_json(list({{'query': query, 'searched_us': epoch_us(last_at)}})) AS VARCHAR) AS searches
+        FROM user_queries WHERE uid {IN_RANGE} GROUP BY uid
     )
     SELECT u.ext_id, COALESCE(p.products, '[]') AS products, COALESCE(s.searches, '[]') AS searches
     FROM users u
-    LEFT JOIN per_user_products p ON p.ext_id = u.ext_id
-    LEFT JOIN per_user_searches s ON s.ext_id = u.ext_id
+    LEFT JOIN per_user_products p ON p.uid = u.uid
+    LEFT JOIN per_user_searches s ON s.uid = u.uid
+    WHERE u.uid {IN_RANGE}
 """
-"""One row per user: every product touched (latest visit and purchase) and every distinct search text."""
+"""One row per user of a uid range: every product touched (latest visit and purchase) and every distinct
+search text. Needs ``users``, ``user_products`` and ``user_queries``."""
 
 USERS_SQL = """
     SELECT DISTINCT ext_id FROM (

@@ -7,6 +7,7 @@ step larger than memory spills to ``PERSONA_HOME/tmp/duckdb`` instead of failing
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,26 @@ class DuckDBLimits:
     threads: int = 2
     temp_directory: Path | None = None
 
+    @property
+    def memory_bytes(self) -> int:
+        return size_in_bytes(self.memory_limit)
+
+
+def size_in_bytes(text: str) -> int:
+    """A DuckDB size such as ``3GiB`` in bytes (KB, MB... are powers of 1000 and KiB, MiB... of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size such as 4GiB, 3GB or 512MiB")
+    return int(float(match["number"]) * _UNITS[match["unit"].upper()])
+
+
+_SIZE = re.compile(r"(?P<number>[0-9]+(\.[0-9]+)?)\s*(?P<unit>B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+_UNITS = {
+    "B": 1,
+    **{unit: 1000**power for power, unit in enumerate(("KB", "MB", "GB", "TB"), start=1)},
+    **{unit: 1024**power for power, unit in enumerate(("KIB", "MIB", "GIB", "TIB"), start=1)},
+}
+
 
 def connect(limits: DuckDBLimits | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection bounded by ``limits`` (defaults when None: tests, small tools)."""
@@ -34,4 +55,7 @@ def connect(limits: DuckDBLimits | None = None) -> duckdb.DuckDBPyConnection:
     if limits.temp_directory is not None:
         limits.temp_directory.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(limits.temp_directory)
-    return duckdb.connect(config=config)
+    con = duckdb.connect(config=config)
+    # Long queries otherwise draw a progress bar into Dagster's captured logs and benchmark output.
+    con.execute("SET enable_progress_bar = false")
+    return con

@@ -1,24 +1,42 @@
 """Writes of computed personas to the relational store, shared by the full rebuild and the refresh.
 
-Each function reads tables of a DuckDB connection (``raw_affinity``/``users`` after
-``compute_raw_affinities``, ``persona_users``/``persona_affinity`` after ``compute_personas``) and
-streams them into the store. ``only_users`` = None replaces the whole table; a list replaces just
+Each function reads tables of a DuckDB connection (``users``/``raw_affinity_ids``/``affinity_keys`` after
+``compute_raw_affinities``, ``persona_users``/``persona_affinity_ids`` after ``compute_personas``) and
+streams per-user rows into the store one uid range at a time: DuckDB builds the JSON of the next range
+while this thread writes the current one, so memory holds about two ranges whatever the number of users,
+and the two cores work at once. ``only_users`` = None replaces the whole table; a list replaces just
 those users' rows (in one transaction either way).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from persona_assets.compute import affinities
+from persona_assets.compute.duck import DuckDBLimits
 from persona_assets.stores import relational
 
 _DELETE_CHUNK = 500
+
+# Memory one user's rows may take on their way to the store (Arrow, then Python tuples), generously: a
+# wide user's legacy row is a few KiB. Two ranges are in flight at a time.
+_BYTES_PER_USER = 48 * 1024
+_MIN_RANGE_USERS = 1_000
+_MAX_RANGE_USERS = 250_000
+
+
+def users_per_range(limits: DuckDBLimits | None) -> int:
+    """How many users' rows go to the store at a time under ``limits`` (3GiB: about 65,000)."""
+    budget = (limits or DuckDBLimits()).memory_bytes // _BYTES_PER_USER
+    return max(_MIN_RANGE_USERS, min(_MAX_RANGE_USERS, budget))
 
 
 def _delete_rows(conn: Connection, table: sa.Table, column: str, only_users: Sequence[str] | None) -> None:
@@ -29,24 +47,134 @@ def _delete_rows(conn: Connection, table: sa.Table, column: str, only_users: Seq
         conn.execute(table.delete().where(table.c[column].in_(only_users[start : start + _DELETE_CHUNK])))
 
 
-def write_legacy_columns(engine: Engine, con: duckdb.DuckDBPyConnection) -> int:
-    """The raw maps into the legacy ``user_persona`` columns (upsert: the flags are left alone)."""
-    legacy = con.execute(affinities.legacy_rows_sql())
-    columns = [d[0] for d in legacy.description if d[0] != "extId"]
+def _ranges_in_background(
+    con: duckdb.DuckDBPyConnection, sql: str, ranges: list[tuple[int, int]], stop: threading.Event
+) -> Iterator[pa.Table]:
+    """The result of ``sql`` for each uid range, computed one range ahead on a cursor of its own."""
+    results: queue.Queue[pa.Table | BaseException | None] = queue.Queue(maxsize=1)
+
+    def hand_over(item: pa.Table | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        cursor = con.cursor()
+        try:
+            for first, last in ranges:
+                table = cursor.sql(sql, params={"first": first, "last": last}).to_arrow_table()
+                if not hand_over(table):
+                    return
+            hand_over(None)
+        except BaseException as error:  # handed to the consumer, which raises it
+            hand_over(error)
+        finally:
+            cursor.close()
+
+    thread = threading.Thread(target=produce, name="persona-rows", daemon=True)
+    thread.start()
+    try:
+        while (item := results.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _write_ranges(
+    conn: Connection,
+    table: sa.Table,
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    limits: DuckDBLimits | None,
+    *,
+    upsert_columns: Sequence[str] = (),
+) -> int:
+    ranges = affinities.user_ranges(con, users_per_range(limits))
+    written = 0
+    for rows in _ranges_in_background(con, sql, ranges, threading.Event()):
+        written += relational.insert_arrow(conn, table, rows, upsert_columns=upsert_columns)
+    return written
+
+
+def write_legacy_columns(engine: Engine, con: duckdb.DuckDBPyConnection, limits: DuckDBLimits | None = None) -> int:
+    """The raw maps and latest search texts into the legacy ``user_persona`` columns (upsert: the flags are
+    left alone)."""
+    affinities.create_user_queries(con)
+    columns = [c.name for c in relational.user_persona.columns if c.name not in ("extId", "hasChanged", "change_seq")]
     with engine.begin() as conn:
-        return relational.insert_result(conn, relational.user_persona, legacy, upsert_columns=columns)
+        return _write_ranges(
+            conn, relational.user_persona, con, affinities.legacy_rows_sql(), limits, upsert_columns=columns
+        )
 
 
-def write_personas(engine: Engine, con: duckdb.DuckDBPyConnection, only_users: Sequence[str] | None = None) -> int:
+def _replace_rows(
+    engine: Engine,
+    table: sa.Table,
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    only_users: Sequence[str] | None,
+    limits: DuckDBLimits | None,
+) -> int:
+    """Replace the rows of ``only_users`` (or of everyone) with the rows ``sql`` gives, in one transaction.
+
+    Everyone: every row is upserted in key order, which rewrites a table in place (deleting a million rows
+    of JSON first cost more than writing them), then the rows of users who have no events any more go.
+    """
+    (key,) = [column.name for column in table.primary_key.columns]
     with engine.begin() as conn:
-        _delete_rows(conn, relational.user_personas, "ext_id", only_users)
-        return relational.insert_result(conn, relational.user_personas, con.execute(affinities.persona_rows_sql()))
+        if only_users is not None:
+            _delete_rows(conn, table, key, only_users)
+            return _write_ranges(conn, table, con, sql, limits)
+        others = [column.name for column in table.columns if column.name != key]
+        written = _write_ranges(conn, table, con, sql, limits, upsert_columns=others)
+        _delete_users_without_rows(conn, table, key, con, written)
+        return written
 
 
-def write_activity(engine: Engine, con: duckdb.DuckDBPyConnection, only_users: Sequence[str] | None = None) -> int:
-    with engine.begin() as conn:
-        _delete_rows(conn, relational.user_activity, "ext_id", only_users)
-        return relational.insert_result(conn, relational.user_activity, con.execute(affinities.USER_ACTIVITY_SQL))
+def _delete_users_without_rows(
+    conn: Connection, table: sa.Table, key: str, con: duckdb.DuckDBPyConnection, expected: int
+) -> None:
+    """After a full upsert of ``expected`` rows: delete the rows whose user is not in DuckDB's ``users``."""
+    stored = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+    if stored == expected:
+        return
+    current = sa.Table(
+        "current_users", sa.MetaData(), sa.Column("ext_id", relational.ID, primary_key=True), prefixes=["TEMPORARY"]
+    )
+    current.create(conn)
+    try:
+        relational.insert_arrow(conn, current, con.sql("SELECT ext_id FROM users").to_arrow_table())
+        conn.execute(table.delete().where(table.c[key].not_in(sa.select(current.c.ext_id))))
+    finally:
+        current.drop(conn)
+
+
+def write_personas(
+    engine: Engine,
+    con: duckdb.DuckDBPyConnection,
+    only_users: Sequence[str] | None = None,
+    limits: DuckDBLimits | None = None,
+) -> int:
+    return _replace_rows(engine, relational.user_personas, con, affinities.persona_rows_sql(), only_users, limits)
+
+
+def write_activity(
+    engine: Engine,
+    con: duckdb.DuckDBPyConnection,
+    only_users: Sequence[str] | None = None,
+    limits: DuckDBLimits | None = None,
+) -> int:
+    """Each user's products and search texts (``users`` must exist; the per-user tables are built here)."""
+    affinities.create_user_products(con)
+    affinities.create_user_queries(con)
+    return _replace_rows(engine, relational.user_activity, con, affinities.USER_ACTIVITY_SQL, only_users, limits)
 
 
 def current_vocabulary(engine: Engine) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -238,23 +239,23 @@ def bulk_insert(conn: Connection, table: sa.Table, rows: pd.DataFrame) -> int:
     return executemany(conn, stmt, columns, frame_rows(rows))
 
 
-def insert_result(conn: Connection, table: sa.Table, result: Any, *, upsert_columns: Sequence[str] = ()) -> int:
-    """Stream a DuckDB result (``con.execute(sql)``) into ``table`` without a pandas round trip.
+def insert_arrow(conn: Connection, table: sa.Table, rows: pa.Table, *, upsert_columns: Sequence[str] = ()) -> int:
+    """Insert an Arrow table whose columns are named like ``table``'s, in chunks (no pandas round trip).
 
-    Columns are named by the query; with ``upsert_columns``, existing keys get those columns overwritten.
+    With ``upsert_columns``, existing keys get those columns overwritten.
     """
-    columns = [d[0] for d in result.description]
+    columns = rows.column_names
     values = {c: sa.bindparam(c) for c in columns}
     if upsert_columns:
         stmt = upsert_statement(conn, table, values, {}, update_from_insert=upsert_columns)
     else:
         stmt = sa.insert(table).values(values)
 
-    def batches() -> Iterable[tuple]:
-        while batch := result.fetchmany(CHUNK_ROWS):
-            yield from batch
+    def tuples() -> Iterable[tuple]:
+        for batch in rows.to_batches(CHUNK_ROWS):
+            yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
 
-    return executemany(conn, stmt, columns, batches())
+    return executemany(conn, stmt, columns, tuples())
 
 
 def bulk_upsert(conn: Connection, table: sa.Table, rows: pd.DataFrame, update: Sequence[str]) -> int:
