@@ -31,12 +31,13 @@ by ``persona import`` anyway. Every count is set-based (SQL or DuckDB over whole
 computation per row in Python.
 """
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import duckdb
-import pyarrow as pa
+import orjson
 import sqlalchemy as sa
 from dagster import (
     AssetCheckExecutionContext,
@@ -327,51 +328,70 @@ WORST_MAPS_SQL = """
 """
 
 
-def _relational_maps_sql() -> str:
-    """Over one chunk of ``user_personas`` rows: each JSON map parsed by DuckDB into a MAP, judged whole."""
-    dimension = " ".join(f"WHEN '{c}' THEN '{d}'" for c, d in RELATIONAL_MAP_COLUMNS.items())
-    return f"""
-        CREATE OR REPLACE TEMP TABLE chunk_maps AS
-        WITH parsed AS (
-            SELECT ext_id, CASE map_column {dimension} END AS dimension, json_text,
-                   -- NULL unless a JSON object; a value that is not a number becomes a NULL value (a bad value).
-                   CASE WHEN json_valid(json_text) THEN TRY_CAST(json_text::JSON AS MAP(VARCHAR, DOUBLE)) END AS m
-            FROM (UNPIVOT persona_chunk ON {", ".join(RELATIONAL_MAP_COLUMNS)} INTO NAME map_column VALUE json_text)
-        )
-        SELECT ext_id, dimension, json_text, m IS NULL AS not_an_object, cardinality(m) AS keys,
-               list_sum(map_values(m)) AS total,
-               len([v FOR v IN map_values(m) IF {_bad_value("v")}]) AS bad_values
-        FROM parsed
+def _judge_json_map(text: str | None, tolerance: float) -> tuple[int, float | None, int] | None:
+    """(keys, sum, bad values) of one JSON map, or None when the text is not a JSON object.
+
+    A value that is not a finite number in (0, 1 + tolerance] is a bad value (JSON true/false count as 1/0,
+    as DuckDB's cast to DOUBLE reads them). The common case, a good map, costs three C-level passes.
     """
+    try:
+        parsed = orjson.loads(text) if text is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    values = parsed.values()
+    if not values:
+        return 0, 0.0, 0
+    try:
+        total, low, high = math.fsum(values), min(values), max(values)
+    except TypeError:  # a value that is not a number: count the bad ones one by one
+        numbers = [v for v in values if isinstance(v, int | float)]
+        bad = len(values) - len(numbers) + sum(1 for v in numbers if not 0 < v <= 1 + tolerance)
+        return len(values), None, bad
+    if low > 0 and high <= 1 + tolerance:  # NaN fails these comparisons, so it takes the slow count below
+        return len(values), total, 0
+    return len(values), total, sum(1 for v in values if not 0 < v <= 1 + tolerance)
+
+
+def _is_bad_map(keys: int, total: float | None, bad: int, tolerance: float) -> bool:
+    return keys > 0 and (bad > 0 or total is None or not math.isfinite(total) or abs(total - 1) > tolerance)
 
 
 def _relational_maps(con: duckdb.DuckDBPyConnection, engine: sa.engine.Engine, tolerance: float) -> tuple[int, int]:
-    """Stream ``user_personas`` through DuckDB a chunk at a time (memory stays flat); bad maps land in
-    ``bad_maps``, text that is not a JSON object of numbers in ``bad_json``.
+    """Read ``user_personas`` a chunk at a time (memory stays flat) and judge every JSON map; bad maps land
+    in DuckDB's ``bad_maps``, text that is not a JSON object in ``bad_json``.
 
-    Returns (personas read, non-empty maps checked).
+    Judged in Python with orjson: several times faster than casting each text to a DuckDB MAP, and a
+    million personas hold five million maps. Returns (personas read, non-empty maps
+    checked).
     """
     table = relational.user_personas
     columns = ["ext_id", *RELATIONAL_MAP_COLUMNS]
-    sql = _relational_maps_sql()
+    dimensions = list(RELATIONAL_MAP_COLUMNS.values())
     personas = checked = 0
+    bad_maps: list[tuple] = []
+    bad_json: list[tuple] = []
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True).execute(sa.select(*(table.c[c] for c in columns)))
         for rows in result.partitions(RELATIONAL_CHUNK_ROWS):
             personas += len(rows)
-            transposed = zip(columns, zip(*rows, strict=True), strict=True)
-            con.register(
-                "persona_chunk", pa.table({name: pa.array(values, pa.string()) for name, values in transposed})
-            )
-            con.execute(sql, {"tol": tolerance})
-            con.unregister("persona_chunk")
-            con.execute("INSERT INTO bad_json SELECT ext_id, dimension, json_text FROM chunk_maps WHERE not_an_object")
-            con.execute(
-                "INSERT INTO bad_maps SELECT 'relational', ext_id, dimension, total, keys, bad_values FROM chunk_maps "
-                f"WHERE NOT not_an_object AND keys > 0 AND {IS_BAD_MAP}",
-                {"tol": tolerance},
-            )
-            checked += int(con.execute("SELECT COUNT(*) FROM chunk_maps WHERE keys > 0").fetchall()[0][0])
+            for ext_id, *texts in rows:
+                for dimension, text in zip(dimensions, texts, strict=True):
+                    judged = _judge_json_map(text, tolerance)
+                    if judged is None:
+                        bad_json.append((ext_id, dimension, text))
+                        continue
+                    keys, total, bad = judged
+                    checked += keys > 0
+                    if _is_bad_map(keys, total, bad, tolerance):
+                        bad_maps.append(("relational", ext_id, dimension, total, keys, bad))
+            # Bad maps go to DuckDB a chunk at a time (its tables spill), so even a wholly bad table stays flat.
+            if bad_maps:
+                con.executemany("INSERT INTO bad_maps VALUES (?, ?, ?, ?, ?, ?)", bad_maps)
+            if bad_json:
+                con.executemany("INSERT INTO bad_json VALUES (?, ?, ?)", bad_json)
+            bad_maps, bad_json = [], []
     return personas, checked
 
 
