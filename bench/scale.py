@@ -143,9 +143,10 @@ def one_size(users: int, args: argparse.Namespace) -> dict:
 
     home = workdir / f"home-{users}"
     shutil.rmtree(home, ignore_errors=True)
-    (home / "dagster").mkdir(parents=True)
-    env = {**os.environ, "PERSONA_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
-    for name in ("PERSONA_DB_URL", "PERSONA_OPENSEARCH_URL", "PERSONA_OPENSEARCH_ALIAS"):
+    home.mkdir(parents=True)
+    # No DAGSTER_HOME: `persona` then sets up $PERSONA_HOME/dagster with the project's dagster.yaml, as a user gets.
+    env = {**os.environ, "PERSONA_HOME": str(home)}
+    for name in ("DAGSTER_HOME", "PERSONA_DB_URL", "PERSONA_OPENSEARCH_URL", "PERSONA_OPENSEARCH_ALIAS"):
         env.pop(name, None)
     if args.db_url:
         env["PERSONA_DB_URL"] = create_mysql_database(args.db_url, f"persona_scale_{users}")
