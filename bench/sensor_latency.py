@@ -1,7 +1,7 @@
 """Benchmark: time from a hasChanged flag being set to the user being searchable, through the real sensor.
 
 Usage: .venv/bin/python bench/sensor_latency.py [--users 100000] [--flagged 10000] [--workdir /tmp/persona-sensor]
-       [--out docs/bench/sensor-latency.json]
+       [--data DIR] [--out docs/bench/sensor-latency.json]
 
 1. generate N users (cached), import and materialise them (the full rebuild) in a fresh PERSONA_HOME;
 2. start `dagster dev` (webserver + daemon) on that instance: the refresh sensor runs with its defaults
@@ -57,6 +57,9 @@ def main() -> int:
     parser.add_argument("--flagged", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", default="/tmp/persona-sensor")
+    parser.add_argument(
+        "--data", help="an existing `persona generate` directory (e.g. --wide) instead of generating --users"
+    )
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--out")
     parser.add_argument("--db-url", help="a MySQL/MariaDB server URL; the bench uses a fresh database `persona_sensor`")
@@ -64,7 +67,7 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
-    data_dir = workdir / f"data-{args.users}-{args.seed}"
+    data_dir = Path(args.data) if args.data else workdir / f"data-{args.users}-{args.seed}"
     home = workdir / "home"
     shutil.rmtree(home, ignore_errors=True)
     os.environ.update({"PERSONA_HOME": str(home)})
@@ -154,7 +157,8 @@ def main() -> int:
             "search": "OpenSearch" if args.opensearch_url else "embedded index",
         },
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "users": args.users,
+        "users": json.loads(shape.read_text())["users"] if (shape := data_dir / "shape.json").exists() else args.users,
+        "data": str(data_dir),
         "flagged_users": len(touched),
         "flag_to_searchable_seconds": round(searchable_seconds, 2),
         "refresh_runs": len(runs),
