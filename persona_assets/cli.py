@@ -237,8 +237,17 @@ def cmd_serve(args: argparse.Namespace, settings: PersonaSettings) -> int:
         app = create_app(settings)
     except ValueError as error:  # e.g. PERSONA_SCORE_WEIGHTS
         return _fail(str(error))
-    _progress(f"serving the segment query on http://{args.host}:{args.port} (OpenAPI: /docs, /openapi.json)")
-    uvicorn.run(app, host=args.host, port=args.port)
+    if args.workers < 1:
+        return _fail(f"--workers: {args.workers} is not a number of worker processes >= 1")
+    _progress(
+        f"serving the segment query on http://{args.host}:{args.port} with {args.workers} worker(s) "
+        "(OpenAPI: /docs, /openapi.json)"
+    )
+    if args.workers == 1:
+        uvicorn.run(app, host=args.host, port=args.port)
+    else:
+        # Each worker process builds its own app from the same environment (the one settings object).
+        uvicorn.run("persona_assets.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -326,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve POST /fetchPersonas and GET /health over HTTP (OpenAPI at /docs)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; one per core serves the most requests)"
+    )
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("services", help="start, stop or inspect a throwaway MariaDB + OpenSearch on loopback")
     p.add_argument("action", choices=["up", "down", "status"])

@@ -432,14 +432,27 @@ def test_openapi_document_is_valid_and_describes_the_endpoints(api):
 # --------------------------------------------------------------------------- persona serve
 
 
-def test_persona_serve_command(run):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_persona_serve_command(run, workers):
+    """One process, or several workers each building the app from the same environment, answer alike."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with run.env():
         env = dict(os.environ)
     process = subprocess.Popen(
-        [sys.executable, "-m", "persona_assets.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "persona_assets.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            workers,
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -466,6 +479,16 @@ def test_persona_serve_command(run):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_persona_serve_refuses_zero_workers(run):
+    with run.env():
+        env = dict(os.environ)
+    done = subprocess.run(
+        [sys.executable, "-m", "persona_assets.cli", "serve", "--workers", "0"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "--workers" in done.stderr
 
 
 def test_the_query_path_loads_no_dagster(tmp_path):

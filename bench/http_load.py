@@ -1,0 +1,167 @@
+"""Benchmark: throughput and latency of POST /fetchPersonas under concurrent clients.
+
+Usage: .venv/bin/python bench/http_load.py [--clients 50] [--seconds 30] [--workers 2] [--out FILE.json]
+
+Over the PERSONA_HOME (and store URLs) of the environment, which must hold a full rebuild:
+1. baseline in the same run: the same varied top-20 requests answered in-process, one after another
+   (``fetch_personas``), as requests per second;
+2. ``persona serve --workers W`` on a free port; CLIENTS threads, each on its own keep-alive connection,
+   send varied top-20 requests (full answers) for SECONDS; every status other than 200 is an error.
+Reports requests/s, p50/p99 latency, errors, and throughput ÷ the in-process rate. The clients run on
+the same machine as the server, so they take part of its cores: the figures are a floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from _common import _percentile, _varied_requests, redact
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"persona serve did not answer /health on port {port} within {timeout:.0f} s")
+
+
+def in_process_rate(requests: list[dict]) -> float:
+    """Requests per second answered in-process, one at a time (the baseline)."""
+    from persona_assets.query.scoring import ScoreWeights
+    from persona_assets.query.service import fetch_personas
+    from persona_assets.resources import resources_from_settings
+    from persona_assets.settings import PersonaSettings
+
+    resources = resources_from_settings(PersonaSettings.from_env())
+    engine, index = resources["relational_store"].engine, resources["search_index"].backend()
+    weights = ScoreWeights.from_env()
+    for request in requests[:20]:
+        fetch_personas(request, engine, index, weights)  # warm caches
+    started = time.perf_counter()
+    for request in requests:
+        fetch_personas(request, engine, index, weights)
+    return len(requests) / (time.perf_counter() - started)
+
+
+def load(port: int, requests: list[dict], clients: int, seconds: float) -> dict:
+    bodies = [json.dumps(r).encode() for r in requests]
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[list[str]] = [[] for _ in range(clients)]
+    stop = time.monotonic() + seconds
+
+    def client(number: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        i = number
+        while time.monotonic() < stop:
+            body = bodies[i % len(bodies)]
+            i += clients
+            started = time.perf_counter()
+            try:
+                conn.request("POST", "/fetchPersonas", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    errors[number].append(f"HTTP {response.status}")
+            except (OSError, http.client.HTTPException) as error:
+                errors[number].append(type(error).__name__)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                continue
+            latencies[number].append((time.perf_counter() - started) * 1000)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    all_ms = [ms for per_client in latencies for ms in per_client]
+    all_errors = [e for per_client in errors for e in per_client]
+    return {
+        "requests": len(all_ms),
+        "requests_per_second": round(len(all_ms) / elapsed, 1),
+        "p50_ms": round(_percentile(all_ms, 0.5), 1) if all_ms else None,
+        "p99_ms": round(_percentile(all_ms, 0.99), 1) if all_ms else None,
+        "errors": len(all_errors),
+        "error_kinds": sorted(set(all_errors)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    from persona_assets.resources import resources_from_settings
+    from persona_assets.settings import PersonaSettings
+
+    engine = resources_from_settings(PersonaSettings.from_env())["relational_store"].engine
+    requests = _varied_requests(engine, 1000, 11)
+    print("baseline: in-process, one request at a time", file=sys.stderr, flush=True)
+    baseline = in_process_rate(requests[:300])
+
+    port = _free_port()
+    persona = str(Path(sys.executable).with_name("persona"))
+    server = subprocess.Popen(
+        [persona, "serve", "--port", str(port), "--workers", str(args.workers)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_healthy(port, 120)
+        load(port, requests, min(args.clients, 4), 3)  # warm every worker's caches
+        print(f"{args.clients} clients for {args.seconds:.0f} s", file=sys.stderr, flush=True)
+        measured = load(port, requests, args.clients, args.seconds)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    result = {
+        "command": " ".join([".venv/bin/python", "bench/http_load.py", *map(redact, sys.argv[1:])]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "stores": {"db": redact(PersonaSettings.from_env().db_url), "search": os.environ.get("PERSONA_OPENSEARCH_URL")},
+        "clients": args.clients,
+        "workers": args.workers,
+        "seconds": args.seconds,
+        **measured,
+        "baseline_in_process_requests_per_second": round(baseline, 1),
+        "http_over_in_process": round(measured["requests_per_second"] / baseline, 2),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if measured["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
