@@ -407,3 +407,24 @@ def test_cli_rejects_a_request_that_is_not_json(run):
     code, printed, err = run.cli_query("{brand: nike")
     assert code != 0 and printed is None
     assert "request" in err
+
+
+def test_activity_rows_in_the_layout_of_older_builds_are_still_read():
+    """user_activity entries are positional arrays now; rows an older build wrote as objects read the same."""
+    from persona_assets.query.service import _PRODUCT_FIELDS, _entries
+
+    new = _entries('[["P1", 5, null], ["P2", null, 7]]', _PRODUCT_FIELDS)
+    old = _entries(
+        '[{"pid": "P1", "visited_us": 5, "purchased_us": null}, {"pid": "P2", "visited_us": null, "purchased_us": 7}]',
+        _PRODUCT_FIELDS,
+    )
+    assert (
+        new
+        == old
+        == [
+            {"pid": "P1", "visited_us": 5, "purchased_us": None},
+            {"pid": "P2", "visited_us": None, "purchased_us": 7},
+        ]
+    )
+    with pytest.raises(ValueError):
+        _entries('[["P1", 5]]', _PRODUCT_FIELDS)  # a short entry is an error, not a silent gap

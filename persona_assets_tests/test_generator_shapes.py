@@ -182,8 +182,8 @@ def test_adversarial_ids_and_texts_round_trip_through_import_materialize_export(
     wanted = set(zip(searches["ext_id"], searches["query"], strict=True))
     activity = pipeline.table("user_activity")
     stored = {
-        (ext_id, entry["query"])
+        (ext_id, query)
         for ext_id, texts in zip(activity["ext_id"], activity["searches"], strict=True)
-        for entry in json.loads(texts)
+        for query, _searched_us in json.loads(texts)
     }
     assert stored == wanted

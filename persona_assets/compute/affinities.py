@@ -416,12 +416,15 @@ def create_user_products(con: duckdb.DuckDBPyConnection) -> None:
 
 USER_ACTIVITY_SQL = f"""
     WITH per_user_products AS (
-        SELECT uid, CAST(to_json(list({{'pid': pid, 'visited_us': visited_us, 'purchased_us': purchased_us}}))
-               AS VARCHAR) AS products
+        SELECT uid, '[' || string_agg(
+                   '[' || CAST(to_json(pid) AS VARCHAR) || ',' || COALESCE(CAST(visited_us AS VARCHAR), 'null')
+                   || ',' || COALESCE(CAST(purchased_us AS VARCHAR), 'null') || ']', ',') || ']' AS products
         FROM user_products WHERE uid {IN_RANGE} GROUP BY uid
     ),
     per_user_searches AS (
-        SELECT uid, CAST(to_json(list({{'query': query, 'searched_us': epoch_us(last_at)}})) AS VARCHAR) AS searches
+        SELECT uid, '[' || string_agg(
+                   '[' || CAST(to_json(query) AS VARCHAR) || ',' || CAST(epoch_us(last_at) AS VARCHAR) || ']', ','
+               ) || ']' AS searches
         FROM user_queries WHERE uid {IN_RANGE} GROUP BY uid
     )
     SELECT u.ext_id, COALESCE(p.products, '[]') AS products, COALESCE(s.searches, '[]') AS searches
@@ -431,7 +434,8 @@ USER_ACTIVITY_SQL = f"""
     WHERE u.uid {IN_RANGE}
 """
 """One row per user of a uid range: every product touched (latest visit and purchase) and every distinct
-search text. Needs ``users``, ``user_products`` and ``user_queries``."""
+search text, as JSON arrays of positional entries (the layout is beside ``relational.user_activity``).
+Needs ``users``, ``user_products`` and ``user_queries``."""
 
 USERS_SQL = """
     SELECT DISTINCT ext_id FROM (

@@ -58,7 +58,18 @@ def _activity(engine: Engine, ext_ids: list[str]) -> Activity:
     table = relational.user_activity
     with engine.connect() as conn:
         rows = conn.execute(sa.select(table).where(table.c.ext_id.in_(ext_ids))).all()
-    return {row.ext_id: (json.loads(row.products), json.loads(row.searches)) for row in rows}
+    return {
+        row.ext_id: (_entries(row.products, _PRODUCT_FIELDS), _entries(row.searches, _SEARCH_FIELDS)) for row in rows
+    }
+
+
+_PRODUCT_FIELDS = ("pid", "visited_us", "purchased_us")
+_SEARCH_FIELDS = ("query", "searched_us")
+
+
+def _entries(text: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A ``user_activity`` JSON column as named entries: positional arrays, or objects (rows of older builds)."""
+    return [item if isinstance(item, dict) else dict(zip(fields, item, strict=True)) for item in json.loads(text)]
 
 
 def _product_matcher(engine: Engine, query: SegmentQuery, activity: Activity) -> set[str] | None:

@@ -106,9 +106,10 @@ user_activity = sa.Table(
     "user_activity",
     metadata,
     sa.Column("ext_id", ID, primary_key=True),
-    # [{"pid": str, "visited_us": int | null, "purchased_us": int | null}, ...]
+    # [[pid, visited_us | null, purchased_us | null], ...]: positional, half the bytes of objects with names
+    # (a million users hold ~25 products each). Rows written before were [{"pid": ..., ...}], still read.
     sa.Column("products", LONG_TEXT, nullable=False),
-    # [{"query": str, "searched_us": int}, ...]
+    # [[query, searched_us], ...] (before: [{"query": ..., "searched_us": ...}])
     sa.Column("searches", LONG_TEXT, nullable=False),
     **MYSQL_TABLE_OPTIONS,
 )
