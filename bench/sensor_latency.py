@@ -115,7 +115,7 @@ def main() -> int:
         time.sleep(10)  # let the daemon load the code location and tick the sensor once (nothing flagged)
 
         # One new day of events for the flagged users, published like a raw partition run publishes it.
-        visits = pd.read_csv(data_dir / "visits.csv", dtype=str, nrows=200_000)
+        visits = pd.read_csv(data_dir / "visits.csv", dtype=str, keep_default_na=False, nrows=200_000)
         users = sorted(visits["ext_id"].unique())[: args.flagged]
         extra = visits[visits["ext_id"].isin(users)].drop_duplicates("ext_id").copy()
         day = "2026-11-01"
