@@ -19,7 +19,7 @@ from persona_assets.query import (
     score_persona,
 )
 from persona_assets.stores import embedded_build as eb
-from persona_assets.stores import embedded_index as ei
+from persona_assets.stores import embedded_ranking as er
 from persona_assets.stores.embedded_build import current_build_id, list_builds
 from persona_assets.stores.embedded_index import EmbeddedBackend, open_index
 from persona_assets.stores.persona_stream import persona_batches_from_frames
@@ -171,6 +171,59 @@ def test_large_search_equals_reference(large_index, large_personas, payload):
     assert_matches_reference(large_index, large_personas, parse_segment_request(payload))
 
 
+ALWAYS = {"vector": -1.0, "lookup": float("inf")}
+
+
+@pytest.mark.parametrize("ranking", list(ALWAYS))
+@pytest.mark.parametrize("payload", _random_queries(seed=21, count=60))
+def test_candidates_by_vector_and_by_lookup_each_equal_reference(index, personas, payload, ranking, monkeypatch):
+    # The index picks one way per query (by how many candidates); each must be exact on its own.
+    monkeypatch.setattr(index, "lookup_share", ALWAYS[ranking])
+    assert_matches_reference(index, personas, parse_segment_request(payload))
+
+
+@pytest.mark.parametrize("ranking", list(ALWAYS))
+@pytest.mark.parametrize("payload", _random_queries(seed=22, count=20))
+def test_large_candidates_by_vector_and_by_lookup_each_equal_reference(
+    large_index, large_personas, payload, ranking, monkeypatch
+):
+    monkeypatch.setattr(large_index, "lookup_share", ALWAYS[ranking])
+    payload["from"] = random.Random(str(payload)).choice([0, 0, 40, 2990, 8999])
+    assert_matches_reference(large_index, large_personas, parse_segment_request(payload))
+
+
+@pytest.mark.parametrize("ranking", list(ALWAYS))
+def test_ranking_settles_city_values_whose_scores_round_equal(tmp_path, monkeypatch, ranking):
+    # Adjacent floats as Tier1 values: 0.15·c + 0.35·0 + 0.2 + 0.3 rounds several of them to one score,
+    # so the block tied at the cut spans different city values and must be ordered by ext_id alone.
+    rng = random.Random(4)
+    base = 0.3
+    values = [base]
+    for _ in range(40):
+        values.append(float(np.nextafter(values[-1], 1.0)))
+    personas = {}
+    for i in range(300):
+        personas[f"u{i:04d}"] = {
+            "gender": rng.choice(["men", "women"]),
+            "city": {"Tier1": rng.choice(values)} if i % 5 else {},
+            "brand": {"nike": 0.5} if i % 37 == 0 else {},
+            "generic": {},
+            "category": {},
+            "ecomm": {},
+        }
+    build_index(*to_tables(personas), tmp_path)
+    index = open_index(tmp_path)
+    weights = ScoreWeights()
+    scores = {score_persona(p, SegmentQuery(city_tier="Tier1", brand="nike"), weights)[0] for p in personas.values()}
+    cities = {p["city"].get("Tier1") for p in personas.values()}
+    assert len(scores) < len(cities)  # the collision this test is about really happens
+    monkeypatch.setattr(index, "lookup_share", ALWAYS[ranking])
+    for gender in (None, "men"):
+        for offset, size in [(0, 1), (0, 20), (3, 17), (100, 50), (0, 300)]:
+            query = SegmentQuery(city_tier="Tier1", brand="nike", gender=gender, offset=offset, size=size)
+            assert_matches_reference(index, personas, query, weights)
+
+
 def _distributions(n: int):
     rng = np.random.default_rng(5)
     r = rng.random(n)
@@ -190,7 +243,7 @@ def test_kth_largest(n, k):
     if k > n:
         k = n
     for values in _distributions(n):
-        assert ei._kth_largest(values, k) == np.sort(values)[n - k]
+        assert er.kth_largest(values, k) == np.sort(values)[n - k]
 
 
 def test_ties_break_by_ext_id_in_code_point_order(index, personas):

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from persona_assets.contract.tokens import contains_name, tokenize
 from persona_assets.query.request import SegmentQuery, parse_segment_request
@@ -28,8 +28,9 @@ def fetch_personas(
     """Validate ``payload`` (raises ``InvalidRequest`` naming the field) and answer it."""
     query = parse_segment_request(payload)
     hits = backend.search(query, weights or ScoreWeights.from_env())
-    activity = _activity(engine, [hit.ext_id for hit in hits.hits])
-    matches = _product_matcher(engine, query, activity)
+    with engine.connect() as conn:
+        activity = _activity(conn, [hit.ext_id for hit in hits.hits])
+        matches = _product_matcher(conn, query, activity)
     name_tokens = [tokenize(n) for n in (query.brand, query.generic_name) if n is not None]
     results = []
     for hit in hits.hits:
@@ -51,13 +52,12 @@ def fetch_personas(
 Activity = dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]
 
 
-def _activity(engine: Engine, ext_ids: list[str]) -> Activity:
+def _activity(conn: Connection, ext_ids: list[str]) -> Activity:
     """The ``user_activity`` rows of the page's users, JSON decoded."""
     if not ext_ids:
         return {}
     table = relational.user_activity
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(table).where(table.c.ext_id.in_(ext_ids))).all()
+    rows = conn.execute(sa.select(table).where(table.c.ext_id.in_(ext_ids))).all()
     return {
         row.ext_id: (_entries(row.products, _PRODUCT_FIELDS), _entries(row.searches, _SEARCH_FIELDS)) for row in rows
     }
@@ -72,7 +72,7 @@ def _entries(text: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
     return [item if isinstance(item, dict) else dict(zip(fields, item, strict=True)) for item in json.loads(text)]
 
 
-def _product_matcher(engine: Engine, query: SegmentQuery, activity: Activity) -> set[str] | None:
+def _product_matcher(conn: Connection, query: SegmentQuery, activity: Activity) -> set[str] | None:
     """The page's pids that match every product-level criterion; None when no criterion is given."""
     if not query.has_product_criteria:
         return None
@@ -90,8 +90,7 @@ def _product_matcher(engine: Engine, query: SegmentQuery, activity: Activity) ->
         if abs(category) > relational.INT64_MAX:
             return set()  # no stored id can be that large
         select = select.where(p.c[f"cat_l{query.category_level}"] == category)
-    with engine.connect() as conn:
-        return {row.pid for row in conn.execute(select)}
+    return {row.pid for row in conn.execute(select)}
 
 
 def _recent_pids(products: list[dict[str, Any]], time_key: str, matches: set[str] | None) -> list[str]:

@@ -4,13 +4,12 @@ Builds are written by :mod:`persona_assets.stores.embedded_build` (layout, atomi
 merged for upserts by :mod:`persona_assets.stores.embedded_upsert`; this module reads and ranks them.
 
 Because users are sorted by ``ext_id`` once at build time, a row number orders the same way as the
-``ext_id``; the contract's tie-break (``ext_id`` ascending) is then a sort on row numbers. A query
-computes the score of every persona with numpy (constants for the criteria not given, plus a scatter
-of the postings of the one key asked for in each given dimension), applies the gender mask and selects
-the top ``offset + size`` in linear time, handling ties at the cut exactly (everything above the k-th
-score, then the lowest rows among the ones equal to it). The k-th score is found by a vectorised
-three-way quickselect (:func:`_kth_largest`) because ``np.partition`` degrades on large blocks of equal
-scores, which this data has by nature. There is no per-persona Python loop.
+``ext_id``; the contract's tie-break (``ext_id`` ascending) is then a sort on row numbers. A query never
+sorts every persona: the ones holding a posting of the brand, generic or category asked for are scored
+(looked up one by one when few, accumulated in one vector when many), every other persona's score
+depends on its city value alone, so the best of those are read off an order prepared per tier, and the
+page is the best of both (:mod:`persona_assets.stores.embedded_ranking`). There is no per-persona
+Python loop.
 
 Keys are used as given: brand and generic names trimmed and lower-cased, tiers as ``Tier1``..``Tier3``,
 category ids as the canonical decimal string of the integer (what
@@ -23,7 +22,9 @@ The score is computed in the same order of operations as
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ from persona_assets.stores.embedded_build import (
     current_build_id,
     write_build,
 )
+from persona_assets.stores.embedded_ranking import TierOrder, best_outsiders, in_sorted, top_rows
 from persona_assets.stores.embedded_upsert import merged_with
 from persona_assets.stores.search_backend import (
     DIMENSIONS,
@@ -61,6 +63,10 @@ __all__ = ["EmbeddedBackend", "EmbeddedIndex", "open_index"]
 
 class EmbeddedIndex:
     """One loaded build, fully in memory (the files may be pruned afterwards without harm)."""
+
+    #: Up to this share of the documents in postings of the keys asked for, candidates are looked up one
+    #: by one; above it, scored in one vector over every persona.
+    lookup_share = 1 / 128
 
     def __init__(
         self,
@@ -86,6 +92,11 @@ class EmbeddedIndex:
         ):
             self._slices[dim][key] = (start, end)
         self._gender_rows = {gender: np.flatnonzero(gender_codes == code) for code, gender in enumerate(GENDERS)}
+        self._gender_masks = {gender: gender_codes == code for code, gender in enumerate(GENDERS)}
+        self._tier_orders: dict[str, TierOrder] = {}
+        for tier in self._slices["city"]:
+            self._tier_order(tier)  # ready before the first query (an argsort of every row per tier)
+        self._all_rows = np.arange(len(ext_ids), dtype=np.int64)
 
     @property
     def document_count(self) -> int:
@@ -99,97 +110,137 @@ class EmbeddedIndex:
         """The keys present in one dimension, sorted."""
         return sorted(self._slices[dimension])
 
+    def _postings(self, dimension: str, key: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows ascending, values) of one key; empty when the index has no such key."""
+        start, end = self._slices[dimension].get(key, (0, 0)) if key is not None else (0, 0)
+        return self.rows[start:end], self.values[start:end]
+
     def _component(self, dimension: str, key: str) -> np.ndarray:
         vector = np.zeros(self.document_count, dtype=np.float64)
-        span = self._slices[dimension].get(key)
-        if span is not None:
-            start, end = span
-            vector[self.rows[start:end]] = self.values[start:end]
+        rows, values = self._postings(dimension, key)
+        vector[rows] = values
         return vector
+
+    def _values_at(self, dimension: str, key: str, rows: np.ndarray) -> np.ndarray:
+        """The value of ``key`` for each of ``rows`` (0 where absent), by binary search in its postings."""
+        posting_rows, posting_values = self._postings(dimension, key)
+        if posting_rows.size == 0:
+            return np.zeros(rows.size, dtype=np.float64)
+        at = np.minimum(np.searchsorted(posting_rows, rows), posting_rows.size - 1)
+        return np.where(posting_rows[at] == rows, posting_values[at], 0.0)
+
+    def _tier_order(self, tier: str) -> TierOrder:
+        order = self._tier_orders.get(tier)
+        if order is None:
+            order = self._tier_orders.setdefault(tier, TierOrder.of(self._component("city", tier)))
+        return order
 
     def search(self, query: SegmentQuery, weights: ScoreWeights | None = None) -> SearchHits:
         """Rank the personas passing the gender filter; return the ``[offset, offset+size)`` page."""
         w = weights or ScoreWeights()
-        n = self.document_count
-        c = NO_TIER_C if query.city_tier is None else self._component("city", query.city_tier)
-        b = 1.0 if query.brand is None else self._component("brand", query.brand)
-        g = 1.0 if query.generic_name is None else self._component("generic", query.generic_name)
-        k = 1.0 if query.category_id is None else self._component("category", query.category_id)
-        # Same order of operations as score_persona, so the floats agree bit for bit.
-        score = w.city * c + w.brand * b + w.generic * g + w.category * k
-        if np.ndim(score) == 0:
-            score = np.full(n, float(score), dtype=np.float64)
-
         if query.gender is None:
-            candidates = None
-            scores = score
+            gender_rows = None
+            total = self.document_count
         else:
-            candidates = self._gender_rows.get(query.gender)
-            if candidates is None:
+            gender_rows = self._gender_rows.get(query.gender)
+            if gender_rows is None:
                 raise ValueError(f"unknown gender filter {query.gender!r}")
-            scores = score[candidates]
-        total = int(scores.size)
-
+            total = int(gender_rows.size)
         if query.size <= 0 or query.offset >= total:
             return SearchHits(total=total, hits=[])
         top = min(query.offset + query.size, total)
-        if top == total:
-            chosen = np.arange(total)
-        else:
-            kth = _kth_largest(scores, top)
-            above = np.flatnonzero(scores > kth)
-            # Positions ascend with row number, hence with ext_id: keep the first ties.
-            ties = np.flatnonzero(scores == kth)[: top - above.size]
-            chosen = np.concatenate((above, ties))
-        ordered = chosen[np.lexsort((chosen, -scores[chosen]))]
-        page = ordered[query.offset : query.offset + query.size]
-        rows = page if candidates is None else candidates[page]
+        ranked = self._top(query, w, top)
+        return SearchHits(total=total, hits=self._hits(query, w, ranked[query.offset : query.offset + query.size]))
 
+    def _scores_at(
+        self, query: SegmentQuery, w: ScoreWeights, rows: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, float | np.ndarray]]:
+        """Scores and components of ``rows``, in the order of operations of ``score_persona``."""
+        c = NO_TIER_C if query.city_tier is None else self._values_at("city", query.city_tier, rows)
+        b = 1.0 if query.brand is None else self._values_at("brand", query.brand, rows)
+        g = 1.0 if query.generic_name is None else self._values_at("generic", query.generic_name, rows)
+        k = 1.0 if query.category_id is None else self._values_at("category", query.category_id, rows)
+        score = w.city * c + w.brand * b + w.generic * g + w.category * k
+        return np.broadcast_to(score, rows.shape), {"C": c, "B": b, "G": g, "K": k}
+
+    def _candidates(self, query: SegmentQuery, w: ScoreWeights) -> tuple[np.ndarray, np.ndarray]:
+        """(rows ascending, scores) of the personas passing the gender filter with a posting of a brand,
+        generic or category asked for.
+
+        Few of them: looked up in the postings. Many: every persona's score is accumulated in one vector
+        (postings scattered onto the terms before them, in the formula's order, so the floats are those of
+        ``score_persona``: a persona without the key adds ``w·0.0``, which changes nothing).
+        """
+        asked = {"brand": query.brand, "generic": query.generic_name, "category": query.category_id}
+        postings = {dim: self._postings(dim, key) for dim, key in asked.items() if key is not None}
+        count = sum(rows.size for rows, _ in postings.values())
+        if not postings or count <= self.lookup_share * self.document_count:
+            candidates = np.unique(np.concatenate([rows for rows, _ in postings.values()] or [np.empty(0, np.int32)]))
+            if query.gender is not None:
+                candidates = candidates[self._gender_masks[query.gender][candidates]]
+            return candidates, self._scores_at(query, w, candidates)[0]
+        # A new array when a tier is asked for (the tier's vector stays as it is).
+        score: float | np.ndarray = w.city * (
+            NO_TIER_C if query.city_tier is None else self._tier_order(query.city_tier).dense
+        )
+        member = np.zeros(self.document_count, dtype=bool)
+        for dimension, weight in (("brand", w.brand), ("generic", w.generic), ("category", w.category)):
+            if dimension not in postings:
+                score = score + weight * 1.0 if np.ndim(score) == 0 else np.add(score, weight * 1.0, out=score)
+                continue
+            if np.ndim(score) == 0:
+                score = np.full(self.document_count, score, dtype=np.float64)
+            rows, values = postings[dimension]
+            score[rows] += weight * values
+            member[rows] = True
+        if query.gender is not None:
+            np.logical_and(member, self._gender_masks[query.gender], out=member)
+        candidates = np.flatnonzero(member)
+        return candidates, score[candidates]
+
+    def _top(self, query: SegmentQuery, w: ScoreWeights, top: int) -> np.ndarray:
+        """The best ``top`` rows: the best candidates and outsiders (see ``embedded_ranking``)."""
+        candidates, candidate_scores = self._candidates(query, w)
+        gender_mask = None if query.gender is None else self._gender_masks[query.gender]
+
+        def accept(rows: np.ndarray) -> np.ndarray:
+            outside = ~in_sorted(rows, candidates)
+            return outside if gender_mask is None else outside & gender_mask[rows]
+
+        if query.city_tier is None:
+            order = self._all_rows if query.gender is None else self._gender_rows[query.gender]
+            outsiders = best_outsiders(order, accept, top)
+        else:
+            # An outsider's score from its city value: 0 in every other dimension asked for, 1 in the rest.
+            b, g, k = (1.0 if key is None else 0.0 for key in (query.brand, query.generic_name, query.category_id))
+
+            def score_of_value(c: float) -> float:
+                return w.city * c + w.brand * b + w.generic * g + w.category * k
+
+            tier = self._tier_order(query.city_tier)
+            outsiders = best_outsiders(tier.rows, accept, top, tier, score_of_value)
+        outsider_scores, _ = self._scores_at(query, w, outsiders)
+        return top_rows(
+            np.concatenate((candidates, outsiders)).astype(np.int64),
+            np.concatenate((candidate_scores, outsider_scores)),
+            top,
+        )
+
+    def _hits(self, query: SegmentQuery, w: ScoreWeights, rows: np.ndarray) -> list[Hit]:
+        scores, parts = self._scores_at(query, w, rows)
         ext_ids = self.ext_ids.take(pa.array(rows, type=pa.int64())).to_pylist()
-        parts = {"C": c, "B": b, "G": g, "K": k}
         hits = []
-        for ext_id, row in zip(ext_ids, rows.tolist(), strict=True):
-            components = {name: float(part) if np.ndim(part) == 0 else float(part[row]) for name, part in parts.items()}
+        for i, (ext_id, row) in enumerate(zip(ext_ids, rows.tolist(), strict=True)):
+            components = {name: float(part) if np.ndim(part) == 0 else float(part[i]) for name, part in parts.items()}
             hits.append(
                 Hit(
                     ext_id=ext_id,
-                    score=float(score[row]),
+                    score=float(scores[i]),
                     components=components,
                     gender=GENDERS[int(self.gender_codes[row])],
                 )
             )
-        return SearchHits(total=total, hits=hits)
-
-
-def _kth_largest(values: np.ndarray, k: int) -> float:
-    """The k-th largest value (1-based), robust to large blocks of equal values.
-
-    ``np.partition`` slows down by an order of magnitude when a large block of equal
-    scores sits at one end (common here: most personas share the base score, or a
-    large share have ``city[tier] == 1``). This is a quickselect with a three-way
-    split (above / equal / below the pivot), vectorised with numpy, so a block of
-    equal values is settled in one step. The pivot is read from a strided sample at
-    the rank expected to leave a little more than ``k`` values above it.
-    """
-    current = values
-    for _ in range(32):
-        n = current.size
-        if n <= 4096:
-            break
-        sample = np.sort(current[:: max(1, n // 1024)])
-        rank = min(sample.size - 1, int(sample.size * 1.5 * k / n) + 2)  # from the top
-        pivot = sample[sample.size - 1 - rank]
-        above = current > pivot
-        n_above = int(np.count_nonzero(above))
-        if n_above >= k:
-            current = current[above]
-            continue
-        n_equal = int(np.count_nonzero(current == pivot))
-        if n_above + n_equal >= k:
-            return float(pivot)
-        k -= n_above + n_equal
-        current = current[current < pivot]
-    return float(np.partition(current, current.size - k)[current.size - k])
+        return hits
 
 
 def _load_build(index_dir: Path, build_id: str) -> EmbeddedIndex:
@@ -230,6 +281,22 @@ def _load_build(index_dir: Path, build_id: str) -> EmbeddedIndex:
 
 _CACHE: dict[Path, EmbeddedIndex] = {}
 _CACHE_LOCK = threading.Lock()
+# The pointer file's (inode, mtime) when the cached build was last confirmed: a publish replaces the file
+# (a rename), so a query costs one stat() rather than reading and parsing the pointer.
+_CONFIRMED: dict[Path, tuple[int, int]] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _canonical(index_dir: str) -> Path:
+    return Path(index_dir).resolve()
+
+
+def _pointer_stamp(index_dir: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(index_dir / POINTER_NAME)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def open_index(index_dir: Path) -> EmbeddedIndex:
@@ -237,7 +304,11 @@ def open_index(index_dir: Path) -> EmbeddedIndex:
 
     Raises :class:`IndexNotBuiltError` when no build has been published.
     """
-    index_dir = Path(index_dir).resolve()
+    index_dir = _canonical(str(index_dir))
+    stamp = _pointer_stamp(index_dir)
+    cached = _CACHE.get(index_dir)
+    if cached is not None and stamp is not None and _CONFIRMED.get(index_dir) == stamp:
+        return cached
     for _attempt in range(3):
         build_id = current_build_id(index_dir)
         if build_id is None:
@@ -247,6 +318,7 @@ def open_index(index_dir: Path) -> EmbeddedIndex:
             )
         cached = _CACHE.get(index_dir)
         if cached is not None and cached.build_id == build_id:
+            _CONFIRMED[index_dir] = stamp  # type: ignore[assignment]
             return cached
         with _CACHE_LOCK:
             cached = _CACHE.get(index_dir)
@@ -257,6 +329,7 @@ def open_index(index_dir: Path) -> EmbeddedIndex:
             except FileNotFoundError:
                 # Pruned between reading the pointer and loading: read the pointer again.
                 if current_build_id(index_dir) != build_id:
+                    stamp = _pointer_stamp(index_dir)
                     continue
                 raise IndexNotBuiltError(
                     f"embedded index pointer in {index_dir} names build {build_id}, "

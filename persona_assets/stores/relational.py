@@ -153,8 +153,13 @@ INT64_MAX = 2**63 - 1
 
 
 def create_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL so readers are not blocked by a rebuild."""
-    engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+    """An engine for ``url``; SQLite gets WAL so readers are not blocked by a rebuild.
+
+    Server connections are pinged when taken from the pool (a server may have dropped them); a SQLite
+    file cannot, so its connections are not (a query takes two).
+    """
+    pre_ping = sa.engine.make_url(url).get_backend_name() != "sqlite"
+    engine = sa.create_engine(url, future=True, pool_pre_ping=pre_ping)
     if engine.dialect.name == "sqlite":
         if engine.url.database and engine.url.database != ":memory:":
             Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
