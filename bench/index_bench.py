@@ -72,7 +72,7 @@ def _backend(kind: str, url: str, alias: str, index_dir: Path):
 
         return OpenSearchBackend(url, alias=alias)
     try:
-        from persona_assets.stores.embedded_index import EmbeddedBackend
+        from persona_assets.stores.embedded_backend import EmbeddedBackend
     except ImportError:  # the baseline commit kept it beside the protocol
         from persona_assets.stores.search_backend import EmbeddedBackend
     return EmbeddedBackend(index_dir)

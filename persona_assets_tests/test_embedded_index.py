@@ -18,10 +18,12 @@ from persona_assets.query import (
     parse_segment_request,
     score_persona,
 )
+from persona_assets.stores import embedded_backend
 from persona_assets.stores import embedded_build as eb
 from persona_assets.stores import embedded_ranking as er
+from persona_assets.stores.embedded_backend import EmbeddedBackend, open_index
 from persona_assets.stores.embedded_build import current_build_id, list_builds
-from persona_assets.stores.embedded_index import EmbeddedBackend, open_index
+from persona_assets.stores.embedded_index import EmbeddedIndex
 from persona_assets.stores.persona_stream import persona_batches_from_frames
 from persona_assets.stores.search_backend import IndexNotBuiltError
 
@@ -178,7 +180,7 @@ ALWAYS = {"vector": -1.0, "lookup": float("inf")}
 @pytest.mark.parametrize("payload", _random_queries(seed=21, count=60))
 def test_candidates_by_vector_and_by_lookup_each_equal_reference(index, personas, payload, ranking, monkeypatch):
     # The index picks one way per query (by how many candidates); each must be exact on its own.
-    monkeypatch.setattr(index, "lookup_share", ALWAYS[ranking])
+    monkeypatch.setattr(EmbeddedIndex, "lookup_share", ALWAYS[ranking])
     assert_matches_reference(index, personas, parse_segment_request(payload))
 
 
@@ -187,7 +189,7 @@ def test_candidates_by_vector_and_by_lookup_each_equal_reference(index, personas
 def test_large_candidates_by_vector_and_by_lookup_each_equal_reference(
     large_index, large_personas, payload, ranking, monkeypatch
 ):
-    monkeypatch.setattr(large_index, "lookup_share", ALWAYS[ranking])
+    monkeypatch.setattr(EmbeddedIndex, "lookup_share", ALWAYS[ranking])
     payload["from"] = random.Random(str(payload)).choice([0, 0, 40, 2990, 8999])
     assert_matches_reference(large_index, large_personas, parse_segment_request(payload))
 
@@ -217,7 +219,7 @@ def test_ranking_settles_city_values_whose_scores_round_equal(tmp_path, monkeypa
     scores = {score_persona(p, SegmentQuery(city_tier="Tier1", brand="nike"), weights)[0] for p in personas.values()}
     cities = {p["city"].get("Tier1") for p in personas.values()}
     assert len(scores) < len(cities)  # the collision this test is about really happens
-    monkeypatch.setattr(index, "lookup_share", ALWAYS[ranking])
+    monkeypatch.setattr(EmbeddedIndex, "lookup_share", ALWAYS[ranking])
     for gender in (None, "men"):
         for offset, size in [(0, 1), (0, 20), (3, 17), (100, 50), (0, 300)]:
             query = SegmentQuery(city_tier="Tier1", brand="nike", gender=gender, offset=offset, size=size)
@@ -488,7 +490,9 @@ def test_a_stream_of_many_batches_builds_the_same_index(personas, index, tmp_pat
     assert _answers(open_index(tmp_path), _UPSERT_QUERIES) == _answers(index, _UPSERT_QUERIES)
 
 
-def test_upsert_equals_a_rebuild_of_the_result(personas, tmp_path):
+@pytest.mark.parametrize("delta_share", [0.0, 1.0], ids=["merged-into-a-new-base", "delta"])
+def test_upsert_equals_a_rebuild_of_the_result(personas, tmp_path, monkeypatch, delta_share):
+    monkeypatch.setattr(EmbeddedBackend, "delta_share", delta_share)
     backend = EmbeddedBackend(tmp_path / "upserted")
     backend.publish(persona_batches_from_frames(*to_tables(personas), rows_per_batch=50))
     rng = random.Random(4)
@@ -525,16 +529,57 @@ def test_upsert_equals_a_rebuild_of_the_result(personas, tmp_path):
     assert report.document_count == len(expected)
     build_index(*to_tables(expected), tmp_path / "rebuilt")
     rebuilt, upserted = open_index(tmp_path / "rebuilt"), open_index(tmp_path / "upserted")
-    # The same layout, array for array, as a build of the result from scratch.
-    assert upserted.ext_ids.equals(rebuilt.ext_ids)
-    assert np.array_equal(upserted.gender_codes, rebuilt.gender_codes)
-    assert np.array_equal(upserted.rows, rebuilt.rows) and np.array_equal(upserted.values, rebuilt.values)
-    for field in ("dimension", "key", "start", "end"):
-        assert np.array_equal(getattr(upserted.key_slices, field), getattr(rebuilt.key_slices, field)), field
+    assert upserted.document_count == len(expected)
+    if delta_share == 0.0:
+        # Merged: the same layout, array for array, as a build of the result from scratch.
+        assert upserted.delta is None
+        merged, fresh = upserted.base, rebuilt.base
+        assert merged.ext_ids.equals(fresh.ext_ids)
+        assert np.array_equal(merged.gender_codes, fresh.gender_codes)
+        assert np.array_equal(merged.rows, fresh.rows) and np.array_equal(merged.values, fresh.values)
+        for field in ("dimension", "key", "start", "end"):
+            assert np.array_equal(getattr(merged.key_slices, field), getattr(fresh.key_slices, field)), field
+    else:
+        assert upserted.delta is not None and upserted.delta.document_count == len(changed | added)
     assert "brand new" in upserted.keys("brand") and "70" in upserted.keys("category")
     assert _answers(upserted, _UPSERT_QUERIES) == _answers(rebuilt, _UPSERT_QUERIES)
     for query in _UPSERT_QUERIES[:10]:
         assert_matches_reference(upserted, expected, query)
+
+
+def test_upserts_in_a_row_stay_exact_and_leave_the_base_alone(personas, tmp_path, monkeypatch):
+    """Deltas over deltas (users changed twice, removed then back, added), then one merged into a new base:
+    after each, every answer equals the reference over what the index should hold."""
+    monkeypatch.setattr(EmbeddedBackend, "delta_share", 0.5)  # three deltas of ~20 users over 400 stay deltas
+    backend = EmbeddedBackend(tmp_path)
+    backend.publish(persona_batches_from_frames(*to_tables(personas)))
+    base_id = current_build_id(tmp_path)
+    first_view = open_index(tmp_path)
+    read = []
+    real_read_build = embedded_backend.read_build
+    monkeypatch.setattr(embedded_backend, "read_build", lambda d, b: read.append(b) or real_read_build(d, b))
+    rng = random.Random(8)
+    names = sorted(personas)
+    expected = dict(personas)
+    for step in range(4):
+        changed = {n: next(iter(random_personas(seed=100 + step * 50 + i, n=1).values())) for i, n in
+                   enumerate(rng.sample(names[:60], 12))}  # fmt: skip
+        added = {f"add-{step}-{i}": p for i, p in enumerate(random_personas(seed=500 + step, n=4).values())}
+        removed = rng.sample(sorted(set(expected) - set(changed)), 5)
+        if step == 3:
+            monkeypatch.setattr(EmbeddedBackend, "delta_share", 0.0)  # this one is merged into a new base
+        report = backend.upsert(persona_batches_from_frames(*to_tables(changed | added)), removed)
+        expected = {k: v for k, v in expected.items() if k not in removed} | changed | added
+        assert report.document_count == len(expected)
+        view = open_index(tmp_path)
+        if step < 3:
+            assert base_id not in read  # a delta never reads its base's postings
+            assert view.base is first_view.base  # and a reader keeps the base it has loaded
+        else:
+            assert view.delta is None and view.build_id != base_id
+        for query in _UPSERT_QUERIES[:20]:
+            assert_matches_reference(view, expected, query)
+        assert view.document_count == len(expected)
 
 
 def test_upsert_with_nothing_new_only_removes(personas, tmp_path):

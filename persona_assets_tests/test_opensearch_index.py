@@ -23,7 +23,7 @@ from conftest import production_services
 from opensearchpy import OpenSearch
 
 from persona_assets.query import ScoreWeights, SegmentQuery, score_persona
-from persona_assets.stores.embedded_index import EmbeddedBackend
+from persona_assets.stores.embedded_backend import EmbeddedBackend
 from persona_assets.stores.opensearch_documents import LO_FROM, encode_batch, escape_key, index_mapping, unescape_key
 from persona_assets.stores.opensearch_index import OpenSearchBackend
 from persona_assets.stores.persona_stream import checked_batches, persona_batches_from_frames

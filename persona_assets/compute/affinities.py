@@ -25,13 +25,14 @@ MAP_DIMENSIONS = ("brand", "generic", "category", "city", "ecomm")
 def register_events(con: duckdb.DuckDBPyConnection, store: EventStore, only_users: list[str] | None = None) -> None:
     """Views ``visits``, ``checkouts``, ``searches`` over every published day (empty when none).
 
-    With ``only_users``, the views hold just those users' events (a refresh of a few users).
+    With ``only_users``, they are tables of just those users' events (a refresh of a few users): every
+    day is read once, here, rather than by each step that reads events.
     """
-    scope = ""
+    scope, relation = "", "VIEW"
     if only_users is not None:
         con.register("only_users_arrow", pa.table({"ext_id": pa.array(only_users, pa.string())}))
         con.execute("CREATE OR REPLACE TABLE only_users AS SELECT DISTINCT ext_id FROM only_users_arrow")
-        scope = " WHERE ext_id IN (SELECT ext_id FROM only_users)"
+        scope, relation = " WHERE ext_id IN (SELECT ext_id FROM only_users)", "TEMP TABLE"
     for kind in EVENT_KINDS.values():
         pattern = store.published_glob(kind.name)
         if pattern is None:
@@ -39,7 +40,7 @@ def register_events(con: duckdb.DuckDBPyConnection, store: EventStore, only_user
             source = f"{kind.name}_empty"
         else:
             source = f"read_parquet('{pattern}')"
-        con.execute(f"CREATE OR REPLACE VIEW {kind.name} AS SELECT * FROM {source}{scope}")
+        con.execute(f"CREATE OR REPLACE {relation} {kind.name} AS SELECT * FROM {source}{scope}")
 
 
 def register_reference(

@@ -21,7 +21,7 @@ def search_backend(
     """OpenSearch behind ``alias`` when ``opensearch_url`` is given, else the embedded index in ``index_dir``."""
     if opensearch_url:
         return _opensearch_backend(opensearch_url, alias)
-    from persona_assets.stores.embedded_index import EmbeddedBackend
+    from persona_assets.stores.embedded_backend import EmbeddedBackend
 
     return EmbeddedBackend(index_dir)
 

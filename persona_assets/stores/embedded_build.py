@@ -8,6 +8,12 @@ Layout under ``index_dir``::
         users.parquet            ext_id, gender; sorted by ext_id (code-point order)
         postings.parquet         row (int32), value (float64); grouped by (dimension, key), rows ascending
         keys.parquet             dimension, key, start, end: the slice of postings holding that key
+        masked.parquet           a delta build only: ext_id of every persona of its base it replaces or removes
+
+A *delta* build (an upsert's; its manifest names its ``base``) holds only the personas upserted since
+that base was built, and lists the base's personas it masks; a reader answers from both. Upserts
+therefore cost what changed, not the size of the index, until the delta grows large enough to be
+merged into a new base (:mod:`persona_assets.stores.embedded_backend`).
 
 A build is written into ``builds/.tmp-<build_id>``, renamed into place when complete, and only then
 published by replacing ``CURRENT``; readers therefore see the old build or the new one, never a
@@ -48,17 +54,21 @@ from persona_assets.stores.search_backend import DIMENSIONS, PersonaBatches
 __all__ = [
     "BUILDS_DIR",
     "FORMAT_VERSION",
+    "MASKED_FILE",
     "POINTER_NAME",
+    "BuildArrays",
     "IndexBuild",
     "KeySlices",
     "build_index",
     "current_build_id",
     "list_builds",
+    "read_manifest",
     "write_build",
 ]
 
 FORMAT_VERSION = 1
 POINTER_NAME = "CURRENT"
+MASKED_FILE = "masked.parquet"
 BUILDS_DIR = "builds"
 _TMP_PREFIX = ".tmp-"
 _STALE_TMP_SECONDS = 24 * 3600
@@ -74,6 +84,21 @@ class IndexBuild:
     path: Path
     document_count: int
     posting_count: int
+
+
+@dataclass(frozen=True)
+class BuildArrays:
+    """A build as read back: users in row order, postings grouped by key, and for a delta its base."""
+
+    build_id: str
+    path: Path
+    ext_ids: pa.Array
+    gender_codes: np.ndarray  # int8 index into GENDERS
+    rows: np.ndarray  # int32
+    values: np.ndarray  # float64
+    key_slices: KeySlices
+    base: str | None = None
+    masked: pa.Array | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +241,15 @@ def _new_build(index_dir: Path, keep_builds: int) -> Iterator[tuple[str, Path]]:
     _prune_builds(Path(index_dir), keep_builds)
 
 
-def _write_rest(path: Path, build_id: str, users: int, rows: np.ndarray, values: np.ndarray, slices: KeySlices) -> None:
+def _write_rest(
+    path: Path,
+    build_id: str,
+    users: int,
+    rows: np.ndarray,
+    values: np.ndarray,
+    slices: KeySlices,
+    base: str | None = None,
+) -> None:
     pq.write_table(
         pa.table({"row": pa.array(rows, type=pa.int32()), "value": pa.array(values, type=pa.float64())}),
         path / "postings.parquet",
@@ -229,6 +262,7 @@ def _write_rest(path: Path, build_id: str, users: int, rows: np.ndarray, values:
         "document_count": users,
         "posting_count": int(rows.size),
         "key_count": len(slices.key),
+        **({"base": base} if base is not None else {}),
     }
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
@@ -265,12 +299,21 @@ def write_build(
     slices: KeySlices,
     *,
     keep_builds: int = 2,
+    delta_of: tuple[str, pa.Array] | None = None,
 ) -> IndexBuild:
-    """Publish a build whose arrays are already laid out (an upsert's merge of the live build)."""
+    """Publish a build whose arrays are already laid out (an upsert's merge). ``delta_of`` = (base build id,
+    ext_ids of the base it masks) makes it a delta build over that base."""
     with _new_build(index_dir, keep_builds) as (build_id, path):
         pq.write_table(users.select(["ext_id", "gender"]).cast(_USERS_SCHEMA), path / "users.parquet")
-        _write_rest(path, build_id, users.num_rows, rows, values, slices)
+        if delta_of is not None:
+            pq.write_table(pa.table({"ext_id": pa.array(delta_of[1], pa.string())}), path / MASKED_FILE)
+        _write_rest(path, build_id, users.num_rows, rows, values, slices, None if delta_of is None else delta_of[0])
     return IndexBuild(build_id, Path(index_dir) / BUILDS_DIR / build_id, users.num_rows, int(rows.size))
+
+
+def read_manifest(index_dir: Path, build_id: str) -> dict:
+    """A complete build's manifest (``FileNotFoundError`` when the build is gone)."""
+    return json.loads((Path(index_dir) / BUILDS_DIR / build_id / "manifest.json").read_text(encoding="utf-8"))
 
 
 def _switch_pointer(index_dir: Path, build_id: str) -> None:
@@ -308,6 +351,13 @@ def _prune_builds(index_dir: Path, keep_builds: int) -> None:
     keep = set(builds[-keep_builds:])
     if current is not None:
         keep.add(current)
+    for build_id in list(keep):  # a delta needs its base
+        try:
+            base = read_manifest(index_dir, build_id).get("base")
+        except (FileNotFoundError, ValueError):
+            continue
+        if base is not None:
+            keep.add(base)
     builds_dir = Path(index_dir) / BUILDS_DIR
     for build_id in builds:
         if build_id not in keep:

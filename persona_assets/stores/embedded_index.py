@@ -11,6 +11,10 @@ depends on its city value alone, so the best of those are read off an order prep
 page is the best of both (:mod:`persona_assets.stores.embedded_ranking`). There is no per-persona
 Python loop.
 
+A published delta build (see :mod:`persona_assets.stores.embedded_build`) is read as an
+:class:`IndexView`: its base with the masked personas filtered out, plus the delta's own personas, the
+two rankings merged. A process keeps the base it has loaded while deltas over it come and go.
+
 Keys are used as given: brand and generic names trimmed and lower-cased, tiers as ``Tier1``..``Tier3``,
 category ids as the canonical decimal string of the integer (what
 :class:`~persona_assets.query.request.SegmentQuery` carries).
@@ -21,13 +25,6 @@ The score is computed in the same order of operations as
 
 from __future__ import annotations
 
-import fcntl
-import functools
-import json
-import os
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,25 +37,15 @@ from persona_assets.query.scoring import NO_TIER_C, ScoreWeights
 from persona_assets.stores.embedded_build import (
     BUILDS_DIR,
     FORMAT_VERSION,
-    POINTER_NAME,
+    MASKED_FILE,
+    BuildArrays,
     KeySlices,
-    build_index,
-    current_build_id,
-    write_build,
+    read_manifest,
 )
 from persona_assets.stores.embedded_ranking import TierOrder, best_outsiders, in_sorted, top_rows
-from persona_assets.stores.embedded_upsert import merged_with
-from persona_assets.stores.search_backend import (
-    DIMENSIONS,
-    GENDERS,
-    Hit,
-    IndexNotBuiltError,
-    PersonaBatches,
-    PublishReport,
-    SearchHits,
-)
+from persona_assets.stores.search_backend import DIMENSIONS, GENDERS, Hit, SearchHits
 
-__all__ = ["EmbeddedBackend", "EmbeddedIndex", "open_index"]
+__all__ = ["EmbeddedIndex", "IndexView", "read_build"]
 
 
 class EmbeddedIndex:
@@ -68,24 +55,15 @@ class EmbeddedIndex:
     #: by one; above it, scored in one vector over every persona.
     lookup_share = 1 / 128
 
-    def __init__(
-        self,
-        *,
-        build_id: str,
-        path: Path,
-        ext_ids: pa.Array,
-        gender_codes: np.ndarray,
-        rows: np.ndarray,
-        values: np.ndarray,
-        key_slices: KeySlices,
-    ) -> None:
-        self.build_id = build_id
-        self.path = path
-        self.ext_ids = ext_ids
-        self.gender_codes = gender_codes
-        self.rows = rows
-        self.values = values
-        self.key_slices = key_slices
+    def __init__(self, build: BuildArrays) -> None:
+        self.build_id = build.build_id
+        self.path = build.path
+        self.ext_ids = build.ext_ids
+        self.gender_codes = build.gender_codes
+        self.rows = build.rows
+        self.values = build.values
+        self.key_slices = key_slices = build.key_slices
+        gender_codes = build.gender_codes
         self._slices: dict[str, dict[str, tuple[int, int]]] = {dim: {} for dim in DIMENSIONS}
         for dim, key, start, end in zip(
             key_slices.dimension, key_slices.key, key_slices.start.tolist(), key_slices.end.tolist(), strict=True
@@ -96,7 +74,7 @@ class EmbeddedIndex:
         self._tier_orders: dict[str, TierOrder] = {}
         for tier in self._slices["city"]:
             self._tier_order(tier)  # ready before the first query (an argsort of every row per tier)
-        self._all_rows = np.arange(len(ext_ids), dtype=np.int64)
+        self._all_rows = np.arange(len(build.ext_ids), dtype=np.int64)
 
     @property
     def document_count(self) -> int:
@@ -135,24 +113,41 @@ class EmbeddedIndex:
             order = self._tier_orders.setdefault(tier, TierOrder.of(self._component("city", tier)))
         return order
 
-    def search(self, query: SegmentQuery, weights: ScoreWeights | None = None) -> SearchHits:
-        """Rank the personas passing the gender filter; return the ``[offset, offset+size)`` page."""
-        w = weights or ScoreWeights()
-        if query.gender is None:
-            gender_rows = None
-            total = self.document_count
-        else:
-            gender_rows = self._gender_rows.get(query.gender)
-            if gender_rows is None:
-                raise ValueError(f"unknown gender filter {query.gender!r}")
-            total = int(gender_rows.size)
-        if query.size <= 0 or query.offset >= total:
-            return SearchHits(total=total, hits=[])
-        top = min(query.offset + query.size, total)
-        ranked = self._top(query, w, top)
-        return SearchHits(total=total, hits=self._hits(query, w, ranked[query.offset : query.offset + query.size]))
+    def gender_mask(self, gender: str) -> np.ndarray:
+        mask = self._gender_masks.get(gender)
+        if mask is None:
+            raise ValueError(f"unknown gender filter {gender!r}")
+        return mask
 
-    def _scores_at(
+    def ranked(self, query: SegmentQuery, w: ScoreWeights, top: int, passing: np.ndarray | None) -> np.ndarray:
+        """The best ``top`` rows of this build in contract order, among the rows ``passing`` (a mask:
+        the gender filter, and for a delta's base the personas not masked; None = every row)."""
+        candidates, candidate_scores = self._candidates(query, w, passing)
+
+        def accept(rows: np.ndarray) -> np.ndarray:
+            outside = ~in_sorted(rows, candidates)
+            return outside if passing is None else outside & passing[rows]
+
+        if query.city_tier is None:
+            order = self._all_rows if query.gender is None else self._gender_rows[query.gender]
+            outsiders = best_outsiders(order, accept, top)
+        else:
+            # An outsider's score from its city value: 0 in every other dimension asked for, 1 in the rest.
+            b, g, k = (1.0 if key is None else 0.0 for key in (query.brand, query.generic_name, query.category_id))
+
+            def score_of_value(c: float) -> float:
+                return w.city * c + w.brand * b + w.generic * g + w.category * k
+
+            tier = self._tier_order(query.city_tier)
+            outsiders = best_outsiders(tier.rows, accept, top, tier, score_of_value)
+        outsider_scores, _ = self.scores_at(query, w, outsiders)
+        return top_rows(
+            np.concatenate((candidates, outsiders)).astype(np.int64),
+            np.concatenate((candidate_scores, outsider_scores)),
+            top,
+        )
+
+    def scores_at(
         self, query: SegmentQuery, w: ScoreWeights, rows: np.ndarray
     ) -> tuple[np.ndarray, dict[str, float | np.ndarray]]:
         """Scores and components of ``rows``, in the order of operations of ``score_persona``."""
@@ -163,9 +158,11 @@ class EmbeddedIndex:
         score = w.city * c + w.brand * b + w.generic * g + w.category * k
         return np.broadcast_to(score, rows.shape), {"C": c, "B": b, "G": g, "K": k}
 
-    def _candidates(self, query: SegmentQuery, w: ScoreWeights) -> tuple[np.ndarray, np.ndarray]:
-        """(rows ascending, scores) of the personas passing the gender filter with a posting of a brand,
-        generic or category asked for.
+    def _candidates(
+        self, query: SegmentQuery, w: ScoreWeights, passing: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows ascending, scores) of the ``passing`` personas with a posting of a brand, generic or
+        category asked for.
 
         Few of them: looked up in the postings. Many: every persona's score is accumulated in one vector
         (postings scattered onto the terms before them, in the formula's order, so the floats are those of
@@ -176,9 +173,9 @@ class EmbeddedIndex:
         count = sum(rows.size for rows, _ in postings.values())
         if not postings or count <= self.lookup_share * self.document_count:
             candidates = np.unique(np.concatenate([rows for rows, _ in postings.values()] or [np.empty(0, np.int32)]))
-            if query.gender is not None:
-                candidates = candidates[self._gender_masks[query.gender][candidates]]
-            return candidates, self._scores_at(query, w, candidates)[0]
+            if passing is not None:
+                candidates = candidates[passing[candidates]]
+            return candidates, self.scores_at(query, w, candidates)[0]
         # A new array when a tier is asked for (the tier's vector stays as it is).
         score: float | np.ndarray = w.city * (
             NO_TIER_C if query.city_tier is None else self._tier_order(query.city_tier).dense
@@ -193,41 +190,13 @@ class EmbeddedIndex:
             rows, values = postings[dimension]
             score[rows] += weight * values
             member[rows] = True
-        if query.gender is not None:
-            np.logical_and(member, self._gender_masks[query.gender], out=member)
+        if passing is not None:
+            np.logical_and(member, passing, out=member)
         candidates = np.flatnonzero(member)
         return candidates, score[candidates]
 
-    def _top(self, query: SegmentQuery, w: ScoreWeights, top: int) -> np.ndarray:
-        """The best ``top`` rows: the best candidates and outsiders (see ``embedded_ranking``)."""
-        candidates, candidate_scores = self._candidates(query, w)
-        gender_mask = None if query.gender is None else self._gender_masks[query.gender]
-
-        def accept(rows: np.ndarray) -> np.ndarray:
-            outside = ~in_sorted(rows, candidates)
-            return outside if gender_mask is None else outside & gender_mask[rows]
-
-        if query.city_tier is None:
-            order = self._all_rows if query.gender is None else self._gender_rows[query.gender]
-            outsiders = best_outsiders(order, accept, top)
-        else:
-            # An outsider's score from its city value: 0 in every other dimension asked for, 1 in the rest.
-            b, g, k = (1.0 if key is None else 0.0 for key in (query.brand, query.generic_name, query.category_id))
-
-            def score_of_value(c: float) -> float:
-                return w.city * c + w.brand * b + w.generic * g + w.category * k
-
-            tier = self._tier_order(query.city_tier)
-            outsiders = best_outsiders(tier.rows, accept, top, tier, score_of_value)
-        outsider_scores, _ = self._scores_at(query, w, outsiders)
-        return top_rows(
-            np.concatenate((candidates, outsiders)).astype(np.int64),
-            np.concatenate((candidate_scores, outsider_scores)),
-            top,
-        )
-
-    def _hits(self, query: SegmentQuery, w: ScoreWeights, rows: np.ndarray) -> list[Hit]:
-        scores, parts = self._scores_at(query, w, rows)
+    def hits(self, query: SegmentQuery, w: ScoreWeights, rows: np.ndarray) -> list[Hit]:
+        scores, parts = self.scores_at(query, w, rows)
         ext_ids = self.ext_ids.take(pa.array(rows, type=pa.int64())).to_pylist()
         hits = []
         for i, (ext_id, row) in enumerate(zip(ext_ids, rows.tolist(), strict=True)):
@@ -243,9 +212,78 @@ class EmbeddedIndex:
         return hits
 
 
-def _load_build(index_dir: Path, build_id: str) -> EmbeddedIndex:
-    path = index_dir / BUILDS_DIR / build_id
-    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+class IndexView:
+    """What a query reads: one build, or a delta build over its base (the base's masked personas left out)."""
+
+    def __init__(self, base: EmbeddedIndex, delta: EmbeddedIndex | None = None, masked: pa.Array | None = None):
+        self.base = base
+        self.delta = delta
+        self.build_id = base.build_id if delta is None else delta.build_id
+        self._alive: np.ndarray | None = None
+        if delta is not None and masked is not None and len(masked):
+            self._alive = ~pc.is_in(base.ext_ids, value_set=masked).to_numpy(zero_copy_only=False)
+        self._passing: dict[str | None, tuple[np.ndarray | None, int]] = {}
+        for gender in (None, *GENDERS):
+            mask = None if gender is None else base.gender_mask(gender)
+            if self._alive is not None:
+                mask = self._alive if mask is None else mask & self._alive
+            count = base.document_count if mask is None else int(np.count_nonzero(mask))
+            self._passing[gender] = (mask, count)
+
+    @property
+    def document_count(self) -> int:
+        return self._passing[None][1] + (0 if self.delta is None else self.delta.document_count)
+
+    @property
+    def posting_count(self) -> int:
+        return self.base.posting_count + (0 if self.delta is None else self.delta.posting_count)
+
+    def keys(self, dimension: str) -> list[str]:
+        """The keys present in one dimension, sorted (the base's and the delta's)."""
+        return sorted(set(self.base.keys(dimension)) | set(() if self.delta is None else self.delta.keys(dimension)))
+
+    def _parts(self, gender: str | None) -> list[tuple[EmbeddedIndex, np.ndarray | None, int]]:
+        if gender is not None and gender not in GENDERS:
+            raise ValueError(f"unknown gender filter {gender!r}")
+        parts = [(self.base, *self._passing[gender])]
+        if self.delta is not None:
+            mask = None if gender is None else self.delta.gender_mask(gender)
+            count = self.delta.document_count if mask is None else int(np.count_nonzero(mask))
+            parts.append((self.delta, mask, count))
+        return parts
+
+    def search(self, query: SegmentQuery, weights: ScoreWeights | None = None) -> SearchHits:
+        """Rank the personas passing the gender filter; return the ``[offset, offset+size)`` page."""
+        w = weights or ScoreWeights()
+        parts = self._parts(query.gender)
+        total = sum(count for _, _, count in parts)
+        if query.size <= 0 or query.offset >= total:
+            return SearchHits(total=total, hits=[])
+        top = min(query.offset + query.size, total)
+        if len(parts) == 1:
+            index, passing, _ = parts[0]
+            rows = index.ranked(query, w, top, passing)
+            return SearchHits(total=total, hits=index.hits(query, w, rows[query.offset : query.offset + query.size]))
+        # Two builds: merge their rankings on (score descending, ext_id ascending) in Python (k <= 10,000).
+        merged: list[tuple[float, str, int, int]] = []
+        for number, (index, passing, count) in enumerate(parts):
+            if count == 0:
+                continue
+            rows = index.ranked(query, w, min(top, count), passing)
+            scores, _ = index.scores_at(query, w, rows)
+            ext_ids = index.ext_ids.take(pa.array(rows, type=pa.int64())).to_pylist()
+            merged.extend(zip((-scores).tolist(), ext_ids, [number] * rows.size, rows.tolist(), strict=True))
+        merged.sort()
+        hits = []
+        for _, _, number, row in merged[query.offset : query.offset + query.size]:
+            hits.extend(parts[number][0].hits(query, w, np.array([row], dtype=np.int64)))
+        return SearchHits(total=total, hits=hits)
+
+
+def read_build(index_dir: Path, build_id: str) -> BuildArrays:
+    """A complete build's arrays, checked against its manifest."""
+    path = Path(index_dir) / BUILDS_DIR / build_id
+    manifest = read_manifest(index_dir, build_id)
     if manifest.get("format") != FORMAT_VERSION:
         raise ValueError(f"embedded index build {path} has format {manifest.get('format')!r}")
     users = pq.read_table(path / "users.parquet")
@@ -257,138 +295,24 @@ def _load_build(index_dir: Path, build_id: str) -> EmbeddedIndex:
     gender_index = pc.index_in(users["gender"].cast(pa.string()), value_set=pa.array(GENDERS))
     if gender_index.null_count:
         raise ValueError(f"embedded index build {path}: users.parquet holds an unknown gender")
-    gender_codes = gender_index.to_numpy().astype(np.int8)
     rows = postings["row"].to_numpy()
-    values = postings["value"].to_numpy()
     if len(ext_ids) != manifest["document_count"] or rows.size != manifest["posting_count"]:
         raise ValueError(f"embedded index build {path} does not match its manifest")
-    key_slices = KeySlices(
-        dimension=key_table["dimension"].to_pylist(),
-        key=key_table["key"].to_pylist(),
-        start=key_table["start"].to_numpy(),
-        end=key_table["end"].to_numpy(),
-    )
-    return EmbeddedIndex(
+    base = manifest.get("base")
+    masked = pq.read_table(path / MASKED_FILE)["ext_id"].combine_chunks() if base is not None else None
+    return BuildArrays(
         build_id=build_id,
         path=path,
         ext_ids=ext_ids,
-        gender_codes=gender_codes,
+        gender_codes=gender_index.to_numpy().astype(np.int8),
         rows=rows,
-        values=values,
-        key_slices=key_slices,
+        values=postings["value"].to_numpy(),
+        key_slices=KeySlices(
+            dimension=key_table["dimension"].to_pylist(),
+            key=key_table["key"].to_pylist(),
+            start=key_table["start"].to_numpy(),
+            end=key_table["end"].to_numpy(),
+        ),
+        base=base,
+        masked=masked,
     )
-
-
-_CACHE: dict[Path, EmbeddedIndex] = {}
-_CACHE_LOCK = threading.Lock()
-# The pointer file's (inode, mtime) when the cached build was last confirmed: a publish replaces the file
-# (a rename), so a query costs one stat() rather than reading and parsing the pointer.
-_CONFIRMED: dict[Path, tuple[int, int]] = {}
-
-
-@functools.lru_cache(maxsize=64)
-def _canonical(index_dir: str) -> Path:
-    return Path(index_dir).resolve()
-
-
-def _pointer_stamp(index_dir: Path) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(index_dir / POINTER_NAME)
-    except FileNotFoundError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns
-
-
-def open_index(index_dir: Path) -> EmbeddedIndex:
-    """The published build, loaded once per process and reused until the pointer moves on.
-
-    Raises :class:`IndexNotBuiltError` when no build has been published.
-    """
-    index_dir = _canonical(str(index_dir))
-    stamp = _pointer_stamp(index_dir)
-    cached = _CACHE.get(index_dir)
-    if cached is not None and stamp is not None and _CONFIRMED.get(index_dir) == stamp:
-        return cached
-    for _attempt in range(3):
-        build_id = current_build_id(index_dir)
-        if build_id is None:
-            raise IndexNotBuiltError(
-                f"no embedded index build found in {index_dir} (no {POINTER_NAME} pointer); "
-                "materialise the persona_index asset first"
-            )
-        cached = _CACHE.get(index_dir)
-        if cached is not None and cached.build_id == build_id:
-            _CONFIRMED[index_dir] = stamp  # type: ignore[assignment]
-            return cached
-        with _CACHE_LOCK:
-            cached = _CACHE.get(index_dir)
-            if cached is not None and cached.build_id == build_id:
-                return cached
-            try:
-                index = _load_build(index_dir, build_id)
-            except FileNotFoundError:
-                # Pruned between reading the pointer and loading: read the pointer again.
-                if current_build_id(index_dir) != build_id:
-                    stamp = _pointer_stamp(index_dir)
-                    continue
-                raise IndexNotBuiltError(
-                    f"embedded index pointer in {index_dir} names build {build_id}, "
-                    "but its files are missing; rebuild the index"
-                ) from None
-            _CACHE[index_dir] = index
-            return index
-    raise IndexNotBuiltError(f"embedded index in {index_dir} kept changing while it was being opened")
-
-
-class EmbeddedBackend:
-    """The embedded index under ``PERSONA_HOME/index``.
-
-    Writers (rebuilds and upserts, from any process) take a file lock, so no upsert is lost to another
-    writer's swap.
-    """
-
-    name = "embedded"
-
-    def __init__(self, index_dir: Path) -> None:
-        self.index_dir = Path(index_dir)
-
-    def __repr__(self) -> str:
-        return f"EmbeddedBackend({str(self.index_dir)!r})"
-
-    def publish(self, personas: PersonaBatches) -> PublishReport:
-        with self._writer_lock():
-            build = build_index(personas, self.index_dir)
-        return PublishReport(
-            build_id=build.build_id,
-            document_count=build.document_count,
-            details={"postings": build.posting_count},
-        )
-
-    def upsert(self, personas: PersonaBatches, removed: Sequence[str] = ()) -> PublishReport:
-        """A new build = the live one with these personas replaced (and ``removed`` dropped), swapped in
-        like a full build. The personas are a refresh's batch: they are held in memory."""
-        with self._writer_lock():
-            live = open_index(self.index_dir)
-            users, rows, values, key_slices = merged_with(
-                live.ext_ids, live.gender_codes, live.rows, live.values, live.key_slices, personas, removed
-            )
-            build = write_build(self.index_dir, users, rows, values, key_slices)
-        return PublishReport(
-            build_id=build.build_id, document_count=build.document_count, details={"postings": build.posting_count}
-        )
-
-    @contextmanager
-    def _writer_lock(self) -> Iterator[None]:
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        with (self.index_dir / ".writer.lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def search(self, query: SegmentQuery, weights: ScoreWeights) -> SearchHits:
-        return open_index(self.index_dir).search(query, weights)
-
-    def document_count(self) -> int:
-        return open_index(self.index_dir).document_count

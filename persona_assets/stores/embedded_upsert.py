@@ -28,7 +28,7 @@ from persona_assets.stores.embedded_build import KeySlices
 from persona_assets.stores.persona_stream import checked_batches, map_entries
 from persona_assets.stores.search_backend import DIMENSIONS, GENDERS, PERSONA_SCHEMA, PersonaBatches
 
-__all__ = ["merged_with"]
+__all__ = ["merged_with", "personas_of"]
 
 
 @dataclass(frozen=True)
@@ -137,3 +137,28 @@ def merged_with(
         end=ends,
     )
     return users, merged_rows, merged_values, slices
+
+
+def personas_of(users: pa.Table, rows: np.ndarray, values: np.ndarray, slices: KeySlices) -> pa.RecordBatch:
+    """A build's personas as one batch of :data:`PERSONA_SCHEMA` (a delta, to be merged into its base).
+
+    Slices come in (dimension, key) order, so each dimension's postings are contiguous and sorting them by
+    (row, slice) puts every map's keys in code-point order.
+    """
+    n = users.num_rows
+    dimension_of = np.array([DIMENSIONS.index(d) for d in slices.dimension], dtype=np.int64)
+    lengths = slices.end - slices.start
+    columns: list[pa.Array] = [
+        users.column("ext_id").combine_chunks().cast(pa.string()),
+        users.column("gender").combine_chunks().cast(pa.string()),
+    ]
+    for number in range(len(DIMENSIONS)):
+        chosen = np.flatnonzero(dimension_of == number)
+        slot = np.repeat(chosen, lengths[chosen])
+        where = np.concatenate([np.arange(slices.start[i], slices.end[i]) for i in chosen] or [np.empty(0, np.int64)])
+        row_of = rows[where].astype(np.int64)
+        order = np.lexsort((slot, row_of))
+        offsets = np.concatenate(([0], np.cumsum(np.bincount(row_of, minlength=n)))).astype(np.int32)
+        keys = pa.array(slices.key, pa.string()).take(pa.array(slot[order], pa.int64()))
+        columns.append(pa.MapArray.from_arrays(pa.array(offsets), keys, pa.array(values[where][order], pa.float64())))
+    return pa.RecordBatch.from_arrays(columns, schema=PERSONA_SCHEMA)
