@@ -1,4 +1,4 @@
-"""The asset checks (``persona_assets/checks.py``): each passes on good data and fails on crafted bad data.
+"""The asset checks (``persona_assets/checks/``): each passes on good data and fails on crafted bad data.
 
 Real stores throughout (SQLite or MariaDB per ``PERSONA_TEST_BACKEND``, the embedded index or
 OpenSearch): data are imported through ``persona import``, then broken where the pipeline hands them
@@ -36,7 +36,12 @@ from persona_assets.stores.events import EventStore
 
 pytestmark = pytest.mark.contract
 
-CHECK_ENV = ("PERSONA_MAX_REJECT_RATE", "PERSONA_MAX_UNKNOWN_PINCODE_RATE", "PERSONA_CHECK_MIN_ROWS")
+CHECK_ENV = (
+    "PERSONA_MAX_REJECT_RATE",
+    "PERSONA_MAX_UNKNOWN_PINCODE_RATE",
+    "PERSONA_CHECK_MIN_ROWS",
+    "PERSONA_CHECK_RELATIONAL_SAMPLE",
+)
 REBUILD_ASSETS = ("user_raw_affinities", "user_activity", "attribute_vocabulary", "user_personas", "persona_index")
 
 CATEGORIES = [
@@ -387,6 +392,31 @@ def test_a_bad_map_in_user_personas_fails(good: Pipeline):
         with good.engine.begin() as conn:
             for row in before:
                 conn.execute(sa.update(table).where(table.c.ext_id == row["ext_id"]).values(**row))
+    assert run_checks(good, MAPS)["user_personas:maps_sum_to_one"].passed
+
+
+def test_the_relational_copy_is_judged_on_a_sample_and_counted_whole(good: Pipeline, monkeypatch):
+    monkeypatch.setenv("PERSONA_CHECK_RELATIONAL_SAMPLE", "7")
+    evaluation = run_checks(good, MAPS)["user_personas:maps_sum_to_one"]
+    assert evaluation.passed
+    assert meta(evaluation, "relational_sampled") is True and meta(evaluation, "personas") == 7
+    assert meta(evaluation, "personas_stored") == meta(evaluation, "personas_handed_over") == len(USERS)
+    assert meta(evaluation, "maps_checked_parquet") > meta(evaluation, "maps_checked_relational") > 0
+
+    # A persona missing from the relational copy fails the check whatever the sample holds.
+    table = relational.user_personas
+    with good.engine.connect() as conn:
+        row = conn.execute(sa.select(table).where(table.c.ext_id == "u09")).mappings().one()
+    try:
+        with good.engine.begin() as conn:
+            conn.execute(sa.delete(table).where(table.c.ext_id == "u09"))
+        evaluation = run_checks(good, MAPS)["user_personas:maps_sum_to_one"]
+        assert not evaluation.passed
+        assert (meta(evaluation, "personas_stored"), meta(evaluation, "personas_handed_over")) == (59, 60)
+        assert "59" in evaluation.description and "60" in evaluation.description
+    finally:
+        with good.engine.begin() as conn:
+            conn.execute(sa.insert(table).values(**row))
     assert run_checks(good, MAPS)["user_personas:maps_sum_to_one"].passed
 
 

@@ -1,0 +1,166 @@
+"""Checks of what an import hands over: rejected rows, unknown pincodes."""
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    MetadataValue,
+    asset_check,
+)
+
+from persona_assets.assets.reference import load_pincode_tiers
+from persona_assets.checks._common import SAMPLE_SIZE, CheckSettings, judge_rate, report_failure
+from persona_assets.compute import affinities
+from persona_assets.ingest.importer import latest_import_file_summary
+from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore
+
+# --------------------------------------------------------------------------- reject rate
+
+
+# (asset, file of the import it publishes)
+REJECT_RATE_TARGETS = (
+    ("raw_visits", "visits.csv"),
+    ("raw_checkouts", "checkouts.csv"),
+    ("raw_searches", "searches.csv"),
+    ("product_catalog", "products.csv"),
+    ("category_hierarchy", "categories.csv"),
+)
+
+
+def build_reject_rate_check(asset_name: str, file_name: str) -> AssetChecksDefinition:
+    @asset_check(
+        asset=asset_name,
+        name="reject_rate",
+        blocking=True,
+        description=(
+            f"Rejected rows / rows read of {file_name} in its last import ≤ PERSONA_MAX_REJECT_RATE (default 5%). "
+            "Blocking, ERROR: a flood of rejects means a broken feed, so nothing downstream is built on it: "
+            "the run fails, and the rebuild that follows a successful ingestion does not start (the good rows "
+            "are published and the rejects kept in import_rejects). Not judged below PERSONA_CHECK_MIN_ROWS "
+            "rows read."
+        ),
+    )
+    def reject_rate(context: AssetCheckExecutionContext, relational_store: RelationalStore) -> AssetCheckResult:
+        settings = CheckSettings.from_env()
+        found = latest_import_file_summary(relational_store.engine, file_name)
+        if found is None:
+            return AssetCheckResult(
+                passed=True,
+                description=f"no import has contained {file_name} yet",
+                metadata={"file": file_name},
+            )
+        import_id, summary = found
+        rejected_by_reason = {str(k): int(v) for k, v in dict(summary.get("rejected", {})).items()}
+        rows_read = int(summary.get("rows_read", 0))
+        rejected = sum(rejected_by_reason.values())
+        rate, judged, passed, verdict = judge_rate(
+            rejected, rows_read, settings.max_reject_rate, settings.min_rows, "rows read"
+        )
+        description = (
+            f"{file_name} in import {import_id}: {rejected:,} of {rows_read:,} rows rejected ({rate:.2%}), {verdict}"
+        )
+        return report_failure(
+            context,
+            AssetCheckResult(
+                passed=passed,
+                severity=AssetCheckSeverity.ERROR,
+                description=description,
+                metadata={
+                    "file": file_name,
+                    "import_id": import_id,
+                    "rows_read": rows_read,
+                    "rejected": rejected,
+                    "reject_rate": round(rate, 6),
+                    "max_reject_rate": settings.max_reject_rate,
+                    "judged": judged,
+                    "min_rows": settings.min_rows,
+                    "rejected_by_reason": MetadataValue.json(rejected_by_reason),
+                },
+            ),
+        )
+
+    return reject_rate
+
+
+reject_rate_checks = [build_reject_rate_check(asset_name, file_name) for asset_name, file_name in REJECT_RATE_TARGETS]
+
+
+# --------------------------------------------------------------------------- unknown pincodes
+
+UNKNOWN_PINCODE_SQL = """
+    WITH product_events AS (
+        SELECT pincode FROM visits UNION ALL SELECT pincode FROM checkouts
+    ),
+    classified AS (
+        SELECT e.pincode,
+               e.pincode IS NULL OR trim(e.pincode) = '' AS missing,
+               t.pincode IS NULL AS unknown
+        FROM product_events e LEFT JOIN tiers t ON t.pincode = e.pincode
+    )
+    SELECT COUNT(*) AS product_events,
+           COUNT(*) FILTER (WHERE missing) AS missing_pincode_events,
+           COUNT(*) FILTER (WHERE NOT missing) AS events_with_pincode,
+           COUNT(*) FILTER (WHERE NOT missing AND unknown) AS unknown_pincode_events
+    FROM classified
+"""
+
+TOP_UNKNOWN_PINCODES_SQL = """
+    SELECT e.pincode, COUNT(*) AS events
+    FROM (SELECT pincode FROM visits UNION ALL SELECT pincode FROM checkouts) e
+    WHERE e.pincode IS NOT NULL AND trim(e.pincode) <> ''
+      AND NOT EXISTS (SELECT 1 FROM tiers t WHERE t.pincode = e.pincode)
+    GROUP BY e.pincode ORDER BY events DESC, e.pincode LIMIT $limit
+"""
+
+
+@asset_check(
+    asset="user_raw_affinities",
+    name="unknown_pincode_rate",
+    blocking=True,
+    description=(
+        "Product events (visits + checkouts) whose pincode the India Post directory (pincode_tiers) does not "
+        "know, over product events that carry a pincode, ≤ PERSONA_MAX_UNKNOWN_PINCODE_RATE (default 20%). "
+        "An empty pincode is missing, not unknown (reported, not counted). Blocking, ERROR: a flood of "
+        "unknown pincodes means a broken feed (e.g. `560001.0`), and personas built on it would lose their "
+        "city tiers, so vocabulary, personas and index are not rebuilt in that run. Not judged below "
+        "PERSONA_CHECK_MIN_ROWS events with a pincode."
+    ),
+)
+def unknown_pincode_rate(
+    context: AssetCheckExecutionContext, event_store: EventStoreResource, compute: ComputeResource
+) -> AssetCheckResult:
+    settings = CheckSettings.from_env()
+    con = compute.connect()
+    affinities.register_events(con, event_store.store)
+    con.register("tiers_df", load_pincode_tiers(event_store)[["pincode"]])
+    con.execute("CREATE TABLE tiers AS SELECT DISTINCT pincode FROM tiers_df")
+    row = con.execute(UNKNOWN_PINCODE_SQL).fetchall()[0]
+    product_events, missing, with_pincode, unknown = (int(v) for v in row)
+    top = con.execute(TOP_UNKNOWN_PINCODES_SQL, {"limit": SAMPLE_SIZE}).fetchall()
+    rate, judged, passed, verdict = judge_rate(
+        unknown, with_pincode, settings.max_unknown_pincode_rate, settings.min_rows, "events with a pincode"
+    )
+    description = (
+        f"{unknown:,} of {with_pincode:,} product events with a pincode have one the directory does not know "
+        f"({rate:.2%}), {verdict}; {missing:,} events have no pincode"
+    )
+    return report_failure(
+        context,
+        AssetCheckResult(
+            passed=passed,
+            severity=AssetCheckSeverity.ERROR,
+            description=description,
+            metadata={
+                "product_events": product_events,
+                "events_with_pincode": with_pincode,
+                "unknown_pincode_events": unknown,
+                "missing_pincode_events": missing,
+                "unknown_pincode_rate": round(rate, 6),
+                "max_unknown_pincode_rate": settings.max_unknown_pincode_rate,
+                "judged": judged,
+                "min_rows": settings.min_rows,
+                "top_unknown_pincodes": MetadataValue.json({str(p): int(n) for p, n in top}),
+            },
+        ),
+    )
