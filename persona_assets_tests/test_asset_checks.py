@@ -322,6 +322,14 @@ def test_a_flood_of_unknown_pincodes_fails_and_blocks_the_rebuild(flooded: Pipel
     assert (meta(evaluation, "events_with_pincode"), meta(evaluation, "unknown_pincode_events")) == (1000, 400)
     assert meta(evaluation, "unknown_pincode_rate") == pytest.approx(0.4)
     assert set(meta(evaluation, "top_unknown_pincodes")) <= {f"{p}.0" for p in KNOWN_PINCODES}
+    # The asset's own counts agree with the check's (one pass over the events, NULL pincodes not unknown).
+    (raw,) = [
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == "user_raw_affinities"
+    ]
+    counts = {k: raw[k].value for k in ("product_events", "unknown_pid_events", "unknown_pincode_events")}
+    assert counts == {"product_events": 1000, "unknown_pid_events": 0, "unknown_pincode_events": 400}
     # Blocking: nothing downstream of user_raw_affinities ran; user_activity (not downstream) did.
     assert materialized(result) == {"user_raw_affinities", "user_activity"}
     assert set(flooded.flags().values()) == {1}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import sqlalchemy as sa
 from conftest import Pipeline, fresh_engine, write_import_dir
 from dagster import AssetSelection, materialize
 
@@ -17,7 +18,16 @@ from persona_assets.assets import all_assets
 from persona_assets.jobs import REBUILD
 from persona_assets.pipeline import QUIET_LOGGERS, dagster_instance
 from persona_assets.resources import resources_from_settings
-from persona_assets.stores.changes import advance_flags, flag_counts, flag_users_changed, snapshot_flags
+from persona_assets.stores.changes import (
+    REBUILD_SNAPSHOT,
+    advance_flags,
+    flag_counts,
+    flag_users_changed,
+    forget_in_rebuild_snapshot,
+    reflag_changed_since,
+    snapshot_flags,
+    snapshot_flags_for_rebuild,
+)
 
 pytestmark = pytest.mark.contract
 
@@ -102,21 +112,55 @@ def test_a_new_import_flags_only_the_users_it_touches_then_materialise_clears_th
 # --------------------------------------------------------------------------- the store functions directly
 
 
-def test_advance_flags_skips_users_whose_change_seq_moved(persona_home):
+@pytest.mark.parametrize("kind", ["refresh", "rebuild"])
+def test_advance_flags_skips_users_whose_change_seq_moved(persona_home, kind):
     from persona_assets.stores import relational
 
     engine = fresh_engine(persona_home)
     relational.create_schema(engine)
     flag_users_changed(engine, ["a", "b", "c"])
-    snapshot = snapshot_flags(engine)
-    assert sorted(snapshot["ext_id"]) == ["a", "b", "c"]
+
+    def take_snapshot():
+        if kind == "refresh":  # a refresh's frame of its users
+            snapshot = snapshot_flags(engine, ["a", "b", "c"])
+            assert sorted(snapshot["ext_id"]) == ["a", "b", "c"]
+            return snapshot
+        assert snapshot_flags_for_rebuild(engine) == 3  # a full rebuild's, kept in the store
+        return REBUILD_SNAPSHOT
+
+    snapshot = take_snapshot()
     flag_users_changed(engine, ["b"])  # changed after the snapshot
     assert advance_flags(engine, snapshot, [1], 2) == 2
     assert flag_counts(engine) == {1: 1, 2: 2}
     assert advance_flags(engine, snapshot, [2], 0) == 2
     assert flag_counts(engine) == {0: 2, 1: 1}
     # A second snapshot sees b's new version and may advance it.
-    later = snapshot_flags(engine)
+    later = take_snapshot()
     assert advance_flags(engine, later, [1], 2) == 1
     assert advance_flags(engine, later, [2], 0) == 1
     assert flag_counts(engine) == {0: 3}
+
+
+def test_a_rebuild_reflags_users_changed_since_its_snapshot_and_skips_refused_ones(persona_home):
+    from persona_assets.stores import relational
+
+    engine = fresh_engine(persona_home)
+    relational.create_schema(engine)
+    flag_users_changed(engine, ["a", "b", "c"])
+    snapshot_flags_for_rebuild(engine)
+    assert advance_flags(engine, REBUILD_SNAPSHOT, [1], 2) == 3
+    flag_users_changed(engine, ["b", "d"])  # b changes, d appears while the rebuild runs
+    with engine.begin() as conn:  # a refresh indexes them into the build about to be replaced
+        conn.execute(
+            sa.update(relational.user_persona)
+            .where(relational.user_persona.c.extId.in_(["b", "d"]))
+            .values(hasChanged=0)
+        )
+    forget_in_rebuild_snapshot(engine, ["c"])  # the index refused c
+    assert advance_flags(engine, REBUILD_SNAPSHOT, [2], 0) == 1  # a only
+    assert reflag_changed_since(engine, REBUILD_SNAPSHOT) == 2  # b and d back to 1
+    with engine.connect() as conn:
+        flags = dict(
+            conn.execute(sa.select(relational.user_persona.c.extId, relational.user_persona.c.hasChanged)).all()
+        )
+    assert flags == {"a": 0, "b": 1, "c": 2, "d": 1}

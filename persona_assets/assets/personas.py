@@ -18,10 +18,12 @@ from persona_assets.stores import relational
 from persona_assets.stores.changes import (
     CALCULATED,
     NEEDS_CALCULATION,
+    REBUILD_SNAPSHOT,
     SEARCHABLE,
     advance_flags,
+    forget_in_rebuild_snapshot,
     reflag_changed_since,
-    snapshot_flags,
+    snapshot_flags_for_rebuild,
 )
 from persona_assets.stores.persona_stream import persona_batches_from_parquet
 
@@ -62,27 +64,28 @@ def user_raw_affinities(
     started = time.perf_counter()
     engine = relational_store.engine
     # Read the flags before any event, so a user changed from here on keeps hasChanged = 1.
-    snapshot = snapshot_flags(engine)
+    snapshot_flags_for_rebuild(engine)
     con = _connect_with_reference(event_store, relational_store, compute)
     affinities.compute_raw_affinities(con)
     context.log.info(f"raw affinities computed in {time.perf_counter() - started:.1f}s")
     work = event_store.layout.work_dir
     work.mkdir(parents=True, exist_ok=True)
     affinities.save_raw_affinities(con, work)
-    snapshot.to_parquet(_work(event_store, "flag_snapshot"), index=False)
     persona_store.write_legacy_columns(engine, con, compute.limits)
     stats = (
         con.execute(
             """
+        -- One pass over the product events (each event day is read once, not once per figure).
         SELECT
           (SELECT COUNT(*) FROM users) AS users,
           (SELECT COUNT(*) FROM raw_affinity_ids) AS affinity_rows,
-          (SELECT COUNT(*) FROM visits) + (SELECT COUNT(*) FROM checkouts) AS product_events,
-          (SELECT COUNT(*) FROM (SELECT pid FROM visits UNION ALL SELECT pid FROM checkouts) e
-             WHERE e.pid NOT IN (SELECT pid FROM products)) AS unknown_pid_events,
-          (SELECT COUNT(*) FROM (SELECT pincode FROM visits UNION ALL SELECT pincode FROM checkouts) e
-             WHERE e.pincode NOT IN (SELECT pincode FROM pincode_tiers)) AS unknown_pincode_events,
+          COUNT(*) AS product_events,
+          COUNT(*) FILTER (WHERE p.pid IS NULL) AS unknown_pid_events,
+          COUNT(*) FILTER (WHERE e.pincode IS NOT NULL AND t.pincode IS NULL) AS unknown_pincode_events,
           (SELECT COUNT(*) FROM searches) AS searches
+        FROM (SELECT pid, pincode FROM visits UNION ALL SELECT pid, pincode FROM checkouts) e
+        LEFT JOIN (SELECT DISTINCT pid FROM products) p ON p.pid = e.pid
+        LEFT JOIN (SELECT DISTINCT pincode FROM pincode_tiers) t ON t.pincode = e.pincode
         """
         )
         .df()
@@ -170,8 +173,7 @@ def user_personas(
     affinities.write_parquet(con, "persona_affinity", _work(event_store, "persona_affinity"))
     affinities.write_parquet(con, "persona_users", _work(event_store, "persona_users"))
     stored = persona_store.write_personas(engine, con, limits=compute.limits)
-    snapshot = pd.read_parquet(_work(event_store, "flag_snapshot"))
-    calculated = advance_flags(engine, snapshot, [NEEDS_CALCULATION], CALCULATED)
+    calculated = advance_flags(engine, REBUILD_SNAPSHOT, [NEEDS_CALCULATION], CALCULATED)
     context.log.info(f"{stored:,} personas stored; {calculated:,} users moved 1 → 2")
     genders = dict(con.execute("SELECT gender, COUNT(*) FROM persona_users GROUP BY gender").fetchall())
     return MaterializeResult(
@@ -204,11 +206,11 @@ def persona_index(
         _work(event_store, "persona_users"), _work(event_store, "persona_affinity"), compute.limits
     )
     report = backend.publish(personas)
-    snapshot = pd.read_parquet(_work(event_store, "flag_snapshot"))
-    indexed = snapshot[~snapshot["ext_id"].isin(list(report.failed))]
-    searchable = advance_flags(relational_store.engine, indexed, [CALCULATED], SEARCHABLE)
+    # Users the index refused stay at 2: out of the snapshot, their flags do not advance.
+    forget_in_rebuild_snapshot(relational_store.engine, list(report.failed))
+    searchable = advance_flags(relational_store.engine, REBUILD_SNAPSHOT, [CALCULATED], SEARCHABLE)
     # A refresh may have indexed users into the build just replaced: those changed since the snapshot go back to 1.
-    reflagged = reflag_changed_since(relational_store.engine, snapshot)
+    reflagged = reflag_changed_since(relational_store.engine, REBUILD_SNAPSHOT)
     context.log.info(
         f"{backend.name} build {report.build_id}: {report.document_count:,} documents; {searchable:,} users 2 → 0"
     )

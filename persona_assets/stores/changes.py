@@ -19,6 +19,7 @@ from persona_assets.stores.relational import (
     MYSQL_TABLE_OPTIONS,
     executemany,
     read_frame,
+    rebuild_flag_snapshot,
     upsert_statement,
     user_claims,
     user_persona,
@@ -53,24 +54,47 @@ def flag_users_changed(engine: Engine, ext_ids: Iterable[str]) -> int:
     return len(ids)
 
 
-def snapshot_flags(engine: Engine, only_users: Sequence[str] | None = None) -> pd.DataFrame:
-    """(ext_id, change_seq, has_changed) read before a calculation reads events: of every user, or of
-    ``only_users`` (a refresh reads just its users' rows, by primary key, whatever the size of the table)."""
+def snapshot_flags(engine: Engine, only_users: Sequence[str]) -> pd.DataFrame:
+    """(ext_id, change_seq, has_changed) of ``only_users``, read before a refresh reads their events (by
+    primary key, whatever the size of the table)."""
     columns = (user_persona.c.extId, user_persona.c.change_seq, user_persona.c.hasChanged)
-    if only_users is None:
-        frame = read_frame(engine, sa.select(*columns))
-    else:
-        ids = sorted(set(only_users))
-        chunks = [
-            read_frame(engine, sa.select(*columns).where(user_persona.c.extId.in_(ids[start : start + _IN_CHUNK])))
-            for start in range(0, len(ids), _IN_CHUNK)
-        ]
-        frame = (
-            pd.concat(chunks, ignore_index=True)
-            if chunks
-            else read_frame(engine, sa.select(*columns).where(sa.false()))
-        )
+    ids = sorted(set(only_users))
+    chunks = [
+        read_frame(engine, sa.select(*columns).where(user_persona.c.extId.in_(ids[start : start + _IN_CHUNK])))
+        for start in range(0, len(ids), _IN_CHUNK)
+    ]
+    frame = (
+        pd.concat(chunks, ignore_index=True) if chunks else read_frame(engine, sa.select(*columns).where(sa.false()))
+    )
     return frame.rename(columns={"extId": "ext_id", "hasChanged": "has_changed"})
+
+
+def snapshot_flags_for_rebuild(engine: Engine) -> int:
+    """Every user's change_seq into ``rebuild_flag_snapshot``, before a full rebuild reads any event.
+
+    One INSERT … SELECT inside the store: no row travels through Python. Returns the users snapshotted.
+    """
+    snapshot = rebuild_flag_snapshot
+    with engine.begin() as conn:
+        conn.execute(sa.delete(snapshot))
+        conn.execute(
+            sa.insert(snapshot).from_select(
+                ["extId", "change_seq"], sa.select(user_persona.c.extId, user_persona.c.change_seq)
+            )
+        )
+        return int(conn.execute(sa.select(sa.func.count()).select_from(snapshot)).scalar_one())
+
+
+def forget_in_rebuild_snapshot(engine: Engine, ext_ids: Sequence[str]) -> None:
+    """Drop users from the rebuild's snapshot (the index refused them): their flags then never advance."""
+    ids = sorted(set(ext_ids))
+    with engine.begin() as conn:
+        for start in range(0, len(ids), _IN_CHUNK):
+            conn.execute(
+                sa.delete(rebuild_flag_snapshot).where(
+                    rebuild_flag_snapshot.c.extId.in_(ids[start : start + _IN_CHUNK])
+                )
+            )
 
 
 _STAGING = sa.Table(
@@ -82,40 +106,49 @@ _STAGING = sa.Table(
     **MYSQL_TABLE_OPTIONS,
 )
 
+#: ``snapshot`` argument of :func:`advance_flags` / :func:`reflag_changed_since`: the running full
+#: rebuild's snapshot, kept in the store by :func:`snapshot_flags_for_rebuild`.
+REBUILD_SNAPSHOT = None
+
 
 @contextmanager
-def _staged_snapshot(engine: Engine, snapshot: pd.DataFrame) -> Iterator[tuple[Connection, sa.Exists]]:
-    """A transaction holding ``snapshot`` as a temporary table, and the condition "this user's
-    change_seq is still the one in the snapshot"."""
+def _snapshot_in_store(engine: Engine, snapshot: pd.DataFrame | None) -> Iterator[tuple[Connection, sa.Exists]]:
+    """A transaction and the condition "this user's change_seq is still the one in the snapshot": the
+    rebuild's snapshot table, or ``snapshot`` staged as a temporary table."""
     with engine.begin() as conn:
-        _STAGING.drop(conn, checkfirst=True)
-        _STAGING.create(conn)
-        stmt = sa.insert(_STAGING).values(extId=sa.bindparam("extId"), change_seq=sa.bindparam("change_seq"))
-        executemany(
-            conn,
-            stmt,
-            ["extId", "change_seq"],
-            zip(snapshot["ext_id"].tolist(), snapshot["change_seq"].astype("int64").tolist(), strict=True),
-        )
+        table = rebuild_flag_snapshot
+        if snapshot is not None:
+            table = _STAGING
+            _STAGING.drop(conn, checkfirst=True)
+            _STAGING.create(conn)
+            stmt = sa.insert(_STAGING).values(extId=sa.bindparam("extId"), change_seq=sa.bindparam("change_seq"))
+            executemany(
+                conn,
+                stmt,
+                ["extId", "change_seq"],
+                zip(snapshot["ext_id"].tolist(), snapshot["change_seq"].astype("int64").tolist(), strict=True),
+            )
         unchanged = (
             sa.select(sa.literal(1))
-            .where(_STAGING.c.extId == user_persona.c.extId)
-            .where(_STAGING.c.change_seq == user_persona.c.change_seq)
+            .where(table.c.extId == user_persona.c.extId)
+            .where(table.c.change_seq == user_persona.c.change_seq)
             .exists()
         )
         yield conn, unchanged
-        _STAGING.drop(conn)
+        if snapshot is not None:
+            _STAGING.drop(conn)
 
 
-def advance_flags(engine: Engine, snapshot: pd.DataFrame, from_states: Sequence[int], to_state: int) -> int:
-    """Move users of ``snapshot`` from ``from_states`` to ``to_state`` where change_seq is unchanged.
+def advance_flags(engine: Engine, snapshot: pd.DataFrame | None, from_states: Sequence[int], to_state: int) -> int:
+    """Move users of ``snapshot`` (a refresh's frame, or :data:`REBUILD_SNAPSHOT`) from ``from_states`` to
+    ``to_state`` where change_seq is unchanged.
 
-    One set-based UPDATE against a temporary table of the snapshot: portable SQL and no
-    statement per user. Returns the number of users moved.
+    One set-based UPDATE against the snapshot in the store: portable SQL and no statement per user.
+    Returns the number of users moved.
     """
-    if snapshot.empty:
+    if snapshot is not None and snapshot.empty:
         return 0
-    with _staged_snapshot(engine, snapshot) as (conn, unchanged):
+    with _snapshot_in_store(engine, snapshot) as (conn, unchanged):
         result = conn.execute(
             sa.update(user_persona)
             .where(user_persona.c.hasChanged.in_(list(from_states)))
@@ -125,14 +158,14 @@ def advance_flags(engine: Engine, snapshot: pd.DataFrame, from_states: Sequence[
         return int(result.rowcount or 0)
 
 
-def reflag_changed_since(engine: Engine, snapshot: pd.DataFrame) -> int:
+def reflag_changed_since(engine: Engine, snapshot: pd.DataFrame | None = REBUILD_SNAPSHOT) -> int:
     """After a full rebuild swapped its index in: users at 0 who changed after the rebuild read its
     snapshot (or appeared since) go back to 1.
 
     A refresh may have indexed them into the build the swap just replaced; at 1 they are refreshed
     again, so nothing the swap dropped stays lost.
     """
-    with _staged_snapshot(engine, snapshot) as (conn, unchanged):
+    with _snapshot_in_store(engine, snapshot) as (conn, unchanged):
         result = conn.execute(
             sa.update(user_persona)
             .where(user_persona.c.hasChanged == SEARCHABLE)

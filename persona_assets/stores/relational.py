@@ -115,6 +115,16 @@ user_activity = sa.Table(
 )
 
 
+# Every user's change_seq as the running full rebuild read it before any event (stores.changes): kept in
+# the store, so a million flags never travel through Python to be compared back.
+rebuild_flag_snapshot = sa.Table(
+    "rebuild_flag_snapshot",
+    metadata,
+    sa.Column("extId", ID, primary_key=True),
+    sa.Column("change_seq", sa.BigInteger, nullable=False),
+    **MYSQL_TABLE_OPTIONS,
+)
+
 # Users a refresh run is working on: a user is in at most one run at a time.
 user_claims = sa.Table(
     "user_claims",
