@@ -274,10 +274,14 @@ class IndexView:
             ext_ids = index.ext_ids.take(pa.array(rows, type=pa.int64())).to_pylist()
             merged.extend(zip((-scores).tolist(), ext_ids, [number] * rows.size, rows.tolist(), strict=True))
         merged.sort()
-        hits = []
-        for _, _, number, row in merged[query.offset : query.offset + query.size]:
-            hits.extend(parts[number][0].hits(query, w, np.array([row], dtype=np.int64)))
-        return SearchHits(total=total, hits=hits)
+        page = merged[query.offset : query.offset + query.size]
+        hits: list[Hit | None] = [None] * len(page)
+        for number, (index, _, _) in enumerate(parts):  # one lookup per build, not per hit
+            mine = [i for i, entry in enumerate(page) if entry[2] == number]
+            rows = np.array([page[i][3] for i in mine], dtype=np.int64)
+            for i, hit in zip(mine, index.hits(query, w, rows), strict=True):
+                hits[i] = hit
+        return SearchHits(total=total, hits=[hit for hit in hits if hit is not None])
 
 
 def read_build(index_dir: Path, build_id: str) -> BuildArrays:
