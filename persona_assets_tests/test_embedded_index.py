@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from persona_assets.query import (
@@ -23,6 +24,7 @@ from persona_assets.stores import embedded_build as eb
 from persona_assets.stores import embedded_ranking as er
 from persona_assets.stores.embedded_backend import EmbeddedBackend, open_index
 from persona_assets.stores.embedded_build import current_build_id, list_builds
+from persona_assets.stores.embedded_hand_off import build_index_from_hand_off
 from persona_assets.stores.embedded_index import EmbeddedIndex
 from persona_assets.stores.persona_stream import persona_batches_from_frames
 from persona_assets.stores.search_backend import IndexNotBuiltError
@@ -88,6 +90,22 @@ def build_index(users, affinities, directory: Path, *, rows_per_batch: int = 10_
     return eb.build_index(
         persona_batches_from_frames(users, affinities, rows_per_batch=rows_per_batch), directory, **options
     )
+
+
+def build_from_hand_off(users, affinities, directory: Path, **options):
+    """The same build through the rebuild's hand-off files (DuckDB groups the postings, no persona stream)."""
+    directory = Path(directory)
+    files = directory.parent / f"{directory.name}-hand-off"
+    files.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("persona_users", users), ("persona_affinity", affinities)):
+        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(table, files / f"{name}.parquet")
+    return build_index_from_hand_off(
+        files / "persona_users.parquet", files / "persona_affinity.parquet", directory, **options
+    )
+
+
+BUILDERS = {"stream": build_index, "hand-off": build_from_hand_off}
 
 
 def reference_search(personas: dict[str, dict], query: SegmentQuery, weights: ScoreWeights):
@@ -364,11 +382,14 @@ def test_accepts_pyarrow_tables(tmp_path, personas):
         ),
     ],
 )
-def test_bad_input_is_rejected_and_nothing_is_published(tmp_path, users, affinities, message):
+@pytest.mark.parametrize("builder", list(BUILDERS))
+def test_bad_input_is_rejected_and_nothing_is_published(tmp_path, users, affinities, message, builder):
     users = pd.DataFrame(users or {"ext_id": ["a"], "gender": ["men"]})
     affinities = pd.DataFrame(affinities or {"ext_id": [], "dimension": [], "key": [], "value": []})
+    if builder == "hand-off":
+        affinities = affinities.astype({"ext_id": str, "dimension": str, "value": float})
     with pytest.raises(ValueError, match=message):
-        build_index(users, affinities, tmp_path)
+        BUILDERS[builder](users, affinities, tmp_path / "index")
     assert current_build_id(tmp_path) is None
 
 

@@ -25,7 +25,7 @@ from persona_assets.stores.changes import (
     reflag_changed_since,
     snapshot_flags_for_rebuild,
 )
-from persona_assets.stores.persona_stream import persona_batches_from_parquet
+from persona_assets.stores.search_backend import PersonaHandOff
 
 RAW_EVENT_DEPS = ["raw_visits", "raw_checkouts", "raw_searches"]
 
@@ -196,16 +196,16 @@ def persona_index(
 ) -> MaterializeResult:
     """A fresh segment-search index of the normalised personas, swapped in atomically.
 
-    The personas stream from the work files in batches of whole users (DuckDB within the compute
-    limits), so memory does not grow with the number of users. Users the backend could not index keep
-    hasChanged = 2 and are listed in the metadata.
+    The backend reads the work files its own way within the compute limits (the embedded index has DuckDB
+    group the postings; OpenSearch streams whole personas in batches), so memory does not grow with the
+    number of users. Users the backend could not index keep hasChanged = 2 and are listed in the metadata.
     """
     started = time.perf_counter()
     backend = search_index.backend()
-    personas = persona_batches_from_parquet(
+    hand_off = PersonaHandOff(
         _work(event_store, "persona_users"), _work(event_store, "persona_affinity"), compute.limits
     )
-    report = backend.publish(personas)
+    report = backend.publish_hand_off(hand_off)
     # Users the index refused stay at 2: out of the snapshot, their flags do not advance.
     forget_in_rebuild_snapshot(relational_store.engine, list(report.failed))
     searchable = advance_flags(relational_store.engine, REBUILD_SNAPSHOT, [CALCULATED], SEARCHABLE)

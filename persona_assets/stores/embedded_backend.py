@@ -38,9 +38,16 @@ from persona_assets.stores.embedded_build import (
     read_manifest,
     write_build,
 )
+from persona_assets.stores.embedded_hand_off import build_index_from_hand_off
 from persona_assets.stores.embedded_index import EmbeddedIndex, IndexView, read_build
 from persona_assets.stores.embedded_upsert import merged_with, personas_of
-from persona_assets.stores.search_backend import IndexNotBuiltError, PersonaBatches, PublishReport, SearchHits
+from persona_assets.stores.search_backend import (
+    IndexNotBuiltError,
+    PersonaBatches,
+    PersonaHandOff,
+    PublishReport,
+    SearchHits,
+)
 
 __all__ = ["EmbeddedBackend", "open_index"]
 
@@ -153,6 +160,16 @@ class EmbeddedBackend:
     def publish(self, personas: PersonaBatches) -> PublishReport:
         with self._writer_lock():
             build = build_index(personas, self.index_dir)
+        return PublishReport(
+            build_id=build.build_id,
+            document_count=build.document_count,
+            details={"postings": build.posting_count},
+        )
+
+    def publish_hand_off(self, hand_off: PersonaHandOff) -> PublishReport:
+        """The postings grouped by DuckDB straight from the files (``embedded_hand_off``), no persona stream."""
+        with self._writer_lock():
+            build = build_index_from_hand_off(hand_off.users, hand_off.affinities, self.index_dir, hand_off.limits)
         return PublishReport(
             build_id=build.build_id,
             document_count=build.document_count,

@@ -34,8 +34,14 @@ from persona_assets.query.scoring import ScoreWeights
 from persona_assets.stores.opensearch_bulk import BulkLoader, LoadReport
 from persona_assets.stores.opensearch_documents import BulkDocuments, KeyLiterals, encode_batch, index_mapping
 from persona_assets.stores.opensearch_search import IndexMissing, RankWindow, search_alias
-from persona_assets.stores.persona_stream import checked_batches
-from persona_assets.stores.search_backend import IndexNotBuiltError, PersonaBatches, PublishReport, SearchHits
+from persona_assets.stores.persona_stream import checked_batches, persona_batches_from_parquet
+from persona_assets.stores.search_backend import (
+    IndexNotBuiltError,
+    PersonaBatches,
+    PersonaHandOff,
+    PublishReport,
+    SearchHits,
+)
 
 __all__ = ["OpenSearchBackend", "redact_url"]
 
@@ -169,6 +175,10 @@ class OpenSearchBackend:
             retry_backoff=self.retry_backoff,
             timeout=self.bulk_timeout,
         )
+
+    def publish_hand_off(self, hand_off: PersonaHandOff) -> PublishReport:
+        """Documents are whole personas: the hand-off is streamed as such (``persona_stream``)."""
+        return self.publish(persona_batches_from_parquet(hand_off.users, hand_off.affinities, hand_off.limits))
 
     def publish(self, personas: PersonaBatches) -> PublishReport:
         """Load every persona into a new physical index, swap the alias to it, delete the old builds."""

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
 
+from persona_assets.compute.duck import DuckDBLimits
 from persona_assets.query.request import SegmentQuery
 from persona_assets.query.scoring import ScoreWeights
 
@@ -28,6 +30,7 @@ __all__ = [
     "Hit",
     "IndexNotBuiltError",
     "PersonaBatches",
+    "PersonaHandOff",
     "PublishReport",
     "SearchBackend",
     "SearchHits",
@@ -78,6 +81,16 @@ class SearchHits:
 
 
 @dataclass(frozen=True)
+class PersonaHandOff:
+    """The normalised personas a full rebuild hands over as two Parquet files (``persona_users``: ext_id,
+    gender; ``persona_affinity``: ext_id, dimension, key, value), and the DuckDB limits to read them in."""
+
+    users: Path
+    affinities: Path
+    limits: DuckDBLimits | None = None
+
+
+@dataclass(frozen=True)
 class PublishReport:
     """What a publish did: the live build, how many documents it holds, and the users it could not index.
 
@@ -98,6 +111,10 @@ class SearchBackend(Protocol):
     def publish(self, personas: PersonaBatches) -> PublishReport:
         """Index every persona of the stream into a new build and swap it in atomically; old builds are
         removed. Invalid input raises ``ValueError`` and leaves the live build as it was."""
+        ...
+
+    def publish_hand_off(self, hand_off: PersonaHandOff) -> PublishReport:
+        """:meth:`publish` the personas of a rebuild's hand-off files, read the way this backend reads fastest."""
         ...
 
     def upsert(self, personas: PersonaBatches, removed: Sequence[str] = ()) -> PublishReport:
