@@ -1,5 +1,6 @@
 """The real Dagster UI, driven in headless Chromium: lineage from the raw assets to ``persona_index``, and a
-materialisation launched from the UI that succeeds. Screenshots of both go to ``docs/img/``.
+materialisation launched from the UI that succeeds. Screenshots of both go to a scratch folder, or to
+``docs/img/`` with ``PERSONA_UPDATE_DOCS_SCREENSHOTS=1``.
 
 Setup, as a user would do it: ``persona demo --users 300`` in a fresh PERSONA_HOME (DAGSTER_HOME unset, so the
 CLI copies the repo's ``dagster.yaml`` into ``$PERSONA_HOME/dagster``), then ``persona ui`` on a free port,
@@ -20,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -34,7 +36,14 @@ from conftest import PERSONA_ENV_VARS, backend_env
 pytestmark = pytest.mark.ui
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS_IMG = REPO / "docs" / "img"
+# Screenshots go to a scratch folder; PERSONA_UPDATE_DOCS_SCREENSHOTS=1 writes them into docs/img instead
+# (what a developer does on purpose to refresh the README's pictures; a test run never touches tracked files).
+DOCS_IMG = (
+    REPO / "docs" / "img"
+    if os.environ.get("PERSONA_UPDATE_DOCS_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "persona-ui-screenshots"
+)
+DOCS_IMG.mkdir(parents=True, exist_ok=True)
 CHROMIUM = os.environ.get("PERSONA_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
