@@ -1,8 +1,8 @@
 """Top-k selection for the embedded index without scoring every persona.
 
 A query names at most one key per dimension. The personas holding a posting of the brand, generic or
-category asked for (the *candidates*) are few next to the whole index; every other persona (an
-*outsider*) scores 0 in those dimensions, so its score depends on its city value alone — or is the same
+category asked for are the *candidates* (often a small part of the index, at most all of it); every
+other persona (an *outsider*) scores 0 in those dimensions, so its score depends on its city value alone — or is the same
 constant for all outsiders when no tier is asked for. Outsiders are therefore ranked ahead of time: in
 row order (no tier), or by the tier's value descending with rows ascending within a value
 (:class:`TierOrder`, built once per tier and index). The page is then the best of
@@ -10,7 +10,7 @@ row order (no tier), or by the tier's value descending with rows ascending withi
 * the candidates, each scored exactly, and
 * the first ``k`` outsiders in that order, plus whatever else ties with the k-th of them,
 
-which is exact: scores never fall along the outsider order (weights and values are >= 0 and IEEE
+which is exact: scores never rise along the outsider order (weights and values are >= 0 and IEEE
 addition is monotone), so no outsider further down can beat or tie the ones taken, except inside the
 k-th one's block of equal scores — settled below, including two different city values whose scores
 round to the same float. The cost grows with the candidates and ``k``, not with the index.
