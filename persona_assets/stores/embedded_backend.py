@@ -32,6 +32,7 @@ from persona_assets.stores.embedded_build import (
     BUILDS_DIR,
     POINTER_NAME,
     BuildArrays,
+    IndexBuild,
     KeySlices,
     build_index,
     current_build_id,
@@ -140,6 +141,12 @@ def _no_delta(base_id: str) -> BuildArrays:
     )
 
 
+def _published(build: IndexBuild) -> PublishReport:
+    return PublishReport(
+        build_id=build.build_id, document_count=build.document_count, details={"postings": build.posting_count}
+    )
+
+
 class EmbeddedBackend:
     """The embedded index under ``PERSONA_HOME/index``.
 
@@ -159,22 +166,14 @@ class EmbeddedBackend:
 
     def publish(self, personas: PersonaBatches) -> PublishReport:
         with self._writer_lock():
-            build = build_index(personas, self.index_dir)
-        return PublishReport(
-            build_id=build.build_id,
-            document_count=build.document_count,
-            details={"postings": build.posting_count},
-        )
+            return _published(build_index(personas, self.index_dir))
 
     def publish_hand_off(self, hand_off: PersonaHandOff) -> PublishReport:
         """The postings grouped by DuckDB straight from the files (``embedded_hand_off``), no persona stream."""
         with self._writer_lock():
-            build = build_index_from_hand_off(hand_off.users, hand_off.affinities, self.index_dir, hand_off.limits)
-        return PublishReport(
-            build_id=build.build_id,
-            document_count=build.document_count,
-            details={"postings": build.posting_count},
-        )
+            return _published(
+                build_index_from_hand_off(hand_off.users, hand_off.affinities, self.index_dir, hand_off.limits)
+            )
 
     def upsert(self, personas: PersonaBatches, removed: Sequence[str] = ()) -> PublishReport:
         """A new delta over the live base: the live delta with these personas replaced (and ``removed``
@@ -197,30 +196,22 @@ class EmbeddedBackend:
                 )
             )
             base_count = read_manifest(self.index_dir, base_id)["document_count"]
-            if users.num_rows <= self.delta_share * base_count:
-                build = write_build(self.index_dir, users, rows, values, slices, delta_of=(base_id, masked))
-                base_ids = pq.read_table(self.index_dir / BUILDS_DIR / base_id / "users.parquet", columns=["ext_id"])
-                masked_in_base = pc.sum(pc.is_in(masked, value_set=base_ids.column(0).combine_chunks())).as_py() or 0
-                return PublishReport(
-                    build_id=build.build_id,
-                    document_count=base_count - masked_in_base + build.document_count,
-                    details={"delta_of": base_id, "delta_documents": build.document_count},
-                )
-            else:
+            if users.num_rows > self.delta_share * base_count:  # merged into a new base
                 base = read_build(self.index_dir, base_id)
                 delta = personas_of(users, rows, values, slices)
                 merged = merged_with(
-                    base.ext_ids,
-                    base.gender_codes,
-                    base.rows,
-                    base.values,
-                    base.key_slices,
-                    [delta],
-                    masked.to_pylist(),
-                )
-                build = write_build(self.index_dir, *merged)
+                    base.ext_ids, base.gender_codes, base.rows, base.values, base.key_slices,
+                    [delta], masked.to_pylist(),
+                )  # fmt: skip
+                return _published(write_build(self.index_dir, *merged))
+            build = write_build(self.index_dir, users, rows, values, slices, delta_of=(base_id, masked))
+            # The live count: the base's ext_id column is read (not its postings) to see which masked ids it holds.
+            base_ids = pq.read_table(self.index_dir / BUILDS_DIR / base_id / "users.parquet", columns=["ext_id"])
+            masked_in_base = pc.sum(pc.is_in(masked, value_set=base_ids.column(0).combine_chunks())).as_py() or 0
         return PublishReport(
-            build_id=build.build_id, document_count=build.document_count, details={"postings": build.posting_count}
+            build_id=build.build_id,
+            document_count=base_count - masked_in_base + build.document_count,
+            details={"delta_of": base_id, "delta_documents": build.document_count},
         )
 
     @contextmanager
