@@ -159,6 +159,7 @@ import_rejects = sa.Table(
 )
 
 CHUNK_ROWS = 20_000
+SQLITE_PAGE_SIZE = 16_384
 INT64_MAX = 2**63 - 1
 
 
@@ -177,6 +178,10 @@ def create_engine(url: str) -> Engine:
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
+            # Before anything creates the file's first page (a no-op on an existing store): per-user rows of
+            # JSON are kilobytes, and 16 KiB pages write them ~1.6x faster than the 4 KiB default (fewer
+            # overflow pages), for ~0.01 ms more per point lookup (docs/benchmarks.md).
+            cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
