@@ -3,11 +3,13 @@ tight budget changes how a step runs (spilling, one thread), never what it compu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from conftest import Pipeline
 
+from persona_assets.compute import affinities
 from persona_assets.compute.duck import DuckDBLimits, connect
 from persona_assets.resources import resources_from_settings
 from persona_assets.settings import PersonaSettings
@@ -55,14 +57,39 @@ def test_a_step_bigger_than_its_budget_spills_instead_of_failing(tmp_path: Path)
     assert (groups, total) == (3_000_000, 3_000_000)
 
 
-def test_a_tight_budget_gives_the_same_personas(tmp_path: Path) -> None:
+def test_a_tight_budget_gives_the_same_personas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also when the per-user sums run in several user ranges (made small here: 96MiB / 256KiB = 384 users)."""
     data = tmp_path / "data"
     generate_dataset(data, users=1500, seed=5)
-    exports = {}
+    exports, legacy = {}, {}
     for name, budget in (("roomy", {}), ("tight", {"PERSONA_MEMORY_LIMIT": "96MiB", "PERSONA_THREADS": "1"})):
+        if name == "tight":
+            monkeypatch.setattr(affinities, "_AGGREGATION_BYTES_PER_USER", 256 * 1024)
         pipeline = Pipeline(tmp_path / name, extra_env=budget)
         pipeline.import_dir(data)
         pipeline.materialize()
         exports[name] = pipeline.export()
+        legacy[name] = pipeline.table("user_persona").drop(columns=["hasChanged", "change_seq"])
+        legacy[name] = legacy[name].sort_values("extId").reset_index(drop=True)
     assert len(exports["tight"]) == 1500
     assert exports["tight"] == exports["roomy"]
+    for column in ("gender", "city", "ecomm", "brandAffinity", "categoryAffinity", "genericAffinity"):
+        parsed = {n: [json.loads(v) for v in legacy[n][column]] for n in legacy}
+        assert parsed["tight"] == parsed["roomy"], column
+
+
+def test_the_per_user_sums_run_in_ranges_sized_by_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert affinities.users_per_aggregation(connect(DuckDBLimits(memory_limit="3GiB"))) == 131_072
+    assert affinities.users_per_aggregation(connect(DuckDBLimits(memory_limit="96MiB"))) == 4_096
+    con = connect()
+    con.execute("CREATE TABLE users AS SELECT range AS uid FROM range(10)")
+    con.execute("CREATE TABLE sums AS SELECT range % 10 AS uid, range % 3 AS kid, 1 AS weight FROM range(300)")
+    monkeypatch.setattr(affinities, "_AGGREGATION_BYTES_PER_USER", 2**62)  # every user a range of its own
+    assert affinities.users_per_aggregation(con) == 1
+    affinities.create_by_user_range(
+        con,
+        "by_range",
+        f"SELECT uid, kid, SUM(weight) AS weight FROM sums WHERE uid {affinities.IN_RANGE} GROUP BY ALL",
+    )
+    summary = con.execute("SELECT COUNT(*), SUM(weight), COUNT(DISTINCT (uid, kid)) FROM by_range").fetchone()
+    assert summary == (30, 300, 30)

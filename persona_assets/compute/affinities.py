@@ -12,6 +12,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from persona_assets.compute.duck import memory_limit_bytes
 from persona_assets.contract.tokens import token_key, token_regex_re2, tokenize
 from persona_assets.stores.events import EVENT_KINDS, EventStore
 
@@ -206,26 +207,32 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
         JOIN users u ON u.ext_id = e.ext_id
         GROUP BY ALL;
 
-        -- Sums of whole numbers, so exact integers; sorted by user so that each uid range a later step reads
-        -- is a few contiguous row groups (a range's GROUP BY is then twice as fast as over scattered rows).
-        CREATE OR REPLACE TABLE raw_affinity_ids AS
-        SELECT uid, kid, SUM(weight)::BIGINT AS weight FROM (
-            SELECT e.uid, k.kid, CASE WHEN k.counts_events THEN e.events ELSE e.weight END AS weight
-            FROM product_events e JOIN product_key_ids k ON k.prod = e.prod
-            UNION ALL
-            SELECT e.uid, c.kid, e.events FROM product_events e JOIN pincode_key_ids c ON c.pincode = e.pincode
-            UNION ALL
-            SELECT u.uid, k.kid, {SEARCH_WEIGHT}
-            FROM searches s
-            JOIN search_matches m ON m.query = s.query
-            JOIN users u ON u.ext_id = s.ext_id
-            JOIN affinity_keys k ON k.dimension = m.dimension AND k.key = m.name
-        )
-        GROUP BY ALL
-        ORDER BY uid, kid;
-        DROP TABLE product_events;
+        CREATE OR REPLACE TEMP TABLE search_keys AS
+        SELECT u.uid, k.kid
+        FROM searches s
+        JOIN search_matches m ON m.query = s.query
+        JOIN users u ON u.ext_id = s.ext_id
+        JOIN affinity_keys k ON k.dimension = m.dimension AND k.key = m.name;
         """
     )
+    # Sums of whole numbers, so exact integers.
+    create_by_user_range(
+        con,
+        "raw_affinity_ids",
+        f"""
+        SELECT uid, kid, SUM(weight)::BIGINT AS weight FROM (
+            SELECT e.uid, k.kid, CASE WHEN k.counts_events THEN e.events ELSE e.weight END AS weight
+            FROM product_events e JOIN product_key_ids k ON k.prod = e.prod WHERE e.uid {IN_RANGE}
+            UNION ALL
+            SELECT e.uid, c.kid, e.events FROM product_events e JOIN pincode_key_ids c ON c.pincode = e.pincode
+            WHERE e.uid {IN_RANGE}
+            UNION ALL
+            SELECT uid, kid, {SEARCH_WEIGHT} FROM search_keys WHERE uid {IN_RANGE}
+        )
+        GROUP BY ALL
+        """,
+    )
+    con.execute("DROP TABLE product_events; DROP TABLE search_keys")
     _name_view(con, "raw_affinity", "raw_affinity_ids", "weight")
 
 
@@ -295,16 +302,6 @@ def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -
                AND EXISTS (SELECT 1 FROM vocabulary_df v WHERE v.kind = k.dimension AND v.name = k.key))
            OR (k.dimension = 'category' AND EXISTS (SELECT 1 FROM categories c WHERE c.cat_id = k.key));
 
-        CREATE OR REPLACE TABLE persona_affinity_ids AS
-        WITH kept AS (
-            SELECT r.uid, r.kid, k.dimension, r.weight
-            FROM raw_affinity_ids r JOIN kept_keys k USING (kid) WHERE r.weight > 0
-        ),
-        totals AS (SELECT uid, dimension, SUM(weight) AS total FROM kept GROUP BY ALL)
-        SELECT kept.uid, kept.kid, CAST(kept.weight AS DOUBLE) / totals.total AS value
-        FROM kept JOIN totals USING (uid, dimension)
-        ORDER BY kept.uid, kept.kid;
-
         CREATE OR REPLACE TABLE persona_users AS
         WITH g AS (
             SELECT r.uid,
@@ -320,6 +317,19 @@ def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -
         FROM users u LEFT JOIN g ON g.uid = u.uid;
         """
     )
+    create_by_user_range(
+        con,
+        "persona_affinity_ids",
+        f"""
+        WITH kept AS (
+            SELECT r.uid, r.kid, k.dimension, r.weight
+            FROM raw_affinity_ids r JOIN kept_keys k USING (kid) WHERE r.weight > 0 AND r.uid {IN_RANGE}
+        ),
+        totals AS (SELECT uid, dimension, SUM(weight) AS total FROM kept GROUP BY ALL)
+        SELECT kept.uid, kept.kid, CAST(kept.weight AS DOUBLE) / totals.total AS value
+        FROM kept JOIN totals USING (uid, dimension)
+        """,
+    )
     _name_view(con, "persona_affinity", "persona_affinity_ids", "value")
 
 
@@ -332,6 +342,27 @@ def user_ranges(con: duckdb.DuckDBPyConnection, users_per_range: int) -> list[tu
 
 IN_RANGE = "BETWEEN $first AND $last"
 """The filter every per-range query puts on its uid columns (parameters ``first``, ``last``)."""
+
+_AGGREGATION_BYTES_PER_USER = 24 * 1024
+
+
+def users_per_aggregation(con: duckdb.DuckDBPyConnection) -> int:
+    """Users per GROUP BY of the per-user sums under the connection's memory limit (3GiB: ~131,000).
+
+    One GROUP BY of every user's ~75 (user, key) groups spills past a few GiB at a million users, and its
+    hash table outgrows the caches long before; a range of users at a time stays in memory (at 1M users
+    on this project's machine: 32 s in one GROUP BY, 22 s in eight; docs/benchmarks.md).
+    """
+    return max(1, memory_limit_bytes(con) // _AGGREGATION_BYTES_PER_USER)
+
+
+def create_by_user_range(con: duckdb.DuckDBPyConnection, table: str, sql: str) -> None:
+    """Table ``table`` from ``sql`` (a SELECT whose uid columns are filtered by :data:`IN_RANGE`), run one
+    uid range of :func:`users_per_aggregation` users at a time and laid out in (uid, kid) order."""
+    ordered = f"{sql} ORDER BY uid, kid"
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS {ordered}", {"first": 0, "last": -1})
+    for first, last in user_ranges(con, users_per_aggregation(con)):
+        con.execute(f"INSERT INTO {table} {ordered}", {"first": first, "last": last})
 
 
 def _json_maps(table: str, value: str, dimensions: tuple[str, ...]) -> str:
@@ -368,7 +399,8 @@ def create_user_queries(con: duckdb.DuckDBPyConnection) -> None:
     """Table ``user_queries(uid, query, last_at)``: each user's distinct search texts with their latest time."""
     con.execute(
         "CREATE OR REPLACE TABLE user_queries AS "
-        "SELECT u.uid, s.query, MAX(s.ts) AS last_at FROM searches s JOIN users u USING (ext_id) GROUP BY ALL"
+        "SELECT u.uid, s.query, MAX(s.ts) AS last_at FROM searches s JOIN users u USING (ext_id) GROUP BY ALL "
+        "ORDER BY uid"  # a uid range of the per-range queries is then a few row groups, not a scan of all
     )
 
 
@@ -411,6 +443,7 @@ def create_user_products(con: duckdb.DuckDBPyConnection) -> None:
             UNION ALL SELECT ext_id, pid, ts, 'checkout' FROM checkouts
         ) e JOIN users u USING (ext_id)
         GROUP BY u.uid, e.pid
+        ORDER BY u.uid
         """
     )
 

@@ -59,3 +59,8 @@ def connect(limits: DuckDBLimits | None = None) -> duckdb.DuckDBPyConnection:
     # Long queries otherwise draw a progress bar into Dagster's captured logs and benchmark output.
     con.execute("SET enable_progress_bar = false")
     return con
+
+
+def memory_limit_bytes(con: duckdb.DuckDBPyConnection) -> int:
+    """The memory limit ``con`` runs under, in bytes (DuckDB reports it as e.g. ``2.7 GiB``)."""
+    return size_in_bytes(str(con.execute("SELECT current_setting('memory_limit')").fetchone()[0]))

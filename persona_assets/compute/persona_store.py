@@ -30,11 +30,14 @@ _DELETE_CHUNK = 500
 # wide user's legacy row is a few KiB. Two ranges are in flight at a time.
 _BYTES_PER_USER = 48 * 1024
 _MIN_RANGE_USERS = 1_000
-_MAX_RANGE_USERS = 250_000
+# Small ranges keep the store busy from the start: DuckDB's first range is all the writer waits for, and the
+# last write is all DuckDB waits for (at 100k users, 65,000-user ranges left two ranges and a rebuild 20 %
+# slower than 20,000-user ones; docs/benchmarks.md).
+_MAX_RANGE_USERS = 20_000
 
 
 def users_per_range(limits: DuckDBLimits | None) -> int:
-    """How many users' rows go to the store at a time under ``limits`` (3GiB: about 65,000)."""
+    """How many users' rows go to the store at a time under ``limits`` (20,000; fewer under 1GiB: 512MiB about 10,900)."""
     budget = (limits or DuckDBLimits()).memory_bytes // _BYTES_PER_USER
     return max(_MIN_RANGE_USERS, min(_MAX_RANGE_USERS, budget))
 
