@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import Pipeline
 
-from persona_assets.compute import affinities
+from persona_assets.compute import affinities, persona_store
 from persona_assets.compute.duck import DuckDBLimits, connect
 from persona_assets.resources import resources_from_settings
 from persona_assets.settings import PersonaSettings
@@ -81,6 +81,9 @@ def test_a_tight_budget_gives_the_same_personas(tmp_path: Path, monkeypatch: pyt
 def test_the_per_user_sums_run_in_ranges_sized_by_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     assert affinities.users_per_aggregation(connect(DuckDBLimits(memory_limit="3GiB"))) == 131_072
     assert affinities.users_per_aggregation(connect(DuckDBLimits(memory_limit="96MiB"))) == 4_096
+    # The JSON rows written to the store: ranges follow the same connection's limit, capped at 20,000 users.
+    assert persona_store.users_per_range(connect(DuckDBLimits(memory_limit="3GiB"))) == 20_000
+    assert persona_store.users_per_range(connect(DuckDBLimits(memory_limit="256MiB"))) == 5_461
     con = connect()
     con.execute("CREATE TABLE users AS SELECT range AS uid FROM range(10)")
     con.execute("CREATE TABLE sums AS SELECT range % 10 AS uid, range % 3 AS kid, 1 AS weight FROM range(300)")

@@ -71,7 +71,7 @@ def user_raw_affinities(
     work = event_store.layout.work_dir
     work.mkdir(parents=True, exist_ok=True)
     affinities.save_raw_affinities(con, work)
-    persona_store.write_legacy_columns(engine, con, compute.limits)
+    persona_store.write_legacy_columns(engine, con)
     stats = (
         con.execute(
             """
@@ -106,7 +106,7 @@ def user_activity(
     con = compute.connect()
     affinities.register_events(con, event_store.store)
     affinities.create_users(con)
-    users = persona_store.write_activity(relational_store.engine, con, limits=compute.limits)
+    users = persona_store.write_activity(relational_store.engine, con)
     return MaterializeResult(
         metadata={
             "users": users,
@@ -172,7 +172,7 @@ def user_personas(
     affinities.compute_personas(con, vocabulary)
     affinities.write_parquet(con, "persona_affinity", _work(event_store, "persona_affinity"))
     affinities.write_parquet(con, "persona_users", _work(event_store, "persona_users"))
-    stored = persona_store.write_personas(engine, con, limits=compute.limits)
+    stored = persona_store.write_personas(engine, con)
     calculated = advance_flags(engine, REBUILD_SNAPSHOT, [NEEDS_CALCULATION], CALCULATED)
     context.log.info(f"{stored:,} personas stored; {calculated:,} users moved 1 → 2")
     genders = dict(con.execute("SELECT gender, COUNT(*) FROM persona_users GROUP BY gender").fetchall())

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from persona_assets.compute import affinities
-from persona_assets.compute.duck import DuckDBLimits
+from persona_assets.compute.duck import memory_limit_bytes
 from persona_assets.stores import relational
 
 _DELETE_CHUNK = 500
@@ -36,9 +36,10 @@ _MIN_RANGE_USERS = 1_000
 _MAX_RANGE_USERS = 20_000
 
 
-def users_per_range(limits: DuckDBLimits | None) -> int:
-    """How many users' rows go to the store at a time under ``limits`` (20,000; fewer under 1GiB: 512MiB about 10,900)."""
-    budget = (limits or DuckDBLimits()).memory_bytes // _BYTES_PER_USER
+def users_per_range(con: duckdb.DuckDBPyConnection) -> int:
+    """How many users' rows go to the store at a time under ``con``'s memory limit (20,000; fewer under
+    1GiB: 512MiB about 10,900)."""
+    budget = memory_limit_bytes(con) // _BYTES_PER_USER
     return max(_MIN_RANGE_USERS, min(_MAX_RANGE_USERS, budget))
 
 
@@ -95,26 +96,23 @@ def _write_ranges(
     table: sa.Table,
     con: duckdb.DuckDBPyConnection,
     sql: str,
-    limits: DuckDBLimits | None,
     *,
     upsert_columns: Sequence[str] = (),
 ) -> int:
-    ranges = affinities.user_ranges(con, users_per_range(limits))
+    ranges = affinities.user_ranges(con, users_per_range(con))
     written = 0
     for rows in _ranges_in_background(con, sql, ranges, threading.Event()):
         written += relational.insert_arrow(conn, table, rows, upsert_columns=upsert_columns)
     return written
 
 
-def write_legacy_columns(engine: Engine, con: duckdb.DuckDBPyConnection, limits: DuckDBLimits | None = None) -> int:
+def write_legacy_columns(engine: Engine, con: duckdb.DuckDBPyConnection) -> int:
     """The raw maps and latest search texts into the legacy ``user_persona`` columns (upsert: the flags are
     left alone)."""
     affinities.create_user_queries(con)
     columns = [c.name for c in relational.user_persona.columns if c.name not in ("extId", "hasChanged", "change_seq")]
     with engine.begin() as conn:
-        return _write_ranges(
-            conn, relational.user_persona, con, affinities.legacy_rows_sql(), limits, upsert_columns=columns
-        )
+        return _write_ranges(conn, relational.user_persona, con, affinities.legacy_rows_sql(), upsert_columns=columns)
 
 
 def _replace_rows(
@@ -123,7 +121,6 @@ def _replace_rows(
     con: duckdb.DuckDBPyConnection,
     sql: str,
     only_users: Sequence[str] | None,
-    limits: DuckDBLimits | None,
 ) -> int:
     """Replace the rows of ``only_users`` (or of everyone) with the rows ``sql`` gives, in one transaction.
 
@@ -134,9 +131,9 @@ def _replace_rows(
     with engine.begin() as conn:
         if only_users is not None:
             _delete_rows(conn, table, key, only_users)
-            return _write_ranges(conn, table, con, sql, limits)
+            return _write_ranges(conn, table, con, sql)
         others = [column.name for column in table.columns if column.name != key]
-        written = _write_ranges(conn, table, con, sql, limits, upsert_columns=others)
+        written = _write_ranges(conn, table, con, sql, upsert_columns=others)
         _delete_users_without_rows(conn, table, key, con, written)
         return written
 
@@ -163,21 +160,19 @@ def write_personas(
     engine: Engine,
     con: duckdb.DuckDBPyConnection,
     only_users: Sequence[str] | None = None,
-    limits: DuckDBLimits | None = None,
 ) -> int:
-    return _replace_rows(engine, relational.user_personas, con, affinities.persona_rows_sql(), only_users, limits)
+    return _replace_rows(engine, relational.user_personas, con, affinities.persona_rows_sql(), only_users)
 
 
 def write_activity(
     engine: Engine,
     con: duckdb.DuckDBPyConnection,
     only_users: Sequence[str] | None = None,
-    limits: DuckDBLimits | None = None,
 ) -> int:
     """Each user's products and search texts (``users`` must exist; the per-user tables are built here)."""
     affinities.create_user_products(con)
     affinities.create_user_queries(con)
-    return _replace_rows(engine, relational.user_activity, con, affinities.USER_ACTIVITY_SQL, only_users, limits)
+    return _replace_rows(engine, relational.user_activity, con, affinities.USER_ACTIVITY_SQL, only_users)
 
 
 def current_vocabulary(engine: Engine) -> pd.DataFrame:

@@ -180,7 +180,7 @@ def create_engine(url: str) -> Engine:
             cursor = dbapi_connection.cursor()
             # Before anything creates the file's first page (a no-op on an existing store): per-user rows of
             # JSON are kilobytes, and 16 KiB pages write them ~1.6x faster than the 4 KiB default (fewer
-            # overflow pages), for ~0.01 ms more per point lookup (docs/benchmarks.md).
+            # overflow pages), for ~0.1 ms more per 20-key lookup (docs/benchmarks.md).
             cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
