@@ -57,8 +57,10 @@ def test_a_step_bigger_than_its_budget_spills_instead_of_failing(tmp_path: Path)
     assert (groups, total) == (3_000_000, 3_000_000)
 
 
+@pytest.mark.contract
 def test_a_tight_budget_gives_the_same_personas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Also when the per-user sums run in several user ranges (made small here: 96MiB / 256KiB = 384 users)."""
+    """Also when the per-user sums run in several user ranges (made small here: 96MiB / 256KiB = 384 users),
+    on every backend pair: the same personas and the same legacy raw maps in the relational store."""
     data = tmp_path / "data"
     generate_dataset(data, users=1500, seed=5)
     exports, legacy = {}, {}
