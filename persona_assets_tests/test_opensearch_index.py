@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import production_services
@@ -24,7 +25,14 @@ from opensearchpy import OpenSearch
 
 from persona_assets.query import ScoreWeights, SegmentQuery, score_persona
 from persona_assets.stores.embedded_backend import EmbeddedBackend
-from persona_assets.stores.opensearch_documents import LO_FROM, encode_batch, escape_key, index_mapping, unescape_key
+from persona_assets.stores.opensearch_documents import (
+    LO_FROM,
+    encode_batch,
+    escape_key,
+    index_mapping,
+    lucene_feature_value,
+    unescape_key,
+)
 from persona_assets.stores.opensearch_index import OpenSearchBackend
 from persona_assets.stores.persona_stream import checked_batches, persona_batches_from_frames
 from persona_assets.stores.search_backend import IndexNotBuiltError
@@ -95,6 +103,8 @@ def random_personas(seed: int, n: int) -> dict[str, dict]:
                 "category": _random_map(rng, CATEGORIES, 4),
                 "ecomm": _random_map(rng, SITES),
             }
+            if i % 37 == 5:  # values no rank feature can hold: zero and below float32's normal range
+                persona["brand"] |= {"nike": 0.0, "puma": 1e-40}
         personas[ext_id] = persona
     return personas
 
@@ -239,8 +249,11 @@ def test_key_escaping_is_reversible_and_safe():
     assert len({escape_key(k) for k in ["%2E", ".", "%252E", "%"]}) == 4
 
 
-def test_documents_are_json_with_exact_values():
+def test_documents_carry_each_value_exactly_once():
+    """A scored value is its rank feature's value as sent (Lucene keeps hi of it); lo makes hi + lo close;
+    values no feature can hold, and the ecomm map, are in ``exact``."""
     personas = random_personas(seed=3, n=60) | wide_personas(seed=3, n=40)
+    personas["tiny"] = {"gender": "men", **{dim: {} for dim in DIMS}, "brand": {"zero": 0.0, "sub": 1e-40, "ok": 1.0}}
     small = 0
     lines = []
     for batch in checked_batches(stream(*to_tables(personas), rows_per_batch=16)):
@@ -253,19 +266,24 @@ def test_documents_are_json_with_exact_values():
         doc = json.loads(text)
         assert doc["ext_id"] == ext_id
         assert doc["gender"] == personas[ext_id]["gender"]
-        for dim in DIMS:
-            exact = {unescape_key(k): v for k, v in doc["exact"][dim].items()}
-            assert exact == personas[ext_id][dim]
+        exact = {dim: {unescape_key(k): v for k, v in doc["exact"].get(dim, {}).items()} for dim in DIMS}
+        assert exact["ecomm"] == personas[ext_id]["ecomm"]
         for dim in ("city", "brand", "generic", "category"):
-            hi = {unescape_key(k): v for k, v in doc.get(dim, {}).items()}
+            sent = {unescape_key(k): v for k, v in doc.get(dim, {}).items()}
             lo = {unescape_key(k): v for k, v in doc.get(dim + "_lo", {}).items()}
-            for key, value in personas[ext_id][dim].items():
+            assert {**sent, **exact[dim]} == personas[ext_id][dim]  # every value exactly once
+            assert not sent.keys() & exact[dim].keys()
+            assert all(np.float32(v) >= np.finfo(np.float32).tiny for v in sent.values())
+            for key, value in sent.items():
+                hi = float(lucene_feature_value(np.array([value]))[0])
                 if value >= LO_FROM:
-                    assert abs(hi[key] + lo.get(key, 0.0) - value) <= value * 2**-20
-                else:  # hi alone, truncated: within 2^-8 of the value, below it
+                    assert abs(hi + lo.get(key, 0.0) - value) <= value * 2**-20
+                else:  # hi alone, truncated: within 2^-8 of the value
                     small += 1
-                    assert key not in lo and 0 <= value - hi[key] < value * 2**-8
+                    assert key not in lo and abs(value - hi) < value * 2**-8
     assert small > 500
+    tiny = json.loads(lines[lines.index(next(t for t in lines if '"_id":"tiny"' in t)) + 1])
+    assert tiny["brand"] == {"ok": 1.0} and tiny["exact"]["brand"] == {"zero": 0.0, "sub": 1e-40}
 
 
 def test_invalid_input_publishes_nothing(backend: OpenSearchBackend):

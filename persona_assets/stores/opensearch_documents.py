@@ -4,15 +4,21 @@ Mapping (constant size, whatever the number of brands, generic names or categori
 
     dynamic: strict
     ext_id, gender                             keyword
-    city, brand, generic, category             rank_features: escaped key -> value, truncated by Lucene
-    city_lo, brand_lo, generic_lo, category_lo rank_features: escaped key -> value - truncated value
+    city, brand, generic, category             rank_features: escaped key -> the exact value (Lucene keeps
+                                               8 mantissa bits of it: "hi")
+    city_lo, brand_lo, generic_lo, category_lo rank_features: escaped key -> value - hi
     exact                                      object, "enabled": false: {dimension: {escaped key: float64}}
-                                               for the five dimensions (ecomm too), read back from _source
+                                               for what the rank features cannot hold: the ecomm map, and
+                                               values too small to be a feature (0, below float32's normal range)
 
 Eleven fields, however many keys the personas carry: the legacy design (one numeric field per key)
-had to keep raising ``index.mapping.total_fields.limit``. ``_source`` is stored whole: filtering the
-rank features out of it made the node parse and re-serialise every document, half again its indexing
-CPU, for disk space nobody was short of.
+had to keep raising ``index.mapping.total_fields.limit``. ``_source`` is stored whole, so it holds each
+value exactly as sent: a search reads the exact float64 value of ``<dim>.<key>`` back from it (bit for
+bit what the embedded index scores), while Lucene indexes that value's float32, truncated. Builds of
+format 2 kept every exact value in ``exact`` as well (the search still reads them: ``exact`` first).
+Not sending the values twice made a document ~40 % smaller and the node's indexing CPU per persona a
+quarter lower (the node parses, stores and logs every byte of ``_source``). Filtering the rank features
+out of ``_source`` instead made the node re-serialise every document, half again its indexing CPU.
 
 Keys are escaped so that any string is a usable feature name and ``_source`` path: ``%`` → ``%25``,
 ``.`` → ``%2E`` (the rank_feature query splits ``field.feature`` on the last dot), ``*`` → ``%2A`` (a
@@ -20,15 +26,16 @@ wildcard in ``_source`` filters); the empty key is ``%``. :func:`unescape_key` r
 
 Precision. Lucene keeps a feature value with 8 mantissa bits (the float's bits >> 15), a relative
 truncation error below 2^-8, too coarse for the contract's 1e-3 ranking tolerance when scores are
-near 1. A value v ≥ :data:`LO_FROM` (1/16) is therefore indexed as ``hi`` = v truncated to 8 mantissa
-bits (exact in Lucene) plus ``lo`` = v - hi (itself truncated, error below 2^-8 of lo < 2^-8 of v),
-so it is approximated to about 2^-16 of its value (:data:`APPROX_RELATIVE_ERROR`). A smaller value
-gets ``hi`` alone: it is then within v·2^-8 < 2^-12 (:data:`UNSPLIT_ERROR`) of itself, a quarter of
-the tolerance at the default weights. Rank features are most of the node's indexing work (a few µs
-each), and in real personas most values are small (brand, generic and category maps spread over many
-keys): this drops ~60 % of the ``lo`` features, ~15 % of the node's CPU per document. Reported scores
-never use the approximation: the search re-scores candidates from ``exact`` and widens its window by
-the error bound (see ``opensearch_search``).
+near 1. For a value v ≥ :data:`LO_FROM` (1/16) the document therefore also carries ``lo`` = v - hi,
+where hi is what Lucene makes of v (its float32, truncated); lo is itself truncated, error below 2^-8
+of lo < 2^-8 of v, so hi + lo is v to about 2^-16 (:data:`APPROX_RELATIVE_ERROR`; when rounding v to
+float32 carried it up to hi, hi exceeds v by less than 2^-24 of it and there is no lo). A smaller
+value has no ``lo``: hi is within v·2^-8 < 2^-12 (:data:`UNSPLIT_ERROR`) of it, a quarter of the
+tolerance at the default weights. Rank features are most of the node's indexing work (a few µs each),
+and in real personas most values are small (brand, generic and category maps spread over many keys):
+this drops ~60 % of the ``lo`` features, ~15 % of the node's CPU per document. Reported scores never
+use the approximation: the search re-scores candidates from the exact values in ``_source`` and widens
+its window by the error bound (see ``opensearch_search``).
 
 Documents are serialised column-wise with Arrow compute, one batch of whole personas at a time: each
 map is already one list per persona, so its JSON object is a join of ``"key":value`` fragments over
@@ -64,6 +71,7 @@ __all__ = [
     "encode_batch",
     "escape_key",
     "index_mapping",
+    "lucene_feature_value",
     "unescape_key",
 ]
 
@@ -112,7 +120,7 @@ def index_mapping() -> dict[str, Any]:
         properties[dim] = {"type": "rank_features"}
         properties[dim + LO_SUFFIX] = {"type": "rank_features"}
     properties[EXACT_FIELD] = {"type": "object", "enabled": False}
-    return {"dynamic": "strict", "_meta": {"persona_format": 2}, "properties": properties}
+    return {"dynamic": "strict", "_meta": {"persona_format": 3}, "properties": properties}
 
 
 # --------------------------------------------------------------------------- serialisation
@@ -167,11 +175,16 @@ class KeyLiterals:
         return names, encoded.indices.to_numpy()
 
 
+def lucene_feature_value(values: np.ndarray) -> np.ndarray:
+    """What Lucene indexes for rank feature values (float64, ≥ 0): their float32, cut to 8 mantissa bits."""
+    return _truncate_mantissa(values.astype(np.float32).astype(np.float64))
+
+
 class _ValueTexts:
-    """The JSON numbers of a batch's values: exact, hi and lo, each formatted once per distinct value.
+    """The JSON numbers of a batch's values: exact and lo, each formatted once per distinct value.
 
     Formatting floats is most of the client's work, and normalised counts repeat a lot (1/3, 1/2, ...);
-    hi and lo are functions of the value, so one hash of the batch's values serves all three.
+    lo is a function of the value, so one hash of the batch's values serves both.
     """
 
     def __init__(self, values: np.ndarray) -> None:
@@ -179,10 +192,11 @@ class _ValueTexts:
             raise ValueError("affinities: column 'value' must hold finite numbers >= 0 (and within float32 range)")
         encoded = pc.dictionary_encode(pa.array(values, pa.float64()))
         distinct, self.index = encoded.dictionary.to_numpy(), encoded.indices.to_numpy()
-        hi = _truncate_mantissa(distinct)
-        lo = (distinct - hi).astype(np.float32)
-        self.exact, self.hi, self.lo = (pa.array(part).cast(pa.string()).to_pylist() for part in (distinct, hi, lo))
-        self.has_hi, self.has_lo = hi >= _F32_MIN_NORMAL, (lo >= _F32_MIN_NORMAL) & (distinct >= LO_FROM)
+        lo = (distinct - lucene_feature_value(distinct)).astype(np.float32)
+        self.exact, self.lo = (pa.array(part).cast(pa.string()).to_pylist() for part in (distinct, lo))
+        #: a rank feature must be a positive normal float32; the rest (0, tiny values) stay in ``exact``
+        self.is_feature = distinct.astype(np.float32) >= _F32_MIN_NORMAL
+        self.has_lo = (lo >= _F32_MIN_NORMAL) & (distinct >= LO_FROM)
 
 
 def _object(
@@ -268,11 +282,15 @@ def encode_batch(batch: pa.RecordBatch, key_literals: KeyLiterals | None = None)
         names, name_index = key_literals(mine.keys)
         value_index = texts.index[bounds[i] : bounds[i + 1]]
         members = (mine.offsets, names, name_index)
-        exact += [("," if exact else "") + f'"{dim}":{{', _object(*members, texts.exact, value_index), "}"]
         if dim not in SCORED_DIMENSIONS:
+            exact += [("," if exact else "") + f'"{dim}":{{', _object(*members, texts.exact, value_index), "}"]
             continue
-        for suffix, part, present in (("", texts.hi, texts.has_hi), (LO_SUFFIX, texts.lo, texts.has_lo)):
-            body = _object(*members, part, value_index, keep=present[value_index])
+        is_feature = texts.is_feature[value_index]
+        if not is_feature.all():
+            outside = _object(*members, texts.exact, value_index, keep=~is_feature)
+            exact += [("," if exact else "") + f'"{dim}":{{', outside, "}"]
+        for suffix, part, present in (("", texts.exact, is_feature), (LO_SUFFIX, texts.lo, texts.has_lo[value_index])):
+            body = _object(*members, part, value_index, keep=present)
             pieces += [f',"{dim}{suffix}":{{', body, "}"]
     pieces += [f',"{EXACT_FIELD}":{{', *exact, "}}\n"]
     return BulkDocuments(ext_ids=batch.column(0), lines=_concat(*pieces), refused=refused)

@@ -7,7 +7,8 @@ components not given (C = 1/3, B = G = K = 1) are the same for everyone and are 
 Hits are sorted ``_score`` desc, ``ext_id`` asc.
 
 Reported scores never use the approximation: every fetched candidate is re-scored with
-:func:`~persona_assets.query.scoring.score_persona` from the exact float64 values in ``_source``
+:func:`~persona_assets.query.scoring.score_persona` from the exact float64 values in ``_source`` (a rank
+feature's value as sent, or ``exact`` for a value no feature can hold)
 (bit-identical to the embedded index). The candidate window starts at ``overfetch × (from + size) + 10``;
 it is widened (``search_after``, on the same physical index) until no persona left out can score more
 than the tolerance (the contract's 1e-3) above the k-th returned one: an unfetched persona has an
@@ -104,7 +105,7 @@ def _plan(query: SegmentQuery, w: ScoreWeights) -> _Plan:
         given.append((dim, key, escaped))
         if len(key) > MAX_NAME_LENGTH:
             continue  # no stored persona has such a key (imports reject longer names): it scores 0
-        includes.append(f"{EXACT_FIELD}.{dim}.{escaped}")
+        includes += [f"{dim}.{escaped}", f"{EXACT_FIELD}.{dim}.{escaped}"]
         if weight <= 0 or len(escaped.encode("utf-8")) > MAX_TERM_BYTES:
             continue  # no score from it, or no document can hold such a feature
         for field in (dim, dim + LO_SUFFIX):
@@ -244,7 +245,10 @@ class _Search:
             exact = source.get(EXACT_FIELD) or {}
             persona: dict[str, Any] = {"gender": source.get("gender")}
             for dim, key, escaped in self.plan.given:
+                # a value the rank features cannot hold (or any value, in builds of format 2) is in exact
                 value = (exact.get(dim) or {}).get(escaped)
+                if value is None:
+                    value = (source.get(dim) or {}).get(escaped)
                 if value is not None:
                     persona[dim] = {key: value}
             score, components = score_persona(persona, self.query, self.w)
