@@ -73,6 +73,9 @@ class SearchIndexResource(ConfigurableResource):
     opensearch_url: str | None = None
     # The alias queries go through; each rebuild creates "<alias>-<build id>" and swaps the alias to it.
     opensearch_alias: str = "persona_personas"
+    # Primary shards and replicas of each new OpenSearch build.
+    opensearch_shards: int = 2
+    opensearch_replicas: int = 0
 
     @property
     def index_dir(self) -> Path:
@@ -80,7 +83,13 @@ class SearchIndexResource(ConfigurableResource):
 
     def backend(self) -> SearchBackend:
         """The configured backend: OpenSearch when ``opensearch_url`` is set, else the embedded index."""
-        return search_backend(self.index_dir, self.opensearch_url, self.opensearch_alias)
+        return search_backend(
+            self.index_dir,
+            self.opensearch_url,
+            self.opensearch_alias,
+            shards=self.opensearch_shards,
+            replicas=self.opensearch_replicas,
+        )
 
 
 def resources_from_settings(settings: PersonaSettings) -> dict[str, ConfigurableResource]:
@@ -92,6 +101,10 @@ def resources_from_settings(settings: PersonaSettings) -> dict[str, Configurable
             memory_limit=settings.memory_limit, threads=settings.threads, spill_dir=str(settings.layout.spill_dir)
         ),
         "search_index": SearchIndexResource(
-            home=home, opensearch_url=settings.opensearch_url, opensearch_alias=settings.opensearch_alias
+            home=home,
+            opensearch_url=settings.opensearch_url,
+            opensearch_alias=settings.opensearch_alias,
+            opensearch_shards=settings.opensearch_shards,
+            opensearch_replicas=settings.opensearch_replicas,
         ),
     }

@@ -63,6 +63,9 @@ class PersonaSettings:
     # First day of the daily event partitions; events before it are rejected at import.
     events_start: date = date(2015, 1, 1)
     opensearch_alias: str = "persona_personas"
+    # Primary shards and replicas of each OpenSearch build (PERSONA_OPENSEARCH_SHARDS / _REPLICAS).
+    opensearch_shards: int = 2
+    opensearch_replicas: int = 0
     # DuckDB's budget per step (PERSONA_MEMORY_LIMIT) and its threads (PERSONA_THREADS, default: every core).
     memory_limit: str = DEFAULT_MEMORY_LIMIT
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -83,17 +86,19 @@ class PersonaSettings:
             size_in_bytes(memory_limit)
         except ValueError as error:
             raise ValueError(f"PERSONA_MEMORY_LIMIT: {error}") from None
-        threads_text = env.get("PERSONA_THREADS") or str(os.cpu_count() or 1)
-        if not threads_text.isdigit() or int(threads_text) < 1:
-            raise ValueError(f"PERSONA_THREADS: {threads_text!r} is not a whole number of threads >= 1")
+        threads = _whole_number(env, "PERSONA_THREADS", str(os.cpu_count() or 1), least=1, what="threads")
+        shards = _whole_number(env, "PERSONA_OPENSEARCH_SHARDS", "2", least=1, what="shards")
+        replicas = _whole_number(env, "PERSONA_OPENSEARCH_REPLICAS", "0", least=0, what="replicas")
         return cls(
             home=home,
             db_url=db_url,
             opensearch_url=opensearch_url,
             events_start=events_start,
             opensearch_alias=env.get("PERSONA_OPENSEARCH_ALIAS") or "persona_personas",
+            opensearch_shards=shards,
+            opensearch_replicas=replicas,
             memory_limit=memory_limit,
-            threads=int(threads_text),
+            threads=threads,
         )
 
     @property
@@ -103,3 +108,10 @@ class PersonaSettings:
     @property
     def duckdb_limits(self) -> DuckDBLimits:
         return DuckDBLimits(memory_limit=self.memory_limit, threads=self.threads, temp_directory=self.layout.spill_dir)
+
+
+def _whole_number(env: Mapping[str, str], name: str, default: str, *, least: int, what: str) -> int:
+    text = (env.get(name) or default).strip()
+    if not text.isdigit() or int(text) < least:
+        raise ValueError(f"{name}: {text!r} is not a whole number of {what} >= {least}")
+    return int(text)

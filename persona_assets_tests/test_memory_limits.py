@@ -26,7 +26,13 @@ def test_memory_limit_and_threads_come_from_the_environment(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("PERSONA_MEMORY_LIMIT", "lots"), ("PERSONA_MEMORY_LIMIT", "4 parsecs"), ("PERSONA_THREADS", "0")],
+    [
+        ("PERSONA_MEMORY_LIMIT", "lots"),
+        ("PERSONA_MEMORY_LIMIT", "4 parsecs"),
+        ("PERSONA_THREADS", "0"),
+        ("PERSONA_OPENSEARCH_SHARDS", "0"),
+        ("PERSONA_OPENSEARCH_REPLICAS", "-1"),
+    ],
 )
 def test_a_bad_budget_is_an_error_naming_the_variable(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):

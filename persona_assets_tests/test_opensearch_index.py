@@ -24,6 +24,8 @@ from conftest import production_services
 from opensearchpy import OpenSearch
 
 from persona_assets.query import ScoreWeights, SegmentQuery, score_persona
+from persona_assets.settings import PersonaSettings
+from persona_assets.stores.backends import search_backend_for
 from persona_assets.stores.embedded_backend import EmbeddedBackend
 from persona_assets.stores.opensearch_documents import (
     LO_FROM,
@@ -395,6 +397,33 @@ def test_values_without_lo_still_rank_within_the_tolerance(published_wide, weigh
         checked += 1
     print(f"{identical}/{checked} pages identical to the embedded index")
     assert identical >= 0.9 * checked
+
+
+def test_builds_take_the_configured_shards_and_rank_exactly_across_them(opensearch_url: str, tmp_path: Path):
+    """PERSONA_OPENSEARCH_SHARDS reaches each new build; candidates from several shards rank as one index."""
+    settings = PersonaSettings.from_env(
+        {
+            "PERSONA_HOME": str(tmp_path),
+            "PERSONA_OPENSEARCH_URL": opensearch_url,
+            "PERSONA_OPENSEARCH_ALIAS": f"test_{secrets.token_hex(4)}_sharded",
+            "PERSONA_OPENSEARCH_SHARDS": "3",
+        }
+    )
+    backend = search_backend_for(settings)
+    personas = random_personas(seed=17, n=300)
+    users, affinities = to_tables(personas)
+    try:
+        index = backend.publish(stream(users, affinities)).details["index"]
+        stored = backend.client.indices.get_settings(index=index)[index]["settings"]["index"]
+        assert (stored["number_of_shards"], stored["number_of_replicas"]) == ("3", "0")
+        embedded = EmbeddedBackend(tmp_path / "embedded")
+        embedded.publish(stream(users, affinities))
+        weights = ScoreWeights()
+        for query in all_queries()[::7]:
+            ranking = reference_ranking(personas, query, weights)
+            check_answer(personas, ranking, query, backend.search(query, weights), embedded.search(query, weights))
+    finally:
+        backend.client.indices.delete(index=f"{settings.opensearch_alias}*", ignore_unavailable=True)
 
 
 def test_values_without_lo_widen_the_window_by_their_error(backend: OpenSearchBackend, tmp_path: Path):

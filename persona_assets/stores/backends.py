@@ -16,11 +16,17 @@ __all__ = ["search_backend", "search_backend_for"]
 
 
 def search_backend(
-    index_dir: Path, opensearch_url: str | None = None, alias: str = "persona_personas"
+    index_dir: Path,
+    opensearch_url: str | None = None,
+    alias: str = "persona_personas",
+    *,
+    shards: int = 2,
+    replicas: int = 0,
 ) -> SearchBackend:
-    """OpenSearch behind ``alias`` when ``opensearch_url`` is given, else the embedded index in ``index_dir``."""
+    """OpenSearch behind ``alias`` when ``opensearch_url`` is given (new builds with ``shards`` primary
+    shards and ``replicas`` replicas), else the embedded index in ``index_dir``."""
     if opensearch_url:
-        return _opensearch_backend(opensearch_url, alias)
+        return _opensearch_backend(opensearch_url, alias, shards, replicas)
     from persona_assets.stores.embedded_backend import EmbeddedBackend
 
     return EmbeddedBackend(index_dir)
@@ -28,12 +34,18 @@ def search_backend(
 
 def search_backend_for(settings: PersonaSettings) -> SearchBackend:
     """The backend ``PERSONA_OPENSEARCH_URL`` / ``PERSONA_OPENSEARCH_ALIAS`` / ``PERSONA_HOME`` name."""
-    return search_backend(settings.layout.index_dir, settings.opensearch_url, settings.opensearch_alias)
+    return search_backend(
+        settings.layout.index_dir,
+        settings.opensearch_url,
+        settings.opensearch_alias,
+        shards=settings.opensearch_shards,
+        replicas=settings.opensearch_replicas,
+    )
 
 
 @cache
-def _opensearch_backend(url: str, alias: str) -> SearchBackend:
+def _opensearch_backend(url: str, alias: str, shards: int, replicas: int) -> SearchBackend:
     """One backend (one client and its connection pool) per node and alias, for the life of the process."""
     from persona_assets.stores.opensearch_index import OpenSearchBackend
 
-    return OpenSearchBackend(url, alias=alias)
+    return OpenSearchBackend(url, alias=alias, shards=shards, replicas=replicas)

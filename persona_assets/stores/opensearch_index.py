@@ -111,7 +111,9 @@ class OpenSearchBackend:
     ``url``: ``http(s)://[user:password@]host:port``; ``PERSONA_OPENSEARCH_VERIFY_CERTS`` (true/false)
     and ``PERSONA_OPENSEARCH_CA_CERTS`` (a CA bundle path) apply to https. ``alias``: the name
     queries go through; builds are ``<alias>-<build_id>``. ``bulk_chunk``: documents per ``_bulk``
-    request. ``max_retries``: rounds of retries for documents that fail. ``client``: an existing
+    request. ``max_retries``: rounds of retries for documents that fail. ``shards``, ``replicas``: of each
+    new build (one node with two or more cores answers a query about a third faster from two shards:
+    each is searched on a core of its own). ``client``: an existing
     ``opensearchpy.OpenSearch`` (then ``url`` is only used in messages).
     """
 
@@ -129,9 +131,6 @@ class OpenSearchBackend:
     overfetch: float = 1.25
     #: Candidates fetched at most per query (at least ``from + size``); beyond it the guarantee is logged as unproven.
     window_cap: int = MAX_WINDOW
-    #: Primary shards and replicas of each build (replicas are 0 while loading).
-    shards: int = 1
-    replicas: int = 0
     #: Seconds one ``_bulk`` request may take.
     bulk_timeout: float = 120.0
 
@@ -142,6 +141,8 @@ class OpenSearchBackend:
         *,
         bulk_chunk: int = 1000,
         max_retries: int = 4,
+        shards: int = 2,
+        replicas: int = 0,
         client: Any = None,
     ) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_.+-]*", alias or "") or alias in (".", ".."):
@@ -150,10 +151,14 @@ class OpenSearchBackend:
             raise ValueError(f"bulk_chunk must be at least 1, got {bulk_chunk}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
+        if shards < 1 or replicas < 0:
+            raise ValueError(f"an OpenSearch build needs shards >= 1 and replicas >= 0, got {shards} and {replicas}")
         self.url = url
         self.alias = alias
         self.bulk_chunk = bulk_chunk
         self.max_retries = max_retries
+        #: Primary shards and replicas of each new build (replicas are 0 while loading).
+        self.shards, self.replicas = shards, replicas
         self.client = client if client is not None else _client_from_url(url)
         self._build_re = re.compile(_BUILD_RE_TEMPLATE.format(alias=re.escape(alias)))
 
