@@ -3,6 +3,7 @@
 Usage: .venv/bin/python bench/index_bench.py --url "$PERSONA_OPENSEARCH_URL" [--users 1000000]
        [--work /tmp/persona-index-bench/work-1000000] [--baseline-commit 5a89df0] [--memory-limit 2GiB]
        [--backends opensearch,embedded] [--skip-baseline] [--out docs/bench/index-1m.json]
+       [--compare-commit C --rounds N]
 
 Personas: ``WORK/persona_users.parquet`` + ``persona_affinity.parquet`` — the files ``user_personas``
 leaves for ``persona_index`` — written by ``bench/persona_work.py`` when absent (~28 affinity rows per
@@ -17,6 +18,10 @@ For each backend, three phases, each in a process of its own so that its peak RS
 * ``baseline`` (``--baseline-commit``, extracted with ``git archive``): the same files read whole
   into pandas and published with the code of that commit (for OpenSearch: every document serialised
   at once, then ``parallel_bulk``).
+
+``--compare-commit C --rounds N`` instead runs the streamed publish of this checkout and of commit C
+(same work files, each with its own defaults) alternately, N times each: on a VM whose speed drifts
+between minutes, only an interleaved A/B says which is faster.
 
 Reported per phase: wall seconds, personas/s, peak RSS, the process's CPU seconds and (OpenSearch)
 the node's CPU seconds from ``_nodes/stats`` — on a shared 2-core machine the CPU figures are the
@@ -34,6 +39,7 @@ import platform
 import resource
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,6 +181,23 @@ def baseline_checkout(commit: str, into: Path) -> Path:
     return into
 
 
+def compare(args: argparse.Namespace, backends: list[str], other: Path) -> dict[str, dict]:
+    """Streamed publishes of this checkout and of ``other``, interleaved; per side every round and the median."""
+    results: dict[str, dict] = {}
+    for backend in backends:
+        rounds: dict[str, list[dict]] = {"this checkout": [], args.compare_commit: []}
+        for _ in range(args.rounds):
+            rounds["this checkout"].append(run_phase(args, backend, "streamed", REPO))
+            rounds[args.compare_commit].append(run_phase(args, backend, "streamed", other))
+        medians = {side: statistics.median(r["personas_per_second"] for r in runs) for side, runs in rounds.items()}
+        results[backend] = {
+            "rounds": rounds,
+            "median_personas_per_second": medians,
+            "speedup": round(medians["this checkout"] / medians[args.compare_commit], 2),
+        }
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -186,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-limit", default="2GiB", help="DuckDB's budget for the streamed phase")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--upsert", type=int, default=10_000, help="personas the upsert phase replaces")
+    parser.add_argument("--compare-commit", help="A/B: the streamed publish of this commit against this checkout")
+    parser.add_argument("--rounds", type=int, default=2, help="publishes of each side in an A/B")
     parser.add_argument("--out")
     # One phase in this process (used by the driver above).
     parser.add_argument("--phase", choices=["streamed", "upsert", "baseline"])
@@ -210,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     args.scratch = tempfile.mkdtemp(prefix="persona-index-bench-")
     results: dict[str, dict] = {}
     try:
+        if args.compare_commit:
+            results = compare(args, backends, baseline_checkout(args.compare_commit, Path(args.scratch) / "compare"))
+            backends = []
         base = None if args.skip_baseline else baseline_checkout(args.baseline_commit, Path(args.scratch) / "base")
         for backend in backends:
             results[backend] = {"streamed": run_phase(args, backend, "streamed", REPO)}
