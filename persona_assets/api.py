@@ -22,13 +22,13 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal, cast
 
+import anyio
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
-from starlette.concurrency import run_in_threadpool
 
 from persona_assets.query.request import DEFAULT_SIZE, MAX_SIZE, MAX_WINDOW, InvalidRequest, parse_segment_request
 from persona_assets.query.scoring import ScoreWeights
@@ -211,6 +211,7 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
         version="1",
     )
     app.state.settings = settings
+    answering = anyio.CapacityLimiter(settings.answer_threads)  # the rest queue in arrival order
 
     @app.post(
         "/fetchPersonas",
@@ -233,7 +234,7 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
             raw += chunk
             if len(raw) > MAX_BODY_BYTES:
                 return _invalid("request", f"the body is larger than {MAX_BODY_BYTES} bytes", status_code=413)
-        return await run_in_threadpool(_answer, bytes(raw), engine, backend, weights)
+        return await anyio.to_thread.run_sync(_answer, bytes(raw), engine, backend, weights, limiter=answering)
 
     @app.get(
         "/health",

@@ -418,13 +418,6 @@ def test_activity_rows_in_the_layout_of_older_builds_are_still_read():
         '[{"pid": "P1", "visited_us": 5, "purchased_us": null}, {"pid": "P2", "visited_us": null, "purchased_us": 7}]',
         _PRODUCT_FIELDS,
     )
-    assert (
-        new
-        == old
-        == [
-            {"pid": "P1", "visited_us": 5, "purchased_us": None},
-            {"pid": "P2", "visited_us": None, "purchased_us": 7},
-        ]
-    )
+    assert new == old == [["P1", 5, None], ["P2", None, 7]]
     with pytest.raises(ValueError):
         _entries('[["P1", 5]]', _PRODUCT_FIELDS)  # a short entry is an error, not a silent gap

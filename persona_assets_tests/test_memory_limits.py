@@ -24,6 +24,14 @@ def test_memory_limit_and_threads_come_from_the_environment(tmp_path: Path) -> N
     assert settings.duckdb_limits.temp_directory == tmp_path.resolve() / "tmp" / "duckdb"
 
 
+def test_answer_threads_follow_the_backend_unless_set(tmp_path: Path) -> None:
+    home = {"PERSONA_HOME": str(tmp_path)}
+    opensearch = {**home, "PERSONA_OPENSEARCH_URL": "http://127.0.0.1:9200"}
+    assert PersonaSettings.from_env(home).answer_threads == 1  # CPU-bound: one at a time, the rest queue
+    assert PersonaSettings.from_env(opensearch).answer_threads == 8  # mostly waiting on the node
+    assert PersonaSettings.from_env({**opensearch, "PERSONA_SERVE_THREADS": "3"}).answer_threads == 3
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -32,6 +40,7 @@ def test_memory_limit_and_threads_come_from_the_environment(tmp_path: Path) -> N
         ("PERSONA_THREADS", "0"),
         ("PERSONA_OPENSEARCH_SHARDS", "0"),
         ("PERSONA_OPENSEARCH_REPLICAS", "-1"),
+        ("PERSONA_SERVE_THREADS", "0"),
     ],
 )
 def test_a_bad_budget_is_an_error_naming_the_variable(tmp_path: Path, name: str, value: str) -> None:

@@ -6,9 +6,9 @@ a plain :class:`~persona_assets.stores.search_backend.SearchBackend`, so neither
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -41,19 +41,21 @@ def fetch_personas(
                 "score": hit.score,
                 "components": hit.components,
                 "gender": hit.gender,
-                "visited": _recent_pids(products, "visited_us", matches),
-                "purchased": _recent_pids(products, "purchased_us", matches),
+                "visited": _recent_pids(products, _VISITED, matches),
+                "purchased": _recent_pids(products, _PURCHASED, matches),
                 "search_terms": _recent_terms(searches, name_tokens),
             }
         )
     return {"total": hits.total, "results": results}
 
 
-Activity = dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+Entry = list[Any]  # one positional entry of a user_activity JSON column
+Activity = dict[str, tuple[list[Entry], list[Entry]]]
 
 
 def _activity(conn: Connection, ext_ids: list[str]) -> Activity:
-    """The ``user_activity`` rows of the page's users, JSON decoded."""
+    """The ``user_activity`` rows of the page's users, JSON decoded (orjson: a page decodes ~20 rows of a
+    few KiB each, a good share of an answer's CPU with the standard library)."""
     if not ext_ids:
         return {}
     table = relational.user_activity
@@ -65,18 +67,23 @@ def _activity(conn: Connection, ext_ids: list[str]) -> Activity:
 
 _PRODUCT_FIELDS = ("pid", "visited_us", "purchased_us")
 _SEARCH_FIELDS = ("query", "searched_us")
+_PID, _VISITED, _PURCHASED = range(3)
+_QUERY, _SEARCHED = range(2)
 
 
-def _entries(text: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
-    """A ``user_activity`` JSON column as named entries: positional arrays, or objects (rows of older builds)."""
-    return [item if isinstance(item, dict) else dict(zip(fields, item, strict=True)) for item in json.loads(text)]
+def _entries(text: str, fields: tuple[str, ...]) -> list[Entry]:
+    """A ``user_activity`` JSON column as positional entries (rows of older builds hold objects)."""
+    entries = [[item[f] for f in fields] if isinstance(item, dict) else item for item in orjson.loads(text)]
+    if any(len(entry) != len(fields) for entry in entries):
+        raise ValueError(f"user_activity: an entry does not hold the {len(fields)} fields {fields}")
+    return entries
 
 
 def _product_matcher(conn: Connection, query: SegmentQuery, activity: Activity) -> set[str] | None:
     """The page's pids that match every product-level criterion; None when no criterion is given."""
     if not query.has_product_criteria:
         return None
-    pids = sorted({item["pid"] for products, _ in activity.values() for item in products})
+    pids = sorted({item[_PID] for products, _ in activity.values() for item in products})
     if not pids:
         return set()
     p = relational.products
@@ -93,15 +100,15 @@ def _product_matcher(conn: Connection, query: SegmentQuery, activity: Activity) 
     return {row.pid for row in conn.execute(select)}
 
 
-def _recent_pids(products: list[dict[str, Any]], time_key: str, matches: set[str] | None) -> list[str]:
-    """Distinct pids with a ``time_key`` event (and matching, when criteria are given), newest first."""
-    kept = [p for p in products if p[time_key] is not None and (matches is None or p["pid"] in matches)]
-    kept.sort(key=lambda p: (-p[time_key], p["pid"]))
-    return [p["pid"] for p in kept[:MAX_PRODUCTS]]
+def _recent_pids(products: list[Entry], when: int, matches: set[str] | None) -> list[str]:
+    """Distinct pids with an event at position ``when`` (and matching, when criteria are given), newest first."""
+    kept = [p for p in products if p[when] is not None and (matches is None or p[_PID] in matches)]
+    kept.sort(key=lambda p: (-p[when], p[_PID]))
+    return [p[_PID] for p in kept[:MAX_PRODUCTS]]
 
 
-def _recent_terms(searches: list[dict[str, Any]], name_tokens: list[list[str]]) -> list[str]:
+def _recent_terms(searches: list[Entry], name_tokens: list[list[str]]) -> list[str]:
     """Distinct texts containing the brand or generic name (all when neither is given), newest first."""
-    kept = [s for s in searches if not name_tokens or any(contains_name(tokenize(s["query"]), n) for n in name_tokens)]
-    kept.sort(key=lambda s: (-s["searched_us"], s["query"]))
-    return [s["query"] for s in kept[:MAX_SEARCH_TERMS]]
+    kept = [s for s in searches if not name_tokens or any(contains_name(tokenize(s[_QUERY]), n) for n in name_tokens)]
+    kept.sort(key=lambda s: (-s[_SEARCHED], s[_QUERY]))
+    return [s[_QUERY] for s in kept[:MAX_SEARCH_TERMS]]
