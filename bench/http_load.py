@@ -103,6 +103,7 @@ def load(port: int, requests: list[dict], clients: int, seconds: float) -> dict:
     elapsed = time.perf_counter() - started
     all_ms = [ms for per_client in latencies for ms in per_client]
     all_errors = [e for per_client in errors for e in per_client]
+    client_medians = [_percentile(per_client, 0.5) for per_client in latencies if per_client]
     return {
         "requests": len(all_ms),
         "requests_per_second": round(len(all_ms) / elapsed, 1),
@@ -110,6 +111,8 @@ def load(port: int, requests: list[dict], clients: int, seconds: float) -> dict:
         "p99_ms": round(_percentile(all_ms, 0.99), 1) if all_ms else None,
         "errors": len(all_errors),
         "error_kinds": sorted(set(all_errors)),
+        # how evenly the server shares itself: the lowest and highest of the clients' median latencies
+        "client_p50_ms_range": [round(f(client_medians), 1) for f in (min, max)] if client_medians else None,
     }
 
 
