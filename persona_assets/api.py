@@ -10,7 +10,8 @@ describes it. Answers:
 * 422 ``{"detail": [{"loc": ["body", FIELD], "msg": ..., "type": "value_error"}], "field": FIELD}``
   for a contract violation, naming the field (``request`` when the body is not JSON or not an object);
 * 413 (same shape, field ``request``) for a body over ``MAX_BODY_BYTES``;
-* 503 ``{"detail": ...}`` when no index has been built yet or a store cannot be reached.
+* 503 ``{"detail": ...}`` when no index has been built yet, a store cannot be reached, or the answer
+  (its wait for a free answer thread included) took longer than ``PERSONA_QUERY_TIMEOUT`` seconds.
 
 ``GET /health`` answers 200 when the relational store and the search index both answer, else 503,
 with ``{"status": "ok"|"unavailable", "store": {...}, "index": {...}}``.
@@ -224,7 +225,10 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
         responses={
             413: {"model": InvalidRequestResponse, "description": f"Body larger than {MAX_BODY_BYTES} bytes"},
             422: {"model": InvalidRequestResponse, "description": "Invalid request; `field` names the field"},
-            503: {"model": UnavailableResponse, "description": "No index built yet, or a store is unreachable"},
+            503: {
+                "model": UnavailableResponse,
+                "description": "No index built yet, a store is unreachable, or no answer within PERSONA_QUERY_TIMEOUT",
+            },
         },
         openapi_extra={"requestBody": _REQUEST_BODY},
     )
@@ -234,7 +238,22 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
             raw += chunk
             if len(raw) > MAX_BODY_BYTES:
                 return _invalid("request", f"the body is larger than {MAX_BODY_BYTES} bytes", status_code=413)
-        return await anyio.to_thread.run_sync(_answer, bytes(raw), engine, backend, weights, limiter=answering)
+        try:  # a bad request is a 422 however busy the service is: checked here, before any wait
+            payload = _decode(bytes(raw))
+            _validate(payload)
+        except InvalidRequest as error:
+            return _invalid(error.field, error.message)
+        try:
+            with anyio.fail_after(settings.query_timeout):
+                # abandoned on time-out: the thread finishes its answer, nobody waits for it
+                return await anyio.to_thread.run_sync(
+                    _answer, payload, engine, backend, weights, limiter=answering, abandon_on_cancel=True
+                )
+        except TimeoutError:
+            return _unavailable(
+                f"no answer within {settings.query_timeout:g} s (PERSONA_QUERY_TIMEOUT); the service is busy, "
+                "try again later"
+            )
 
     @app.get(
         "/health",
@@ -250,13 +269,8 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
     return app
 
 
-def _answer(raw: bytes, engine: Engine, backend: SearchBackend, weights: ScoreWeights) -> JSONResponse:
-    """Decode, validate and answer one request body (runs in the threadpool: SQLAlchemy and the index block)."""
-    try:
-        payload = _decode(raw)
-        _validate(payload)
-    except InvalidRequest as error:
-        return _invalid(error.field, error.message)
+def _answer(payload: object, engine: Engine, backend: SearchBackend, weights: ScoreWeights) -> JSONResponse:
+    """Answer one validated request (in an answer thread: SQLAlchemy and the index block)."""
     try:
         response = fetch_personas(payload, engine, backend, weights)
     except InvalidRequest as error:  # validated above; kept so a contract error can never become a 500

@@ -68,6 +68,8 @@ class PersonaSettings:
     opensearch_replicas: int = 0
     # Answers `persona serve` computes at once per worker (PERSONA_SERVE_THREADS); None = by backend.
     serve_threads: int | None = None
+    # Seconds `persona serve` gives one answer, waiting included (PERSONA_QUERY_TIMEOUT); then a 503.
+    query_timeout: float = 10.0
     # DuckDB's budget per step (PERSONA_MEMORY_LIMIT) and its threads (PERSONA_THREADS, default: every core).
     memory_limit: str = DEFAULT_MEMORY_LIMIT
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -91,6 +93,13 @@ class PersonaSettings:
         threads = _whole_number(env, "PERSONA_THREADS", str(os.cpu_count() or 1), least=1, what="threads")
         shards = _whole_number(env, "PERSONA_OPENSEARCH_SHARDS", "2", least=1, what="shards")
         replicas = _whole_number(env, "PERSONA_OPENSEARCH_REPLICAS", "0", least=0, what="replicas")
+        timeout_text = (env.get("PERSONA_QUERY_TIMEOUT") or "10").strip()
+        try:
+            query_timeout = float(timeout_text)
+        except ValueError:
+            query_timeout = float("nan")
+        if not query_timeout > 0 or query_timeout == float("inf"):
+            raise ValueError(f"PERSONA_QUERY_TIMEOUT: {timeout_text!r} is not a number of seconds > 0")
         serve_threads = (
             _whole_number(env, "PERSONA_SERVE_THREADS", "", least=1, what="threads")
             if (env.get("PERSONA_SERVE_THREADS") or "").strip()
@@ -105,6 +114,7 @@ class PersonaSettings:
             opensearch_shards=shards,
             opensearch_replicas=replicas,
             serve_threads=serve_threads,
+            query_timeout=query_timeout,
             memory_limit=memory_limit,
             threads=threads,
         )

@@ -10,6 +10,7 @@ nothing answers 5xx.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -384,6 +385,22 @@ def test_without_an_index_health_and_queries_are_503(tmp_path):
         assert answer.status == 503, answer.text
         assert "no search index has been built" in answer.json["detail"]
         assert_names_field(api.post({"size": 5.0}), "size")  # validation still comes first
+
+
+def test_an_answer_past_the_time_limit_is_503_and_the_service_goes_on(run):
+    """PERSONA_QUERY_TIMEOUT bounds an answer, its wait for an answer thread included."""
+    with run.env():
+        hurried = create_app(dataclasses.replace(run.settings, query_timeout=1e-6, serve_threads=1))
+        patient = create_app(run.settings)
+    with serving(hurried) as api:
+        for _ in range(3):  # the abandoned answers finish in the background and free their thread
+            late = api.post({"gender": "men"})
+            assert late.status == 503, late.text
+            assert "PERSONA_QUERY_TIMEOUT" in late.json["detail"]
+        assert api.get("/health").status == 200
+        assert_names_field(api.post({"size": 5.0}), "size")  # validation needs no answer thread
+    with serving(patient) as api:
+        assert api.post({"gender": "men"}).status == 200
 
 
 def test_unreachable_store_is_503_with_the_password_hidden(tmp_path):

@@ -41,6 +41,8 @@ def test_answer_threads_follow_the_backend_unless_set(tmp_path: Path) -> None:
         ("PERSONA_OPENSEARCH_SHARDS", "0"),
         ("PERSONA_OPENSEARCH_REPLICAS", "-1"),
         ("PERSONA_SERVE_THREADS", "0"),
+        ("PERSONA_QUERY_TIMEOUT", "0"),
+        ("PERSONA_QUERY_TIMEOUT", "soon"),
     ],
 )
 def test_a_bad_budget_is_an_error_naming_the_variable(tmp_path: Path, name: str, value: str) -> None:
