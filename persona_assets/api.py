@@ -27,28 +27,22 @@ import anyio
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
 from persona_assets.query.request import DEFAULT_SIZE, MAX_SIZE, MAX_WINDOW, InvalidRequest, parse_segment_request
 from persona_assets.query.scoring import ScoreWeights
-from persona_assets.query.service import fetch_personas
+from persona_assets.query.service import MAX_MESSAGE_CHARS, describe_error, fetch_personas, unavailable_reason
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.backends import search_backend_for
 from persona_assets.stores.opensearch_index import redact_url
-from persona_assets.stores.search_backend import IndexNotBuiltError, SearchBackend
+from persona_assets.stores.search_backend import SearchBackend
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
 #: A segment request is a few hundred bytes; anything past this is refused (413) before it is parsed.
 MAX_BODY_BYTES = 1 << 20
-#: Error messages echo the offending value; past this length they are cut.
-MAX_MESSAGE_CHARS = 1000
-
-# Store failures that mean "try again later" rather than "the service is broken".
-_STORE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 
 
 # --------------------------------------------------------------------------- OpenAPI description
@@ -275,12 +269,11 @@ def _answer(payload: object, engine: Engine, backend: SearchBackend, weights: Sc
         response = fetch_personas(payload, engine, backend, weights)
     except InvalidRequest as error:  # validated above; kept so a contract error can never become a 500
         return _invalid(error.field, error.message)
-    except IndexNotBuiltError as error:
-        return _unavailable(f"no search index has been built yet; run `persona materialize` ({error})")
-    except _STORE_DOWN as error:
-        return _unavailable(f"the relational store cannot be reached: {_describe(error)}")
-    except OpenSearchConnectionError as error:
-        return _unavailable(f"the search index cannot be reached: {_describe(error)}")
+    except Exception as error:
+        reason = unavailable_reason(error)
+        if reason is None:
+            raise
+        return _unavailable(reason)
     return JSONResponse(response)
 
 
@@ -341,11 +334,6 @@ def _unavailable(message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=503)
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}"[:MAX_MESSAGE_CHARS]
-
-
 def _store_health(settings: PersonaSettings, engine: Engine) -> dict[str, Any]:
     health: dict[str, Any] = {"ok": False, "backend": "unknown", "url": None}
     try:
@@ -355,7 +343,7 @@ def _store_health(settings: PersonaSettings, engine: Engine) -> dict[str, Any]:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as error:  # reported, not raised: this is what /health is for
-        health["error"] = _describe(error)
+        health["error"] = describe_error(error)
         return health
     health["ok"] = True
     return health
@@ -372,11 +360,8 @@ def _index_health(settings: PersonaSettings, backend: SearchBackend) -> dict[str
         health = {"ok": False, "backend": "embedded", "location": str(settings.layout.index_dir)}
     try:
         health["documents"] = int(backend.document_count())
-    except IndexNotBuiltError as error:
-        health["error"] = f"no search index has been built yet; run `persona materialize` ({error})"
-        return health
     except Exception as error:  # reported, not raised
-        health["error"] = _describe(error)
+        health["error"] = unavailable_reason(error) or describe_error(error)
         return health
     health["ok"] = True
     return health

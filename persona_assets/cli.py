@@ -136,7 +136,7 @@ def cmd_export(args: argparse.Namespace, settings: PersonaSettings) -> int:
 
 def cmd_query(args: argparse.Namespace, settings: PersonaSettings) -> int:
     from persona_assets.query.request import InvalidRequest
-    from persona_assets.query.service import fetch_personas
+    from persona_assets.query.service import fetch_personas, unavailable_reason
     from persona_assets.stores import relational
     from persona_assets.stores.backends import search_backend_for
 
@@ -148,6 +148,11 @@ def cmd_query(args: argparse.Namespace, settings: PersonaSettings) -> int:
         response = fetch_personas(payload, relational.create_engine(settings.db_url), search_backend_for(settings))
     except InvalidRequest as error:
         return _fail(f"invalid request: {error}")
+    except Exception as error:
+        reason = unavailable_reason(error)
+        if reason is None:
+            raise
+        return _fail(reason)
     print(json.dumps(response, indent=2 if args.pretty else None, ensure_ascii=False))
     return 0
 

@@ -12,6 +12,7 @@ import json
 from fractions import Fraction as F
 
 import pytest
+from conftest import Pipeline
 
 from persona_assets.query.request import InvalidRequest
 
@@ -401,6 +402,14 @@ def test_invalid_request_names_the_field(run, request_, field):
     assert code != 0
     assert printed is None
     assert field in err
+
+
+def test_cli_query_before_the_first_build_is_one_error_line(tmp_path):
+    """No index yet: `persona query` says so in one line and exits non-zero (HTTP answers 503), no traceback."""
+    code, printed, err = Pipeline(tmp_path).cli_query({"gender": "men"})
+    assert code == 2 and printed is None
+    assert err.strip().splitlines() == [err.strip()]
+    assert "no search index has been built yet; run `persona materialize`" in err
 
 
 def test_cli_rejects_a_request_that_is_not_json(run):

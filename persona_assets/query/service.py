@@ -10,16 +10,40 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from sqlalchemy.engine import Connection, Engine
 
 from persona_assets.contract.tokens import contains_name, tokenize
 from persona_assets.query.request import SegmentQuery, parse_segment_request
 from persona_assets.query.scoring import ScoreWeights
 from persona_assets.stores import relational
-from persona_assets.stores.search_backend import SearchBackend
+from persona_assets.stores.search_backend import IndexNotBuiltError, SearchBackend
 
 MAX_PRODUCTS = 50
 MAX_SEARCH_TERMS = 20
+#: Error messages describing a failure are cut at this length.
+MAX_MESSAGE_CHARS = 1000
+
+# Store failures that mean "try again later" rather than "the service is broken".
+_STORE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line naming the error: its type and the first line of its message."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:MAX_MESSAGE_CHARS]
+
+
+def unavailable_reason(error: BaseException) -> str | None:
+    """Why no answer can be given right now (no index built yet, a store unreachable), or None when
+    ``error`` is not such a state. Both doors say the same: ``persona query`` as its error line, HTTP as a 503."""
+    if isinstance(error, IndexNotBuiltError):
+        return f"no search index has been built yet; run `persona materialize` ({error})"
+    if isinstance(error, _STORE_DOWN):
+        return f"the relational store cannot be reached: {describe_error(error)}"
+    if isinstance(error, OpenSearchConnectionError):
+        return f"the search index cannot be reached: {describe_error(error)}"
+    return None
 
 
 def fetch_personas(
