@@ -23,6 +23,7 @@ from conftest import fresh_engine, write_import_dir
 from persona_assets.ingest import staging
 from persona_assets.ingest.csv_files import CsvBatches
 from persona_assets.ingest.importer import ImportReport, import_directory
+from persona_assets.ingest.validation import ImportFileError
 from persona_assets.stores import relational
 from persona_assets.stores.events import EVENT_KINDS, EventStore
 
@@ -175,9 +176,43 @@ def test_malformed_rows_are_counted_and_kept_from_every_batch(tmp_path):
     visits = report.files["visits.csv"]
     assert (visits.rows_read, visits.imported, visits.rejected_by_reason) == (200, 192, {"wrong number of fields": 8})
     kept = [raw for file, _n, _r, raw in rejects(engine) if file == "visits.csv"]
-    assert sorted(kept) == sorted(
+    assert sorted(kept) == sorted(f"u{n},P1,{n},2024-03-01,extra-field" for n in range(25, 201, 25))
+    details = relational.read_frame(engine, relational.import_rejects)["details"]
+    assert sorted(details) == sorted(
         f"'u{n},P1,{n},2024-03-01,extra-field' has 5 fields, expected 4" for n in range(25, 201, 25)
     )
+
+
+def test_a_row_that_is_not_utf8_is_rejected_and_the_good_rows_kept(tmp_path):
+    """One Latin-1 byte (`caf\\xe9 shoes`) rejects its row, naming the column and the byte; every other row
+    of the file, in its batch and the next ones, is imported."""
+    lines = [b"ext_id,query,searched_at"]
+    for number in range(1, 151):
+        text = b"caf\xe9 shoes" if number in (7, 120) else f"shoes {number}".encode()
+        lines.append(b"u%d,%s,2024-03-01" % (number, text))
+    source = write_import_dir(tmp_path / "src", products=PRODUCTS, categories=CATEGORIES)
+    (source / "searches.csv").write_bytes(b"\n".join(lines) + b"\n")
+    report, engine, store = run_import(tmp_path, source, block_bytes=TINY_BLOCK)
+    searches = report.files["searches.csv"]
+    assert (searches.rows_read, searches.imported, searches.rejected_by_reason) == (
+        150,
+        148,
+        {"not valid UTF-8 text": 2},
+    )
+    frame = relational.read_frame(engine, relational.import_rejects)
+    assert sorted(frame["row_number"]) == [7, 120]
+    assert all(d.startswith("not valid UTF-8 text: query: b'caf\\xe9 shoes'") for d in frame["details"])
+    assert sorted(frame["raw"]) == ["u120,caf\\xe9 shoes,2024-03-01", "u7,caf\\xe9 shoes,2024-03-01"]
+    landed_ids = {row["ext_id"] for row in pq.read_table(store.landing_path("searches", "2024-03-01")).to_pylist()}
+    assert landed_ids == {f"u{n}" for n in range(1, 151)} - {"u7", "u120"}
+
+
+def test_a_header_that_is_not_utf8_is_an_error_naming_the_file_and_nothing_is_written(tmp_path):
+    source = write_import_dir(tmp_path / "src", products=PRODUCTS, categories=CATEGORIES)
+    (source / "searches.csv").write_bytes(b"ext_id,qu\xe9ry,searched_at\nu1,shoes,2024-03-01\n")
+    with pytest.raises(ImportFileError, match=r"searches\.csv: line 1, the header row, is not valid UTF-8"):
+        run_import(tmp_path, source)
+    assert not (tmp_path / "home" / "landing").exists() or not any((tmp_path / "home" / "landing").rglob("*.parquet"))
 
 
 def test_an_import_replaces_the_days_it_contains_and_keeps_the_others(tmp_path):
@@ -212,18 +247,31 @@ def test_no_staging_is_left_after_an_import(tmp_path, scattered_source):
     assert sorted(p.name for p in store.landing_dir.iterdir()) == ["catalog", "searches", "visits"]
 
 
-def test_an_unreadable_first_import_leaves_no_folder_behind(tmp_path):
-    # Past the first 8 KiB, which the header check decodes: the byte is met while streaming.
+def _fail_on_batch(monkeypatch, number: int) -> None:
+    """The import stops half way: its NUMBER-th event batch raises as a full disk would."""
+    from persona_assets.ingest import importer
+
+    calls = {"n": 0}
+    validate = importer.validate_events
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise OSError(28, "No space left on device")
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(importer, "validate_events", failing)
+
+
+def test_a_failed_first_import_leaves_no_folder_behind(tmp_path, monkeypatch):
     source = write_import_dir(tmp_path / "src", products=PRODUCTS, categories=CATEGORIES, visits=scattered_visits(400))
-    assert (source / "visits.csv").stat().st_size > 8192
-    with (source / "visits.csv").open("ab") as handle:
-        handle.write(b"u1,P1,caf\xe9,2024-03-09\n")
-    with pytest.raises(Exception, match=r"(?i)utf-?8"):
+    _fail_on_batch(monkeypatch, 5)
+    with pytest.raises(OSError, match="No space left"):
         run_import(tmp_path, source, block_bytes=TINY_BLOCK)
     assert not (tmp_path / "home").exists()
 
 
-def test_unreadable_bytes_half_way_write_nothing_and_leave_no_staging(tmp_path, scattered_source):
+def test_a_failure_half_way_writes_nothing_and_leaves_no_staging(tmp_path, scattered_source, monkeypatch):
     _first, engine, store = run_import(tmp_path, scattered_source)
     before = {path: path.read_bytes() for path in store.landing_dir.rglob("*") if path.is_file()}
     rows_before = {name: len(relational.read_frame(engine, table)) for name, table in _tables().items()}
@@ -231,12 +279,9 @@ def test_unreadable_bytes_half_way_write_nothing_and_leave_no_staging(tmp_path, 
     broken = write_import_dir(
         tmp_path / "broken", products=PRODUCTS, categories=CATEGORIES, visits=scattered_visits(400)
     )
-    text = (broken / "visits.csv").read_bytes()
-    cut = text.index(b"\n", len(text) * 3 // 4) + 1
-    assert cut > 8192  # past what the header check decodes: the byte is met while streaming
-    (broken / "visits.csv").write_bytes(text[:cut] + b"u1,P1,caf\xe9,2024-03-09\n" + text[cut:])
     store_again = EventStore(store.landing_dir, store.events_dir)
-    with pytest.raises(Exception, match=r"(?i)utf-?8"):
+    _fail_on_batch(monkeypatch, 20)  # well into the visits, after batches were staged
+    with pytest.raises(OSError, match="No space left"):
         import_directory(broken, engine, store_again, first_day=FIRST_DAY, block_bytes=TINY_BLOCK)
 
     assert {path: path.read_bytes() for path in store.landing_dir.rglob("*") if path.is_file()} == before

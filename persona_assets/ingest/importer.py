@@ -25,7 +25,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from persona_assets.compute.duck import DuckDBLimits
-from persona_assets.ingest.csv_files import DEFAULT_BLOCK_BYTES, MALFORMED_REASON, CsvBatches, check_file, read_whole
+from persona_assets.ingest.csv_files import (
+    DEFAULT_BLOCK_BYTES,
+    MALFORMED_REASON,
+    CsvBatches,
+    Unreadable,
+    check_file,
+    read_whole,
+)
 from persona_assets.ingest.staging import ImportStaging
 from persona_assets.ingest.validation import (
     OPTIONAL_FILES,
@@ -202,7 +209,11 @@ def _stage_events(
 
 
 def _stage_rejects(
-    staging: ImportStaging, file_name: str, validated: Validated | None, malformed: list[str], report: FileReport
+    staging: ImportStaging,
+    file_name: str,
+    validated: Validated | None,
+    malformed: list[Unreadable],
+    report: FileReport,
 ) -> FileReport:
     """Stage the rejected rows of one batch and count them by reason in ``report``."""
     counts = report.rejected_by_reason
@@ -212,11 +223,19 @@ def _stage_rejects(
             counts[str(reason)] = counts.get(str(reason), 0) + int(count)
         staging.rejects.append(rejected.assign(file=file_name, reason=rejected["reason"].str.slice(0, 255)))
     if malformed:
-        counts[MALFORMED_REASON] = counts.get(MALFORMED_REASON, 0) + len(malformed)
-        report.rows_read += len(malformed)
+        reasons, row_numbers, details, raw = zip(*malformed, strict=True)
+        for reason in reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+        report.rows_read += sum(reason == MALFORMED_REASON for reason in reasons)  # the others were parsed
         staging.rejects.append(
             pd.DataFrame(
-                {"file": file_name, "row_number": 0, "reason": MALFORMED_REASON, "details": malformed, "raw": malformed}
+                {
+                    "file": file_name,
+                    "row_number": row_numbers,
+                    "reason": reasons,
+                    "details": details,
+                    "raw": raw,
+                }
             )
         )
     return report
