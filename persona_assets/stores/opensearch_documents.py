@@ -282,13 +282,13 @@ def encode_batch(batch: pa.RecordBatch, key_literals: KeyLiterals | None = None)
         names, name_index = key_literals(mine.keys)
         value_index = texts.index[bounds[i] : bounds[i + 1]]
         members = (mine.offsets, names, name_index)
-        if dim not in SCORED_DIMENSIONS:
-            exact += [("," if exact else "") + f'"{dim}":{{', _object(*members, texts.exact, value_index), "}"]
+        # exact holds every value of ecomm, and of a scored dimension the values no feature can hold
+        is_feature = texts.is_feature[value_index] if dim in SCORED_DIMENSIONS else None
+        if is_feature is None or not is_feature.all():
+            kept = _object(*members, texts.exact, value_index, keep=None if is_feature is None else ~is_feature)
+            exact += [("," if exact else "") + f'"{dim}":{{', kept, "}"]
+        if is_feature is None:
             continue
-        is_feature = texts.is_feature[value_index]
-        if not is_feature.all():
-            outside = _object(*members, texts.exact, value_index, keep=~is_feature)
-            exact += [("," if exact else "") + f'"{dim}":{{', outside, "}"]
         for suffix, part, present in (("", texts.exact, is_feature), (LO_SUFFIX, texts.lo, texts.has_lo[value_index])):
             body = _object(*members, part, value_index, keep=present)
             pieces += [f',"{dim}{suffix}":{{', body, "}"]
