@@ -10,7 +10,7 @@ from dagster import ConfigurableResource
 from sqlalchemy.engine import Engine
 
 from persona_assets.compute.duck import DuckDBLimits, connect
-from persona_assets.settings import HomeLayout, PersonaSettings
+from persona_assets.settings import DEFAULT_OPENSEARCH_SHARDS, HomeLayout, PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.backends import search_backend
 from persona_assets.stores.events import EventStore
@@ -74,7 +74,7 @@ class SearchIndexResource(ConfigurableResource):
     # The alias queries go through; each rebuild creates "<alias>-<build id>" and swaps the alias to it.
     opensearch_alias: str = "persona_personas"
     # Primary shards and replicas of each new OpenSearch build.
-    opensearch_shards: int = 2
+    opensearch_shards: int = DEFAULT_OPENSEARCH_SHARDS
     opensearch_replicas: int = 0
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from pathlib import Path
 from persona_assets.compute.duck import DuckDBLimits, size_in_bytes
 
 DEFAULT_MEMORY_LIMIT = "3GiB"
+#: Primary shards of each new OpenSearch build: one node with two cores searches a query on both.
+DEFAULT_OPENSEARCH_SHARDS = 2
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class PersonaSettings:
     events_start: date = date(2015, 1, 1)
     opensearch_alias: str = "persona_personas"
     # Primary shards and replicas of each OpenSearch build (PERSONA_OPENSEARCH_SHARDS / _REPLICAS).
-    opensearch_shards: int = 2
+    opensearch_shards: int = DEFAULT_OPENSEARCH_SHARDS
     opensearch_replicas: int = 0
     # Answers `persona serve` computes at once per worker (PERSONA_SERVE_THREADS); None = by backend.
     serve_threads: int | None = None
@@ -91,14 +94,14 @@ class PersonaSettings:
         except ValueError as error:
             raise ValueError(f"PERSONA_MEMORY_LIMIT: {error}") from None
         threads = _whole_number(env, "PERSONA_THREADS", str(os.cpu_count() or 1), least=1, what="threads")
-        shards = _whole_number(env, "PERSONA_OPENSEARCH_SHARDS", "2", least=1, what="shards")
+        shards = _whole_number(env, "PERSONA_OPENSEARCH_SHARDS", str(DEFAULT_OPENSEARCH_SHARDS), least=1, what="shards")
         replicas = _whole_number(env, "PERSONA_OPENSEARCH_REPLICAS", "0", least=0, what="replicas")
         timeout_text = (env.get("PERSONA_QUERY_TIMEOUT") or "10").strip()
         try:
             query_timeout = float(timeout_text)
         except ValueError:
-            query_timeout = float("nan")
-        if not query_timeout > 0 or query_timeout == float("inf"):
+            query_timeout = 0.0  # refused below, like any other value that is not a positive number
+        if not 0 < query_timeout < math.inf:  # also refuses nan
             raise ValueError(f"PERSONA_QUERY_TIMEOUT: {timeout_text!r} is not a number of seconds > 0")
         serve_threads = (
             _whole_number(env, "PERSONA_SERVE_THREADS", "", least=1, what="threads")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from persona_assets.settings import PersonaSettings
+from persona_assets.settings import DEFAULT_OPENSEARCH_SHARDS, PersonaSettings
 from persona_assets.stores.search_backend import SearchBackend
 
 __all__ = ["search_backend", "search_backend_for"]
@@ -20,7 +20,7 @@ def search_backend(
     opensearch_url: str | None = None,
     alias: str = "persona_personas",
     *,
-    shards: int = 2,
+    shards: int = DEFAULT_OPENSEARCH_SHARDS,
     replicas: int = 0,
 ) -> SearchBackend:
     """OpenSearch behind ``alias`` when ``opensearch_url`` is given (new builds with ``shards`` primary
