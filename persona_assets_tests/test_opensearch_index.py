@@ -280,9 +280,9 @@ def test_documents_carry_each_value_exactly_once():
                 hi = float(lucene_feature_value(np.array([value]))[0])
                 if value >= LO_FROM:
                     assert abs(hi + lo.get(key, 0.0) - value) <= value * 2**-20
-                else:  # hi alone, truncated: within 2^-8 of the value
+                else:  # hi alone: truncated (below the value by < 2^-8 of it), or float32 rounding carried it up
                     small += 1
-                    assert key not in lo and abs(value - hi) < value * 2**-8
+                    assert key not in lo and -value * 2**-24 <= value - hi < value * 2**-8
     assert small > 500
     tiny = json.loads(lines[lines.index(next(t for t in lines if '"_id":"tiny"' in t)) + 1])
     assert tiny["brand"] == {"ok": 1.0} and tiny["exact"]["brand"] == {"zero": 0.0, "sub": 1e-40}
