@@ -183,6 +183,7 @@ def test_malformed_rows_are_counted_and_kept_from_every_batch(tmp_path):
     )
 
 
+@pytest.mark.contract  # the rejects land in the relational store: both backend pairs
 def test_a_row_that_is_not_utf8_is_rejected_and_the_good_rows_kept(tmp_path):
     """One Latin-1 byte (`caf\\xe9 shoes`) rejects its row, naming the column and the byte; every other row
     of the file, in its batch and the next ones, is imported."""
@@ -207,6 +208,7 @@ def test_a_row_that_is_not_utf8_is_rejected_and_the_good_rows_kept(tmp_path):
     assert landed_ids == {f"u{n}" for n in range(1, 151)} - {"u7", "u120"}
 
 
+@pytest.mark.contract  # the rejects land in the relational store: both backend pairs
 def test_a_header_that_is_not_utf8_is_an_error_naming_the_file_and_nothing_is_written(tmp_path):
     source = write_import_dir(tmp_path / "src", products=PRODUCTS, categories=CATEGORIES)
     (source / "searches.csv").write_bytes(b"ext_id,qu\xe9ry,searched_at\nu1,shoes,2024-03-01\n")
