@@ -7,11 +7,11 @@ under a temporary name and renamed when complete: a failed export never leaves h
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -21,13 +21,20 @@ EXPORT_CHUNK_ROWS = 10_000
 PROGRESS_EVERY_ROWS = 250_000
 
 
-def persona_json_line(ext_id: str, gender: str, city: str, ecomm: str, brand: str, generic: str, category: str) -> str:
-    """One export line; the maps are stored as JSON text already and are written as they are."""
-    return (
-        f'{{"ext_id": {json.dumps(ext_id, ensure_ascii=False)}, "gender": "{gender}", '
-        f'"city": {city}, "ecomm": {ecomm}, "brand_affinity": {brand}, '
-        f'"generic_affinity": {generic}, "category_affinity": {category}}}\n'
-    )
+def persona_json_line(
+    ext_id: str, gender: str, city: str, ecomm: str, brand: str, generic: str, category: str
+) -> bytes:
+    """One export line: the stored maps (weights) normalised, as ``relational.normalised_map`` reads them."""
+    persona = {
+        "ext_id": ext_id,
+        "gender": gender,
+        "city": relational.normalised_map(city),
+        "ecomm": relational.normalised_map(ecomm),
+        "brand_affinity": relational.normalised_map(brand),
+        "generic_affinity": relational.normalised_map(generic),
+        "category_affinity": relational.normalised_map(category),
+    }
+    return orjson.dumps(persona, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def export_personas(engine: Engine, out: Path, progress: Callable[[str], None] | None = None) -> int:
@@ -46,7 +53,7 @@ def export_personas(engine: Engine, out: Path, progress: Callable[[str], None] |
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     written = 0
     try:
-        with engine.connect() as conn, tmp.open("w", encoding="utf-8") as handle:
+        with engine.connect() as conn, tmp.open("wb") as handle:
             result = conn.execution_options(stream_results=True, yield_per=EXPORT_CHUNK_ROWS).execute(select)
             for rows in result.partitions(EXPORT_CHUNK_ROWS):
                 handle.writelines(persona_json_line(*row) for row in rows)

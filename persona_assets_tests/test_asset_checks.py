@@ -380,11 +380,12 @@ def test_a_bad_map_in_user_personas_fails(good: Pipeline):
     assert len(before) == 3
     try:
         with good.engine.begin() as conn:
-            conn.execute(sa.update(table).where(table.c.ext_id == "u03").values(ecomm=json.dumps({"amazon": 0.7})))
+            # The store keeps weights (each value is weight / the map's sum): a weight must be a number above 0.
+            conn.execute(sa.update(table).where(table.c.ext_id == "u03").values(ecomm=json.dumps({"amazon": 0})))
             conn.execute(
                 sa.update(table)
                 .where(table.c.ext_id == "u04")
-                .values(category_affinity=json.dumps({"1": 1.5, "3": -0.5}))  # sums to 1, values out of (0, 1]
+                .values(category_affinity=json.dumps({"1": 3, "3": -1, "4": "2"}))  # sums to 4 with "2" as 2
             )
             conn.execute(sa.update(table).where(table.c.ext_id == "u05").values(city="not json"))
         evaluation = run_checks(good, MAPS)["user_personas:maps_sum_to_one"]
@@ -393,7 +394,7 @@ def test_a_bad_map_in_user_personas_fails(good: Pipeline):
         assert (meta(evaluation, "offending_maps_relational"), meta(evaluation, "maps_not_json_objects")) == (2, 1)
         worst = {(w["ext_id"], w["map"]): w for w in meta(evaluation, "worst_offenders")}
         assert set(worst) == {("u03", "ecomm"), ("u04", "category")}
-        assert worst[("u03", "ecomm")]["sum"] == pytest.approx(0.7)
+        assert worst[("u03", "ecomm")]["bad_values"] == 1
         assert worst[("u04", "category")]["bad_values"] == 2
         assert meta(evaluation, "not_json_objects_sample") == [{"ext_id": "u05", "map": "city", "text": "not json"}]
     finally:

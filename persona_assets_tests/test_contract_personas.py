@@ -337,6 +337,20 @@ def test_every_map_sums_to_one_and_has_no_zero_values(main_run):
                 assert sum(values.values()) == pytest.approx(1.0, abs=1e-9), (ext_id, name)
 
 
+def test_the_export_holds_exactly_the_values_the_index_is_built_from(main_run):
+    """The store keeps each map's weights and export divides them: bit for bit the rebuild's fractions."""
+    import pyarrow.parquet as pq
+
+    handed_over = pq.read_table(main_run.home / "work" / "persona_affinity.parquet").to_pylist()
+    expected: dict[tuple[str, str], dict[str, float]] = {}
+    for row in handed_over:
+        column = row["dimension"] if row["dimension"] in ("city", "ecomm") else f"{row['dimension']}_affinity"
+        expected.setdefault((row["ext_id"], column), {})[row["key"]] = row["value"]
+    exported = {(e, name): m for e, p in main_run.personas.items() for name, m in p.items() if name in MAPS and m}
+    assert exported == expected
+    assert any(len(m) > 2 and len({*m.values()}) > 1 for m in exported.values())  # fractions, not just 1.0
+
+
 def test_export_lines_have_exactly_the_contract_shape(main_run):
     for line in main_run.export_lines:
         record = json.loads(line)

@@ -418,15 +418,18 @@ def test_cli_rejects_a_request_that_is_not_json(run):
     assert "request" in err
 
 
-def test_activity_rows_in_the_layout_of_older_builds_are_still_read():
-    """user_activity entries are positional arrays now; rows an older build wrote as objects read the same."""
-    from persona_assets.query.service import _PRODUCT_FIELDS, _entries
+def test_activity_rows_in_the_layouts_of_older_builds_are_still_read():
+    """user_activity holds pids and texts in recency order now; rows older builds wrote with their times
+    (positional arrays, or objects before those) read as the same order, ties by code point."""
+    from persona_assets.query.service import RecentActivity, _decode_activity
 
-    new = _entries('[["P1", 5, null], ["P2", null, 7]]', _PRODUCT_FIELDS)
-    old = _entries(
-        '[{"pid": "P1", "visited_us": 5, "purchased_us": null}, {"pid": "P2", "visited_us": null, "purchased_us": 7}]',
-        _PRODUCT_FIELDS,
+    current = _decode_activity('{"visited": ["P3", "P1"], "purchased": ["P2", "P3"]}', '["new", "old"]')
+    positional = _decode_activity('[["P1", 5, null], ["P2", null, 7], ["P3", 9, 7]]', '[["old", 1], ["new", 2]]')
+    objects = _decode_activity(
+        '[{"pid": "P1", "visited_us": 5, "purchased_us": null}, {"pid": "P2", "visited_us": null, "purchased_us": 7},'
+        ' {"pid": "P3", "visited_us": 9, "purchased_us": 7}]',
+        '[{"query": "old", "searched_us": 1}, {"query": "new", "searched_us": 2}]',
     )
-    assert new == old == [["P1", 5, None], ["P2", None, 7]]
+    assert current == positional == objects == RecentActivity(["P3", "P1"], ["P2", "P3"], ["new", "old"])
     with pytest.raises(ValueError):
-        _entries('[["P1", 5]]', _PRODUCT_FIELDS)  # a short entry is an error, not a silent gap
+        _decode_activity('[["P1", 5]]', "[]")  # a short entry is an error, not a silent gap

@@ -184,6 +184,6 @@ def test_adversarial_ids_and_texts_round_trip_through_import_materialize_export(
     stored = {
         (ext_id, query)
         for ext_id, texts in zip(activity["ext_id"], activity["searches"], strict=True)
-        for query, _searched_us in json.loads(texts)
+        for query in json.loads(texts)
     }
     assert stored == wanted

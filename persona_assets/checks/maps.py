@@ -59,10 +59,12 @@ WORST_MAPS_SQL = """
 
 
 def _judge_json_map(text: str | None, tolerance: float) -> tuple[int, float | None, int] | None:
-    """(keys, sum, bad values) of one JSON map, or None when the text is not a JSON object.
+    """(keys, sum of the normalised values, bad values) of one stored map, or None when the text is not a
+    JSON object.
 
-    A value that is not a finite number in (0, 1 + tolerance] is a bad value (JSON true/false count as 1/0,
-    as DuckDB's cast to DOUBLE reads them). The common case, a good map, costs three C-level passes.
+    The store keeps each key's weight (``relational.user_personas``): a weight that is not a finite number
+    above 0 is a bad value (JSON true/false included), and the rest are judged as export reads them,
+    divided by their sum.
     """
     try:
         parsed = orjson.loads(text) if text is not None else None
@@ -70,18 +72,17 @@ def _judge_json_map(text: str | None, tolerance: float) -> tuple[int, float | No
         return None
     if not isinstance(parsed, dict):
         return None
-    values = parsed.values()
-    if not values:
+    weights = list(parsed.values())
+    if not weights:
         return 0, 0.0, 0
-    try:
-        total, low, high = math.fsum(values), min(values), max(values)
-    except TypeError:  # a value that is not a number: count the bad ones one by one
-        numbers = [v for v in values if isinstance(v, int | float)]
-        bad = len(values) - len(numbers) + sum(1 for v in numbers if not 0 < v <= 1 + tolerance)
-        return len(values), None, bad
-    if low > 0 and high <= 1 + tolerance:  # NaN fails these comparisons, so it takes the slow count below
-        return len(values), total, 0
-    return len(values), total, sum(1 for v in values if not 0 < v <= 1 + tolerance)
+    bad = sum(1 for w in weights if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w < math.inf)
+    if bad:
+        return len(weights), None, bad
+    total = sum(weights)
+    if not 0 < total < math.inf:
+        return len(weights), None, 0
+    values = [w / total for w in weights]
+    return len(values), math.fsum(values), sum(1 for v in values if v > 1 + tolerance)
 
 
 def _is_bad_map(keys: int, total: float | None, bad: int, tolerance: float) -> bool:

@@ -288,14 +288,15 @@ def compute_vocabulary(con: duckdb.DuckDBPyConnection, brand_size: int, generic_
 
 def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -> None:
     """Tables ``persona_users(ext_id, uid, gender)`` and ``persona_affinity_ids(uid, kid, value)``, and the
-    view ``persona_affinity(ext_id, dimension, key, value)``, from the tables of :func:`compute_raw_affinities`.
+    views ``persona_affinity(ext_id, dimension, key, value)`` and ``persona_weight_ids(uid, kid, weight)`` (the
+    kept keys' raw weights), from the tables of :func:`compute_raw_affinities`.
 
     Each map is divided by its sum with a GROUP BY and a join on integers (no window over strings).
     """
     con.register("vocabulary_df", vocabulary[["kind", "name"]])
     con.execute(
         """
-        CREATE OR REPLACE TEMP TABLE kept_keys AS
+        CREATE OR REPLACE TABLE kept_keys AS
         SELECT k.kid, k.dimension FROM affinity_keys k
         WHERE k.dimension IN ('city', 'ecomm')
            OR (k.dimension IN ('brand', 'generic')
@@ -331,6 +332,11 @@ def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -
         """,
     )
     _name_view(con, "persona_affinity", "persona_affinity_ids", "value")
+    # What user_personas stores: the kept keys' raw weights, from which each value above is one division.
+    con.execute(
+        "CREATE OR REPLACE VIEW persona_weight_ids AS SELECT r.uid, r.kid, r.weight "
+        "FROM raw_affinity_ids r JOIN kept_keys k USING (kid) WHERE r.weight > 0"
+    )
 
 
 def user_ranges(con: duckdb.DuckDBPyConnection, users_per_range: int) -> list[tuple[int, int]]:
@@ -381,9 +387,10 @@ def _json_maps(table: str, value: str, dimensions: tuple[str, ...]) -> str:
 
 
 def persona_rows_sql() -> str:
-    """Rows of the ``user_personas`` table for one uid range: the normalised maps as JSON text."""
+    """Rows of the ``user_personas`` table for one uid range: the kept keys' weights as JSON text (the
+    layout is beside ``relational.user_personas``)."""
     return f"""
-        WITH maps AS ({_json_maps("persona_affinity_ids", "value", MAP_DIMENSIONS)})
+        WITH maps AS ({_json_maps("persona_weight_ids", "weight", MAP_DIMENSIONS)})
         SELECT u.ext_id, u.gender,
                CAST(COALESCE(m.city, '{{}}') AS VARCHAR) AS city,
                CAST(COALESCE(m.ecomm, '{{}}') AS VARCHAR) AS ecomm,
@@ -450,25 +457,26 @@ def create_user_products(con: duckdb.DuckDBPyConnection) -> None:
 
 USER_ACTIVITY_SQL = f"""
     WITH per_user_products AS (
-        SELECT uid, '[' || string_agg(
-                   '[' || CAST(to_json(pid) AS VARCHAR) || ',' || COALESCE(CAST(visited_us AS VARCHAR), 'null')
-                   || ',' || COALESCE(CAST(purchased_us AS VARCHAR), 'null') || ']', ',') || ']' AS products
+        SELECT uid,
+               '{{"visited":' || COALESCE(CAST(to_json(list(pid ORDER BY visited_us DESC, pid COLLATE "binary")
+                   FILTER (WHERE visited_us IS NOT NULL)) AS VARCHAR), '[]')
+               || ',"purchased":' || COALESCE(CAST(to_json(list(pid ORDER BY purchased_us DESC, pid COLLATE "binary")
+                   FILTER (WHERE purchased_us IS NOT NULL)) AS VARCHAR), '[]') || '}}' AS products
         FROM user_products WHERE uid {IN_RANGE} GROUP BY uid
     ),
     per_user_searches AS (
-        SELECT uid, '[' || string_agg(
-                   '[' || CAST(to_json(query) AS VARCHAR) || ',' || CAST(epoch_us(last_at) AS VARCHAR) || ']', ','
-               ) || ']' AS searches
+        SELECT uid, CAST(to_json(list(query ORDER BY last_at DESC, query COLLATE "binary")) AS VARCHAR) AS searches
         FROM user_queries WHERE uid {IN_RANGE} GROUP BY uid
     )
-    SELECT u.ext_id, COALESCE(p.products, '[]') AS products, COALESCE(s.searches, '[]') AS searches
+    SELECT u.ext_id, COALESCE(p.products, '{{"visited":[],"purchased":[]}}') AS products,
+           COALESCE(s.searches, '[]') AS searches
     FROM users u
     LEFT JOIN per_user_products p ON p.uid = u.uid
     LEFT JOIN per_user_searches s ON s.uid = u.uid
     WHERE u.uid {IN_RANGE}
 """
-"""One row per user of a uid range: every product touched (latest visit and purchase) and every distinct
-search text, as JSON arrays of positional entries (the layout is beside ``relational.user_activity``).
+"""One row per user of a uid range: the distinct pids visited and purchased and the distinct search texts,
+each newest first (ties by code point), as JSON (the layout is beside ``relational.user_activity``).
 Needs ``users``, ``user_products`` and ``user_queries``."""
 
 USERS_SQL = """

@@ -6,7 +6,7 @@ a plain :class:`~persona_assets.stores.search_backend.SearchBackend`, so neither
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -58,56 +58,76 @@ def fetch_personas(
     name_tokens = [tokenize(n) for n in (query.brand, query.generic_name) if n is not None]
     results = []
     for hit in hits.hits:
-        products, searches = activity.get(hit.ext_id, ([], []))
+        recent = activity.get(hit.ext_id, _NO_ACTIVITY)
         results.append(
             {
                 "ext_id": hit.ext_id,
                 "score": hit.score,
                 "components": hit.components,
                 "gender": hit.gender,
-                "visited": _recent_pids(products, _VISITED, matches),
-                "purchased": _recent_pids(products, _PURCHASED, matches),
-                "search_terms": _recent_terms(searches, name_tokens),
+                "visited": _matching(recent.visited, matches, MAX_PRODUCTS),
+                "purchased": _matching(recent.purchased, matches, MAX_PRODUCTS),
+                "search_terms": _recent_terms(recent.searches, name_tokens),
             }
         )
     return {"total": hits.total, "results": results}
 
 
-Entry = list[Any]  # one positional entry of a user_activity JSON column
-Activity = dict[str, tuple[list[Entry], list[Entry]]]
+class RecentActivity(NamedTuple):
+    """One ``user_activity`` row decoded: distinct pids visited, pids purchased and search texts, each
+    newest first (ties by code point)."""
+
+    visited: list[str]
+    purchased: list[str]
+    searches: list[str]
 
 
-def _activity(conn: Connection, ext_ids: list[str]) -> Activity:
+_NO_ACTIVITY = RecentActivity([], [], [])
+
+
+def _activity(conn: Connection, ext_ids: list[str]) -> dict[str, RecentActivity]:
     """The ``user_activity`` rows of the page's users, JSON decoded (orjson: a page decodes ~20 rows of a
     few KiB each, a good share of an answer's CPU with the standard library)."""
     if not ext_ids:
         return {}
     table = relational.user_activity
     rows = conn.execute(sa.select(table).where(table.c.ext_id.in_(ext_ids))).all()
-    return {
-        row.ext_id: (_entries(row.products, _PRODUCT_FIELDS), _entries(row.searches, _SEARCH_FIELDS)) for row in rows
-    }
+    return {row.ext_id: _decode_activity(row.products, row.searches) for row in rows}
 
 
-_PRODUCT_FIELDS = ("pid", "visited_us", "purchased_us")
-_SEARCH_FIELDS = ("query", "searched_us")
-_PID, _VISITED, _PURCHASED = range(3)
-_QUERY, _SEARCHED = range(2)
+def _decode_activity(products_text: str, searches_text: str) -> RecentActivity:
+    """A ``user_activity`` row; rows of older builds (one entry per product or text with its times, as
+    ``[pid, visited_us, purchased_us]``/``[query, searched_us]`` or as objects) are put in the same order."""
+    products, searches = orjson.loads(products_text), orjson.loads(searches_text)
+    if isinstance(products, dict):
+        visited, purchased = products["visited"], products["purchased"]
+    else:
+        entries = [_positional(item, ("pid", "visited_us", "purchased_us")) for item in products]
+        visited, purchased = _newest_first(entries, 1), _newest_first(entries, 2)
+    if any(not isinstance(item, str) for item in searches):
+        searches = _newest_first([_positional(item, ("query", "searched_us")) for item in searches], 1)
+    return RecentActivity(visited, purchased, searches)
 
 
-def _entries(text: str, fields: tuple[str, ...]) -> list[Entry]:
-    """A ``user_activity`` JSON column as positional entries (rows of older builds hold objects)."""
-    entries = [[item[f] for f in fields] if isinstance(item, dict) else item for item in orjson.loads(text)]
-    if any(len(entry) != len(fields) for entry in entries):
+def _positional(item: list[Any] | dict[str, Any], fields: tuple[str, ...]) -> list[Any]:
+    entry = [item[f] for f in fields] if isinstance(item, dict) else item
+    if len(entry) != len(fields):
         raise ValueError(f"user_activity: an entry does not hold the {len(fields)} fields {fields}")
-    return entries
+    return entry
 
 
-def _product_matcher(conn: Connection, query: SegmentQuery, activity: Activity) -> set[str] | None:
+def _newest_first(entries: list[list[Any]], when: int) -> list[str]:
+    """The names (position 0) of entries with a time at position ``when``, newest first, ties by name."""
+    kept = [e for e in entries if e[when] is not None]
+    kept.sort(key=lambda e: (-e[when], e[0]))
+    return [e[0] for e in kept]
+
+
+def _product_matcher(conn: Connection, query: SegmentQuery, activity: dict[str, RecentActivity]) -> set[str] | None:
     """The page's pids that match every product-level criterion; None when no criterion is given."""
     if not query.has_product_criteria:
         return None
-    pids = sorted({item[_PID] for products, _ in activity.values() for item in products})
+    pids = sorted({pid for recent in activity.values() for pid in (*recent.visited, *recent.purchased)})
     if not pids:
         return set()
     p = relational.products
@@ -124,15 +144,27 @@ def _product_matcher(conn: Connection, query: SegmentQuery, activity: Activity) 
     return {row.pid for row in conn.execute(select)}
 
 
-def _recent_pids(products: list[Entry], when: int, matches: set[str] | None) -> list[str]:
-    """Distinct pids with an event at position ``when`` (and matching, when criteria are given), newest first."""
-    kept = [p for p in products if p[when] is not None and (matches is None or p[_PID] in matches)]
-    kept.sort(key=lambda p: (-p[when], p[_PID]))
-    return [p[_PID] for p in kept[:MAX_PRODUCTS]]
+def _matching(pids: list[str], matches: set[str] | None, limit: int) -> list[str]:
+    """The first ``limit`` of ``pids`` (newest first) that match the product criteria (all when none)."""
+    if matches is None:
+        return pids[:limit]
+    kept = []
+    for pid in pids:
+        if pid in matches:
+            kept.append(pid)
+            if len(kept) == limit:
+                break
+    return kept
 
 
-def _recent_terms(searches: list[Entry], name_tokens: list[list[str]]) -> list[str]:
-    """Distinct texts containing the brand or generic name (all when neither is given), newest first."""
-    kept = [s for s in searches if not name_tokens or any(contains_name(tokenize(s[_QUERY]), n) for n in name_tokens)]
-    kept.sort(key=lambda s: (-s[_SEARCHED], s[_QUERY]))
-    return [s[_QUERY] for s in kept[:MAX_SEARCH_TERMS]]
+def _recent_terms(searches: list[str], name_tokens: list[list[str]]) -> list[str]:
+    """Texts (newest first) containing the brand or generic name (all when neither is given), at most 20."""
+    if not name_tokens:
+        return searches[:MAX_SEARCH_TERMS]
+    kept = []
+    for text in searches:
+        if any(contains_name(tokenize(text), n) for n in name_tokens):
+            kept.append(text)
+            if len(kept) == MAX_SEARCH_TERMS:
+                break
+    return kept
