@@ -38,6 +38,7 @@ from persona_assets.stores import relational
 from persona_assets.stores.backends import search_backend_for
 from persona_assets.stores.opensearch_index import redact_url
 from persona_assets.stores.search_backend import SearchBackend
+from persona_assets.worker_load import WorkerLoad
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -207,6 +208,8 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
     )
     app.state.settings = settings
     answering = anyio.CapacityLimiter(settings.answer_threads)  # the rest queue in arrival order
+    # Under `persona serve --workers N`: this worker's share of the answers in flight (worker_load).
+    load = WorkerLoad(settings.serve_load_file) if settings.serve_load_file is not None else None
 
     @app.post(
         "/fetchPersonas",
@@ -237,17 +240,25 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
             _validate(payload)
         except InvalidRequest as error:
             return _invalid(error.field, error.message)
+        if load is not None:
+            load.started()
         try:
             with anyio.fail_after(settings.query_timeout):
                 # abandoned on time-out: the thread finishes its answer, nobody waits for it
-                return await anyio.to_thread.run_sync(
+                response = await anyio.to_thread.run_sync(
                     _answer, payload, engine, backend, weights, limiter=answering, abandon_on_cancel=True
                 )
         except TimeoutError:
-            return _unavailable(
+            response = _unavailable(
                 f"no answer within {settings.query_timeout:g} s (PERSONA_QUERY_TIMEOUT); the service is busy, "
                 "try again later"
             )
+        finally:
+            if load is not None:
+                load.finished()
+        if load is not None and load.busier_than_others():
+            response.headers["connection"] = "close"  # this client reconnects, to a less busy worker
+        return response
 
     @app.get(
         "/health",

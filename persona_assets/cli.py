@@ -237,6 +237,7 @@ def cmd_serve(args: argparse.Namespace, settings: PersonaSettings) -> int:
     import uvicorn
 
     from persona_assets.api import create_app
+    from persona_assets.worker_load import create_load_file
 
     try:
         app = create_app(settings)
@@ -250,9 +251,15 @@ def cmd_serve(args: argparse.Namespace, settings: PersonaSettings) -> int:
     )
     if args.workers == 1:
         uvicorn.run(app, host=args.host, port=args.port)
-    else:
-        # Each worker process builds its own app from the same environment (the one settings object).
+        return 0
+    # Each worker process builds its own app from the same environment (the one settings object), and
+    # they spread the clients' connections evenly through a file they share (persona_assets.worker_load).
+    load_file = create_load_file(settings.home / "tmp" / f"serve-{os.getpid()}.load")
+    os.environ["PERSONA_SERVE_LOAD_FILE"] = str(load_file)
+    try:
         uvicorn.run("persona_assets.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    finally:
+        load_file.unlink(missing_ok=True)
     return 0
 
 

@@ -73,6 +73,9 @@ class PersonaSettings:
     serve_threads: int | None = None
     # Seconds `persona serve` gives one answer, waiting included (PERSONA_QUERY_TIMEOUT); then a 503.
     query_timeout: float = 10.0
+    # The file `persona serve --workers N` shares between its workers to spread answers evenly
+    # (PERSONA_SERVE_LOAD_FILE, set by `persona serve` itself for the workers it starts).
+    serve_load_file: Path | None = None
     # DuckDB's budget per step (PERSONA_MEMORY_LIMIT) and its threads (PERSONA_THREADS, default: every core).
     memory_limit: str = DEFAULT_MEMORY_LIMIT
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -117,6 +120,7 @@ class PersonaSettings:
             opensearch_shards=shards,
             opensearch_replicas=replicas,
             serve_threads=serve_threads,
+            serve_load_file=Path(env["PERSONA_SERVE_LOAD_FILE"]) if env.get("PERSONA_SERVE_LOAD_FILE") else None,
             query_timeout=query_timeout,
             memory_limit=memory_limit,
             threads=threads,

@@ -403,6 +403,44 @@ def test_an_answer_past_the_time_limit_is_503_and_the_service_goes_on(run):
         assert api.post({"gender": "men"}).status == 200
 
 
+def test_a_worker_busier_than_the_others_closes_the_connection_of_the_answer_it_sends(run, tmp_path, monkeypatch):
+    """Under `persona serve --workers N` a worker with more answers in flight than the least busy one (past
+    the margin) answers with `Connection: close`, so that client reconnects to another worker."""
+    import persona_assets.api as api_module
+    from persona_assets.worker_load import MARGIN, WorkerLoad, create_load_file
+
+    path = create_load_file(tmp_path / "serve.load")
+    idle_worker = WorkerLoad(path)
+    release = threading.Event()
+    answer = api_module._answer
+
+    def held_answer(*args):
+        release.wait(30)
+        return answer(*args)
+
+    monkeypatch.setattr(api_module, "_answer", held_answer)
+    with run.env():
+        app = create_app(dataclasses.replace(run.settings, serve_load_file=path, serve_threads=8))
+    answers: list[Answer] = []
+    with serving(app) as api:
+        clients = [threading.Thread(target=lambda: answers.append(api.post({"gender": "men"}))) for _ in range(4)]
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 30
+        while idle_worker.others() != [4]:  # all four in flight at this worker
+            assert time.monotonic() < deadline, idle_worker.others()
+            time.sleep(0.01)
+        release.set()
+        for client in clients:
+            client.join(30)
+    assert [a.status for a in answers] == [200] * 4
+    closing = [a for a in answers if a.headers.get("connection") == "close"]
+    # Sent with 3, 2, 1, 0 still in flight against the idle worker's 0: only those past the margin close.
+    assert len(closing) == sum(1 for in_flight in (3, 2, 1, 0) if in_flight > MARGIN) == 1
+    assert idle_worker.others() == [0]
+    idle_worker.close()
+
+
 def test_unreachable_store_is_503_with_the_password_hidden(tmp_path):
     with socket.socket() as probe:  # a loopback port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -489,6 +527,8 @@ def test_persona_serve_command(run, workers):
         answer = api.post({"gender": "men", "size": 2})
         assert answer.status == 200
         assert answer.json == expected_response(run, {"gender": "men", "size": 2})
+        if workers != "1":  # the workers share one load file under PERSONA_HOME/tmp
+            (load_file,) = (run.home / "tmp").glob(f"serve-{process.pid}.load")
     finally:
         process.terminate()
         try:
@@ -496,6 +536,8 @@ def test_persona_serve_command(run, workers):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    if workers != "1":
+        assert not load_file.exists()  # removed when the service stops
 
 
 def test_persona_serve_refuses_zero_workers(run):

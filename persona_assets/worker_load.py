@@ -1,0 +1,108 @@
+"""Keeping the answers of ``persona serve --workers N`` evenly spread over its worker processes.
+
+Uvicorn's workers share one listening socket, and a client keeps its connection for every request it
+sends, so whichever worker accepted a connection answers that client for good. Fifty clients that
+connect at once split between two workers as the kernel hands them out (measured: 17 and 33), and
+the clients of the busier worker wait twice as long. So each worker publishes how many answers it
+has in flight (received, not yet sent) in a small file the workers share, and a worker that has
+more than :data:`MARGIN` answers more in flight than the least busy one closes the connection of
+the answer it just sent (``Connection: close``): that client reconnects and lands on whichever
+worker accepts first. The busier worker sheds connections until the difference is within the
+margin; a balanced service closes nothing. (A load balancer's least-connections or a gRPC server's
+maximum connection age do the same job between machines.)
+
+The file holds :data:`SLOTS` records of (pid, answers in flight); a worker claims a free record (or
+one whose process is gone) under an exclusive lock and then writes only its own record.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+from pathlib import Path
+
+SLOTS = 64
+MARGIN = 2
+_RECORD = struct.Struct("<qq")  # pid, answers in flight
+_SIZE = SLOTS * _RECORD.size
+
+
+def create_load_file(path: Path) -> Path:
+    """An empty shared file for the workers of one ``persona serve`` (every record free)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(_SIZE))
+    return path
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class WorkerLoad:
+    """This worker's record in the shared file: its answers in flight, compared with the others'."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("r+b")
+        if os.fstat(self._file.fileno()).st_size < _SIZE:
+            raise ValueError(f"{path}: not a load file of `persona serve` (expected {_SIZE} bytes)")
+        self._map = mmap.mmap(self._file.fileno(), _SIZE)
+        self._slot = self._claim()
+        self._in_flight = 0
+
+    def _claim(self) -> int:
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        try:
+            for slot in range(SLOTS):
+                pid, _ = _RECORD.unpack_from(self._map, slot * _RECORD.size)
+                if pid == 0 or not _alive(pid):
+                    _RECORD.pack_into(self._map, slot * _RECORD.size, os.getpid(), 0)
+                    return slot
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+        raise RuntimeError(f"more than {SLOTS} `persona serve` workers share one load file")
+
+    def _publish(self) -> None:
+        _RECORD.pack_into(self._map, self._slot * _RECORD.size, os.getpid(), self._in_flight)
+
+    def started(self) -> None:
+        self._in_flight += 1
+        self._publish()
+
+    def finished(self) -> None:
+        self._in_flight -= 1
+        self._publish()
+
+    def others(self) -> list[int]:
+        """Answers in flight at each other live worker."""
+        counts = []
+        for slot in range(SLOTS):
+            if slot == self._slot:
+                continue
+            pid, in_flight = _RECORD.unpack_from(self._map, slot * _RECORD.size)
+            if pid != 0 and _alive(pid):
+                counts.append(in_flight)
+        return counts
+
+    def busier_than_others(self) -> bool:
+        """Whether this worker has more than :data:`MARGIN` answers in flight beyond the least busy other."""
+        others = self.others()
+        return bool(others) and self._in_flight > min(others) + MARGIN
+
+    def close(self) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        try:
+            _RECORD.pack_into(self._map, self._slot * _RECORD.size, 0, 0)
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._map.close()
+        self._file.close()
