@@ -49,6 +49,21 @@ def _wait_healthy(port: int, timeout: float) -> None:
     raise SystemExit(f"persona serve did not answer /health on port {port} within {timeout:.0f} s")
 
 
+def _wait_all_workers_ready(server_pid: int, workers: int, timeout: float) -> None:
+    """Each worker opens the index before it answers (seconds at 1M): measure once all have."""
+    if workers < 2:
+        return
+    from persona_assets.settings import PersonaSettings
+    from persona_assets.worker_load import ready_workers
+
+    load_file = PersonaSettings.from_env().home / "tmp" / f"serve-{server_pid}.load"
+    deadline = time.monotonic() + timeout
+    while not (load_file.exists() and ready_workers(load_file) >= workers):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"persona serve: not all {workers} workers were ready within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def in_process_rate(requests: list[dict]) -> float:
     """Requests per second answered in-process, one at a time (the baseline)."""
     from persona_assets.query.scoring import ScoreWeights
@@ -142,6 +157,7 @@ def main() -> int:
     )
     try:
         _wait_healthy(port, 120)
+        _wait_all_workers_ready(server.pid, args.workers, 300)
         load(port, requests, min(args.clients, 4), 3)  # warm every worker's caches
         print(f"{args.clients} clients for {args.seconds:.0f} s", file=sys.stderr, flush=True)
         measured = load(port, requests, args.clients, args.seconds)

@@ -19,8 +19,10 @@ with ``{"status": "ok"|"unavailable", "store": {...}, "index": {...}}``.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal, cast
 
 import anyio
@@ -41,6 +43,8 @@ from persona_assets.stores.search_backend import SearchBackend
 from persona_assets.worker_load import WorkerLoad
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
+
+logger = logging.getLogger(__name__)
 
 #: A segment request is a few hundred bytes; anything past this is refused (413) before it is parsed.
 MAX_BODY_BYTES = 1 << 20
@@ -194,22 +198,37 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
     """The HTTP service over the stores ``settings`` names (default: from the environment).
 
     Score weights are read once, here (``PERSONA_SCORE_WEIGHTS``), so a bad value fails at start-up.
-    Nothing is connected to until the first request.
+    Nothing is connected to until the app starts (its lifespan opens the index; see ``_warm``).
     """
     settings = settings or PersonaSettings.from_env()
     weights = weights or ScoreWeights.from_env()
     engine = relational.create_engine(settings.db_url)
     backend = search_backend_for(settings)
 
+    # Under `persona serve --workers N`: this worker's share of the answers in flight (worker_load), taken
+    # once the worker is warm, so the load file lists the workers ready to answer.
+    load: WorkerLoad | None = None
+
+    @contextlib.asynccontextmanager
+    async def warm_then_serve(_app: FastAPI) -> AsyncIterator[None]:
+        nonlocal load
+        await anyio.to_thread.run_sync(_warm, backend)
+        if settings.serve_load_file is not None:
+            load = WorkerLoad(settings.serve_load_file)
+        try:
+            yield
+        finally:
+            if load is not None:
+                load.close()
+
     app = FastAPI(
+        lifespan=warm_then_serve,
         title="persona segment query",
         summary="Shopper personas ranked for a segment (the persona contract, section 4).",
         version="1",
     )
     app.state.settings = settings
     answering = anyio.CapacityLimiter(settings.answer_threads)  # the rest queue in arrival order
-    # Under `persona serve --workers N`: this worker's share of the answers in flight (worker_load).
-    load = WorkerLoad(settings.serve_load_file) if settings.serve_load_file is not None else None
 
     @app.post(
         "/fetchPersonas",
@@ -272,6 +291,16 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
         return JSONResponse({"status": "ok" if ok else "unavailable", **body}, status_code=200 if ok else 503)
 
     return app
+
+
+def _warm(backend: SearchBackend) -> None:
+    """Open the published index before the first request: loading a 1M-persona embedded build takes
+    seconds, which the first clients of each worker would otherwise wait (or time out) for. A service
+    started before the first build, or with the index unreachable, still starts and answers 503."""
+    try:
+        backend.document_count()
+    except Exception as error:  # reported by /health and by each answer; not fatal here
+        logger.warning("persona serve: the index could not be opened at start-up (%s)", describe_error(error))
 
 
 def _answer(payload: object, engine: Engine, backend: SearchBackend, weights: ScoreWeights) -> JSONResponse:

@@ -48,6 +48,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def ready_workers(path: Path) -> int:
+    """How many live workers have taken a record (each takes one once it is warm and answering)."""
+    data = path.read_bytes()
+    records = (_RECORD.unpack_from(data, slot * _RECORD.size) for slot in range(min(SLOTS, len(data) // _RECORD.size)))
+    return sum(1 for pid, _ in records if _alive(pid))
+
+
 class WorkerLoad:
     """This worker's record in the shared file: its answers in flight, compared with the others'."""
 

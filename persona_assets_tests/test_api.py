@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from persona_assets.api import MAX_BODY_BYTES, create_app
 from persona_assets.query.request import FIELDS, InvalidRequest, parse_segment_request
+from persona_assets.worker_load import ready_workers
 
 pytestmark = pytest.mark.contract
 
@@ -106,7 +107,7 @@ def serving(app) -> Iterator[Http]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)
     thread.start()
     try:
@@ -403,6 +404,23 @@ def test_an_answer_past_the_time_limit_is_503_and_the_service_goes_on(run):
         assert api.post({"gender": "men"}).status == 200
 
 
+def test_the_service_opens_the_index_before_its_first_request(run, monkeypatch):
+    """A worker loads the published build as it starts (seconds at 1M), not on a client's first request."""
+    import persona_assets.api as api_module
+    from persona_assets.stores import embedded_backend
+
+    monkeypatch.setattr(embedded_backend, "_VIEWS", {})  # nothing opened in this process yet
+    warmed: list[str] = []
+    warm = api_module._warm
+    monkeypatch.setattr(api_module, "_warm", lambda backend: (warmed.append(backend.name), warm(backend))[1])
+    with run.env():
+        app = create_app(run.settings)
+    with serving(app):
+        assert len(warmed) == 1  # at start-up, with no request sent
+        if warmed == ["embedded"]:
+            assert [path.name for path in embedded_backend._VIEWS] == ["index"]
+
+
 def test_a_worker_busier_than_the_others_closes_the_connection_of_the_answer_it_sends(run, tmp_path, monkeypatch):
     """Under `persona serve --workers N` a worker with more answers in flight than the least busy one (past
     the margin) answers with `Connection: close`, so that client reconnects to another worker."""
@@ -433,11 +451,12 @@ def test_a_worker_busier_than_the_others_closes_the_connection_of_the_answer_it_
         release.set()
         for client in clients:
             client.join(30)
+        assert idle_worker.others() == [0]  # every answer sent
+    assert idle_worker.others() == []  # the worker's record is given back when it stops
     assert [a.status for a in answers] == [200] * 4
     closing = [a for a in answers if a.headers.get("connection") == "close"]
     # Sent with 3, 2, 1, 0 still in flight against the idle worker's 0: only those past the margin close.
     assert len(closing) == sum(1 for in_flight in (3, 2, 1, 0) if in_flight > MARGIN) == 1
-    assert idle_worker.others() == [0]
     idle_worker.close()
 
 
@@ -527,8 +546,12 @@ def test_persona_serve_command(run, workers):
         answer = api.post({"gender": "men", "size": 2})
         assert answer.status == 200
         assert answer.json == expected_response(run, {"gender": "men", "size": 2})
-        if workers != "1":  # the workers share one load file under PERSONA_HOME/tmp
+        if workers != "1":  # the workers share one load file under PERSONA_HOME/tmp, each once warm
             (load_file,) = (run.home / "tmp").glob(f"serve-{process.pid}.load")
+            while ready_workers(load_file) < int(workers):
+                assert time.monotonic() < deadline, f"{ready_workers(load_file)} of {workers} workers ready"
+                time.sleep(0.1)
+            assert ready_workers(load_file) == int(workers)
     finally:
         process.terminate()
         try:
