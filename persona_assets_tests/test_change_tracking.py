@@ -150,12 +150,14 @@ def test_a_rebuild_reflags_users_changed_since_its_snapshot_and_skips_refused_on
     snapshot_flags_for_rebuild(engine)
     assert advance_flags(engine, REBUILD_SNAPSHOT, [1], 2) == 3
     flag_users_changed(engine, ["b", "d"])  # b changes, d appears while the rebuild runs
-    with engine.begin() as conn:  # a refresh indexes them into the build about to be replaced
-        conn.execute(
-            sa.update(relational.user_persona)
-            .where(relational.user_persona.c.extId.in_(["b", "d"]))
-            .values(hasChanged=0)
-        )
+    with engine.begin() as conn:  # a refresh indexes them into the build about to be replaced: d is done,
+        # b is between its index write and its 2 -> 0
+        for ext_id, flag in (("b", 2), ("d", 0)):
+            conn.execute(
+                sa.update(relational.user_persona)
+                .where(relational.user_persona.c.extId == ext_id)
+                .values(hasChanged=flag)
+            )
     forget_in_rebuild_snapshot(engine, ["c"])  # the index refused c
     assert advance_flags(engine, REBUILD_SNAPSHOT, [2], 0) == 1  # a only
     assert reflag_changed_since(engine, REBUILD_SNAPSHOT) == 2  # b and d back to 1

@@ -85,15 +85,20 @@ def snapshot_flags_for_rebuild(engine: Engine) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(snapshot)).scalar_one())
 
 
+# change_seq only grows from 0, so this value in the rebuild's snapshot marks a user the index refused.
+_REFUSED_SEQ = -1
+
+
 def forget_in_rebuild_snapshot(engine: Engine, ext_ids: Sequence[str]) -> None:
-    """Drop users from the rebuild's snapshot (the index refused them): their flags then never advance."""
+    """Mark users the index refused in the rebuild's snapshot: their flags then never advance (they stay
+    at 2), and the re-flag after the swap leaves them alone."""
     ids = sorted(set(ext_ids))
     with engine.begin() as conn:
         for start in range(0, len(ids), _IN_CHUNK):
             conn.execute(
-                sa.delete(rebuild_flag_snapshot).where(
-                    rebuild_flag_snapshot.c.extId.in_(ids[start : start + _IN_CHUNK])
-                )
+                sa.update(rebuild_flag_snapshot)
+                .where(rebuild_flag_snapshot.c.extId.in_(ids[start : start + _IN_CHUNK]))
+                .values(change_seq=_REFUSED_SEQ)
             )
 
 
@@ -159,17 +164,27 @@ def advance_flags(engine: Engine, snapshot: pd.DataFrame | None, from_states: Se
 
 
 def reflag_changed_since(engine: Engine, snapshot: pd.DataFrame | None = REBUILD_SNAPSHOT) -> int:
-    """After a full rebuild swapped its index in: users at 0 who changed after the rebuild read its
+    """After a full rebuild swapped its index in: users at 0 or 2 who changed after the rebuild read its
     snapshot (or appeared since) go back to 1.
 
-    A refresh may have indexed them into the build the swap just replaced; at 1 they are refreshed
-    again, so nothing the swap dropped stays lost.
+    A refresh may have indexed them into the build the swap just replaced, either finished (0) or between
+    its index write and its 2 → 0 (2); at 1 they are refreshed again, and that refresh's 2 → 0 finds
+    them at 1 and leaves them there, so nothing the swap dropped stays lost. Users the index refused
+    (:func:`forget_in_rebuild_snapshot`) stay at 2.
     """
     with _snapshot_in_store(engine, snapshot) as (conn, unchanged):
+        table = rebuild_flag_snapshot if snapshot is None else _STAGING
+        refused = (
+            sa.select(_sql(1))
+            .where(table.c.extId == user_persona.c.extId)
+            .where(table.c.change_seq == _sql(_REFUSED_SEQ))
+            .exists()
+        )
         result = conn.execute(
             sa.update(user_persona)
-            .where(user_persona.c.hasChanged == SEARCHABLE)
+            .where(user_persona.c.hasChanged.in_([SEARCHABLE, CALCULATED]))
             .where(~unchanged)
+            .where(~refused)
             .values(hasChanged=NEEDS_CALCULATION)
         )
         return int(result.rowcount or 0)
