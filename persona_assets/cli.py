@@ -67,7 +67,7 @@ def cmd_backfill(args: argparse.Namespace, settings: PersonaSettings) -> int:
         return _fail(f"backfill: {error}; expected FIRST and LAST as YYYY-MM-DD")
     if last < first:
         return _fail(f"backfill: LAST ({last}) is before FIRST ({first})")
-    backfill_days(settings, first, last, _progress)
+    backfill_days(settings, first, last, _progress, publish_missing_as_empty=args.publish_missing_as_empty)
     return 0
 
 
@@ -301,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backfill", help="re-publish the days FIRST..LAST of every event kind, then rebuild")
     p.add_argument("first", help="YYYY-MM-DD")
     p.add_argument("last", help="YYYY-MM-DD")
+    p.add_argument(
+        "--publish-missing-as-empty",
+        action="store_true",
+        help="a day of the range with no landed file is published empty (its published events go); without "
+        "this, such a day stops the backfill before anything is published",
+    )
     p.set_defaults(func=cmd_backfill)
     p = sub.add_parser("materialize", help="materialise every asset in-process through Dagster")
     p.set_defaults(func=cmd_materialize)

@@ -102,13 +102,20 @@ def materialize_reference(settings: PersonaSettings, instance: DagsterInstance, 
 
 
 def materialize_event_days(
-    settings: PersonaSettings, instance: DagsterInstance, days_by_kind: dict[str, list[str]], progress: Progress
+    settings: PersonaSettings,
+    instance: DagsterInstance,
+    days_by_kind: dict[str, list[str]],
+    progress: Progress,
+    *,
+    publish_missing_as_empty: bool = False,
 ) -> None:
-    """One single-run backfill per contiguous range of days, over the raw assets of the kinds involved."""
+    """One single-run backfill per contiguous range of days, over the raw assets of the kinds involved
+    (``publish_missing_as_empty``: see ``assets.events.RawEventsConfig``)."""
     all_days = sorted({d for days in days_by_kind.values() for d in days})
     for first, last in contiguous_ranges(all_days):
         kinds = [k for k, days in days_by_kind.items() if any(first <= d <= last for d in days)]
         selection = AssetSelection.assets(*[f"raw_{k}" for k in kinds])
+        config = {"publish_missing_as_empty": publish_missing_as_empty}
         _run(
             settings,
             instance,
@@ -116,6 +123,7 @@ def materialize_event_days(
             f"events {first} … {last} ({', '.join(kinds)})",
             progress,
             tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+            run_config={"ops": {f"raw_{k}": {"config": config} for k in kinds}},
         )
 
 
@@ -133,7 +141,9 @@ def materialize_rebuild(
     )
 
 
-def backfill_days(settings: PersonaSettings, first: date, last: date, progress: Progress) -> None:
+def backfill_days(
+    settings: PersonaSettings, first: date, last: date, progress: Progress, *, publish_missing_as_empty: bool = False
+) -> None:
     """A backfill after a data fix: every raw event kind for FIRST..LAST in one run, then the rebuild."""
     instance = dagster_instance(settings)
     materialize_reference(settings, instance, progress)
@@ -141,7 +151,13 @@ def backfill_days(settings: PersonaSettings, first: date, last: date, progress: 
     while day <= last:
         days.append(day.isoformat())
         day += timedelta(days=1)
-    materialize_event_days(settings, instance, {kind: days for kind in EVENT_KINDS}, progress)
+    materialize_event_days(
+        settings,
+        instance,
+        {kind: days for kind in EVENT_KINDS},
+        progress,
+        publish_missing_as_empty=publish_missing_as_empty,
+    )
     materialize_rebuild(settings, instance, progress)
 
 

@@ -592,6 +592,47 @@ class _WatchedClient(OpenSearch):
                 self.running -= 1
 
 
+def test_a_refresh_that_resolved_the_old_build_writes_into_the_new_one_and_recreates_nothing(
+    backend: OpenSearchBackend, monkeypatch
+):
+    """Issue 8: a refresh looked the live build up just before a rebuild swapped the alias and deleted that
+    build. Its writes go through the alias into the build now live, and the deleted build's name is not
+    re-created by them (OpenSearch creates a missing index on a write to its name)."""
+
+    def one(ext_id: str, brand: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        users = pd.DataFrame({"ext_id": [ext_id], "gender": ["men"]})
+        affinities = pd.DataFrame({"ext_id": [ext_id], "dimension": ["brand"], "key": [brand], "value": [1.0]})
+        return users, affinities
+
+    backend.publish(stream(*one("old", "nike")))
+    old_build = backend.live_index()
+    backend.publish(stream(*one("rebuilt", "nike")))  # the rebuild's swap; the old build is deleted
+    new_build = backend.live_index()
+    assert new_build != old_build and builds_of(backend) == [new_build]
+
+    resolved_before_the_swap = backend.live_index
+    monkeypatch.setattr(backend, "live_index", lambda: old_build)  # what the refresh saw before the swap
+    report = backend.upsert(stream(*one("refreshed", "puma")))
+    monkeypatch.setattr(backend, "live_index", resolved_before_the_swap)
+    assert not report.failed
+    assert builds_of(backend) == [new_build]  # nothing re-created under the old build's name
+    hits = backend.search(SegmentQuery(brand="puma", size=5), ScoreWeights())
+    assert [hit.ext_id for hit in hits.hits] == ["refreshed"]
+
+
+def test_a_write_after_the_alias_is_gone_fails_instead_of_creating_an_index(backend: OpenSearchBackend, monkeypatch):
+    users = pd.DataFrame({"ext_id": ["u"], "gender": ["men"]})
+    affinities = pd.DataFrame({"ext_id": ["u"], "dimension": ["brand"], "key": ["nike"], "value": [1.0]})
+    backend.publish(stream(users, affinities))
+    build = backend.live_index()
+    backend.client.indices.delete(index=build)  # the alias goes with it
+    monkeypatch.setattr(backend, "live_index", lambda: build)  # resolved before it went
+    with pytest.raises(IndexNotBuiltError):
+        backend.upsert(stream(users, affinities))
+    assert builds_of(backend) == []
+    assert not backend.client.indices.exists(index=backend.alias)
+
+
 def test_bulk_requests_in_flight_are_bounded(backend: OpenSearchBackend):
     """At most ``bulk_threads`` requests at once, and the stream is read only a few batches ahead of them."""
     client = _WatchedClient(backend.url)

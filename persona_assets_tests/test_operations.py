@@ -11,6 +11,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import Pipeline, write_import_dir
 from dagster import (
+    AssetCheckKey,
+    AssetCheckSeverity,
+    AssetKey,
     AssetSelection,
     DagsterInstance,
     RunRequest,
@@ -246,6 +249,47 @@ def test_a_rebuild_swapping_in_while_a_refresh_publishes_leaves_no_stale_user_at
         assert run_refresh(pipeline, retry)
     assert pipeline.flags() == {"u1": 0, "u2": 0, "u3": 0}
     assert pipeline.query({"brand": "nike"})["results"][0]["components"]["B"] == pytest.approx(2 / 3)
+
+
+def test_a_day_with_no_landed_file_never_silently_deletes_its_published_events(tmp_path):
+    """Issue 8: publishing a day whose landed file is missing (a late feed, a lost landing area) stops the
+    run, naming the day and the file, and keeps the published day; only an explicit choice publishes it
+    empty. A day never landed at all publishes nothing and the run's every_day_was_landed check says so."""
+    pipeline = build(tmp_path, ["u1", "u2"])
+    import_day2(pipeline, tmp_path, [visit("u2", "B", "2026-10-02")])
+    pipeline.materialize()
+    layout = pipeline.settings.layout
+    published = layout.events_dir / "visits" / "day=2026-10-02" / "events.parquet"
+    landed = layout.landing_dir / "visits" / "2026-10-02.parquet"
+    assert published.exists() and landed.exists()
+    landed.unlink()
+
+    code, _out, err = pipeline.cli("backfill", "2026-10-01", "2026-10-02")
+    assert code != 0
+    assert "2026-10-02" in err and str(landed) in err and "--publish-missing-as-empty" in err
+    assert published.exists()  # kept, and nothing else of the run was published either
+    assert pipeline.flags() == {"u1": 0, "u2": 0}
+    (top,) = pipeline.query({"brand": "nike", "size": 1})["results"]
+    assert (top["ext_id"], top["components"]["B"]) == ("u2", pytest.approx(2 / 3))  # A, B on day 1; B on day 2
+
+    pipeline.check("backfill", "--publish-missing-as-empty", "2026-10-01", "2026-10-02")
+    assert not published.exists()
+    assert pipeline.flags() == {"u1": 0, "u2": 0}  # u2 recalculated without the day's events
+    (top,) = pipeline.query({"brand": "nike", "size": 1})["results"]
+    assert (top["ext_id"], top["components"]["B"]) == ("u2", pytest.approx(1 / 2))  # day 2 is gone
+    with pipeline.env():
+        instance = DagsterInstance.get()
+        (visits,) = [
+            e for e in instance.get_latest_materialization_events([AssetKey("raw_visits")]).values() if e is not None
+        ]
+        checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [AssetCheckKey(AssetKey("raw_visits"), "every_day_was_landed")]
+        )
+    (execution,) = checks.values()
+    evaluation = execution.event.dagster_event.event_specific_data
+    assert not evaluation.passed and evaluation.severity == AssetCheckSeverity.WARN
+    assert evaluation.metadata["first_days"].value == ["2026-10-02"]  # 2026-10-01 was landed
+    assert visits.asset_materialization.metadata["days"].value == 2
 
 
 def test_daily_schedule_runs_at_six_ist_and_ingests_the_utc_day_just_ended():

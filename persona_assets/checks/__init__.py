@@ -3,6 +3,7 @@
 | check (asset)                                       | blocking | severity on failure                  |
 |-----------------------------------------------------|----------|--------------------------------------|
 | ``reject_rate`` (raw_visits, raw_checkouts, raw_searches, product_catalog, category_hierarchy) | yes | ERROR |
+| ``every_day_was_landed`` (raw_visits, raw_checkouts, raw_searches; in ``assets/events.py``) | no | WARN: a day of the run had no landed file |
 | ``unknown_pincode_rate`` (user_raw_affinities)      | yes      | ERROR                                |
 | ``maps_sum_to_one`` (user_personas)                 | yes      | ERROR                                |
 | ``document_count_matches_personas`` (persona_index) | no       | ERROR                                |

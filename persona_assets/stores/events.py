@@ -121,8 +121,18 @@ class EventStore:
                 stale.append(day)
         return stale
 
+    def days_not_landed(self, kind: str, days: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Of ``days``, (those with no landed file but a published version, those with neither)."""
+        published, neither = [], []
+        for day in days:
+            if not self.landing_path(kind, day).exists():
+                (published if self.published_path(kind, day).exists() else neither).append(day)
+        return published, neither
+
     def publish(self, kind: str, day: str) -> tuple[int, set[str]]:
-        """Publish the landed day (or nothing, when no day was landed); its event count and the users touched.
+        """Publish the landed day (or an empty day, when none was landed: its published version goes); its
+        event count and the users touched. Callers decide first whether a missing day may be published
+        empty (``days_not_landed``): here it is.
 
         The users touched are those of the new and of the replaced version, since a user whose
         events were removed needs recalculation too. The landed file is already in the stored

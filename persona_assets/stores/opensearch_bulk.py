@@ -74,9 +74,12 @@ class BulkLoader:
         retry_backoff: float,
         timeout: float,
         max_chunk_bytes: int = 50 * 1024 * 1024,
+        require_alias: bool = False,
     ) -> None:
         self.client = client
         self.index = index
+        # ``index`` is an alias, and a write must never create an index by that name (``require_alias``).
+        self.require_alias = require_alias
         self.chunk_docs = chunk_docs
         self.threads = max(1, threads)
         self.max_retries = max_retries
@@ -152,8 +155,9 @@ class BulkLoader:
 
         body = docs.body(positions[0], positions[-1] + 1) if contiguous else docs.body_of(positions)
         try:
+            only_alias = {"require_alias": "true"} if self.require_alias else {}
             response = self.client.bulk(
-                body=body, index=self.index, filter_path=_RESPONSE_FILTER, request_timeout=self.timeout
+                body=body, index=self.index, filter_path=_RESPONSE_FILTER, request_timeout=self.timeout, **only_alias
             )
         except TransportError as error:
             return dict.fromkeys(positions, f"request failed: {error_text(error)}")

@@ -170,10 +170,11 @@ class OpenSearchBackend:
     def index_name(self, build_id: str) -> str:
         return f"{self.alias}-{build_id}"
 
-    def _loader(self, index: str) -> BulkLoader:
+    def _loader(self, index: str, *, require_alias: bool = False) -> BulkLoader:
         return BulkLoader(
             self.client,
             index,
+            require_alias=require_alias,
             chunk_docs=self.bulk_chunk,
             threads=self.bulk_threads,
             max_retries=self.max_retries,
@@ -256,23 +257,34 @@ class OpenSearchBackend:
 
     def upsert(self, personas: PersonaBatches, removed: Sequence[str] = ()) -> PublishReport:
         """Index these personas into the live build (``_id`` = ext_id overwrites), delete ``removed``,
-        and refresh it."""
-        index = self.live_index()
-        if index is None:
+        and refresh it.
+
+        Every write goes through the alias (``require_alias``), not to the build it pointed at when the
+        refresh began: a rebuild that swaps the alias meanwhile and deletes the old build then gets the
+        writes that come after the swap, and a write can never re-create the deleted build as an empty,
+        unmapped index of its own (a late write to a deleted index's name would).
+        """
+        if self.live_index() is None:
             raise self._not_built()
-        loaded = self._loader(index).load(_encoded(personas))
+        loaded = self._loader(self.alias, require_alias=True).load(_encoded(personas))
         if removed:
             from opensearchpy import helpers
 
             helpers.bulk(
                 self.client,
-                ({"_op_type": "delete", "_index": index, "_id": ext_id} for ext_id in removed),
+                ({"_op_type": "delete", "_index": self.alias, "_id": ext_id} for ext_id in removed),
                 raise_on_error=False,
             )
-        self.client.indices.refresh(index=index)
+        from opensearchpy.exceptions import NotFoundError
+
+        try:
+            self.client.indices.refresh(index=self.alias)
+            document_count = int(self.client.count(index=self.alias)["count"])
+        except NotFoundError:  # the alias went away while we wrote: nothing was created in its place
+            raise self._not_built() from None
         return PublishReport(
-            build_id=index,
-            document_count=int(self.client.count(index=index)["count"]),
+            build_id=self.live_index() or self.alias,
+            document_count=document_count,
             failed=loaded.failed,
             details=self._retry_details(loaded),
         )
