@@ -617,7 +617,7 @@ def test_a_refresh_that_resolved_the_old_build_writes_into_the_new_one_and_recre
     assert not report.failed
     assert builds_of(backend) == [new_build]  # nothing re-created under the old build's name
     hits = backend.search(SegmentQuery(brand="puma", size=5), ScoreWeights())
-    assert [hit.ext_id for hit in hits.hits] == ["refreshed"]
+    assert [(hit.ext_id, hit.components["B"]) for hit in hits.hits] == [("refreshed", 1.0), ("rebuilt", 0.0)]
 
 
 def test_a_write_after_the_alias_is_gone_fails_instead_of_creating_an_index(backend: OpenSearchBackend, monkeypatch):
