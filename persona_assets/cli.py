@@ -134,6 +134,27 @@ def cmd_export(args: argparse.Namespace, settings: PersonaSettings) -> int:
     return 0
 
 
+def cmd_dead_letter(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    """Users the index refused on every try (no longer retried by the sensor); ``--retry`` hands them back."""
+    from datetime import UTC, datetime
+
+    from persona_assets.stores import relational
+    from persona_assets.stores.refusals import dead_letter, retry_dead_letter
+
+    engine = relational.create_engine(settings.db_url)
+    relational.create_schema(engine)
+    if args.retry:
+        _progress(f"{retry_dead_letter(engine):,} user(s) handed back to the refresh sensor")
+        return 0
+    count, shown = dead_letter(engine, limit=args.limit)
+    for refusal in shown:
+        when = datetime.fromtimestamp(refusal.last_failed_us / 1e6, UTC).isoformat(timespec="seconds")
+        print(f"{refusal.ext_id}\t{refusal.failures} refusals\tlast {when}\t{refusal.reason}")
+    more = f" (first {len(shown):,} shown; --limit N)" if count > len(shown) else ""
+    _progress(f"{count:,} user(s) in the dead letter{more}")
+    return 0
+
+
 def cmd_query(args: argparse.Namespace, settings: PersonaSettings) -> int:
     from persona_assets.query.request import InvalidRequest
     from persona_assets.query.service import fetch_personas, unavailable_reason
@@ -313,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the normalised personas as JSON lines")
     p.add_argument("file")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("dead-letter", help="list the users whose document the index refused on every try")
+    p.add_argument("--limit", type=int, default=100, help="users listed (default 100)")
+    p.add_argument("--retry", action="store_true", help="hand every dead-lettered user back to the refresh sensor")
+    p.set_defaults(func=cmd_dead_letter)
     p = sub.add_parser("query", help="answer a segment query given as JSON (legacy field names)")
     p.add_argument("request")
     p.add_argument("--pretty", action="store_true")

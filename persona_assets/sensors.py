@@ -31,6 +31,7 @@ from persona_assets.jobs import CLI_TAG, REBUILD_TAG, full_rebuild_job, ingest_e
 from persona_assets.refresh import refresh_users
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.stores.changes import claim_users, claimed_users, release_claim
+from persona_assets.stores.refusals import RetryPolicy, clear_refusals, record_refusals
 
 RAW_EVENT_KEYS = {AssetKey(f"raw_{kind}") for kind in ("visits", "checkouts", "searches")}
 PERSONA_INDEX_KEY = AssetKey("persona_index")
@@ -86,8 +87,14 @@ def refresh_claimed_users(
     ext_ids = claimed_users(engine, config.claim)
     try:
         report = refresh_users(ext_ids, engine, event_store, search_index.backend(), compute.limits)
+        # Refused documents back off (then wait in the dead letter); the others are indexed at last.
+        retry = RetryPolicy.from_env()
+        dead = record_refusals(engine, report.failed, retry)
+        clear_refusals(engine, [ext_id for ext_id in ext_ids if ext_id not in report.failed])
     finally:
         release_claim(engine, config.claim)
+    if dead:
+        context.log.warning(f"{dead:,} user(s) refused {retry.max_failures} times: see `persona dead-letter`")
     context.log.info(
         f"refreshed {report.users:,} users in {report.seconds:.1f}s: {report.calculated:,} 1 → 2, "
         f"{report.searchable:,} 2 → 0, {len(report.failed):,} not indexed"

@@ -199,6 +199,7 @@ def test_checks_are_registered_with_the_jobs_and_block_where_they_must():
         "user_personas:maps_sum_to_one",
         "persona_index:document_count_matches_personas",
         "persona_index:no_user_stuck_at_calculated",
+        "persona_index:no_dead_lettered_users",
     }
     rebuild = defs.resolve_job_def("full_rebuild").asset_layer.asset_graph
     assert check_key("user_personas", "maps_sum_to_one") in rebuild.asset_check_keys
@@ -210,6 +211,7 @@ def test_checks_are_registered_with_the_jobs_and_block_where_they_must():
     assert blocking == registered - {
         "persona_index:document_count_matches_personas",
         "persona_index:no_user_stuck_at_calculated",
+        "persona_index:no_dead_lettered_users",
         *(f"raw_{kind}:every_day_was_landed" for kind in ("visits", "checkouts", "searches")),
     }
     assert [s.blocking for s in maps_sum_to_one.check_specs] == [True]
@@ -242,7 +244,7 @@ def test_every_check_passes_on_good_data(good: Pipeline):
     result = run(good, AssetSelection.all_asset_checks() - AssetSelection.checks(*landed))
     assert result.success
     found = evaluations(result)
-    assert len(found) == 9
+    assert len(found) == 10
     failed = {key: e.description for key, e in found.items() if not e.passed}
     assert failed == {}
 

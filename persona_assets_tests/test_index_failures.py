@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import Pipeline, production_services, write_import_dir
+from dagster import SkipReason
 from opensearchpy import OpenSearch
 
 from persona_assets.stores.opensearch_index import OpenSearchBackend
@@ -70,3 +71,39 @@ def test_too_many_refusals_keep_the_live_build_and_fail_the_run(refusing_one_use
     assert code == 1
     assert "persona_index" in err and "1 of 3 personas could not be indexed" in err
     assert set(pipeline.flags().values()) == {2}
+
+
+def test_a_user_refused_on_every_try_backs_off_then_waits_in_the_dead_letter(
+    refusing_one_user: Pipeline, tmp_path, monkeypatch
+):
+    """Issue 8 item 5: the sensor stops re-claiming a user whose document is always refused: each refusal is
+    counted, after PERSONA_REFRESH_MAX_FAILURES the user waits in the dead letter, shown by `persona
+    dead-letter` and by the no_dead_lettered_users check, until `--retry` hands them back."""
+    from test_operations import run_refresh, sensor_requests
+
+    pipeline = refusing_one_user
+    users = [f"u{i}" for i in range(1, 21)]
+    visits = [{"ext_id": u, "pid": "P1", "pincode": "560001", "visited_at": "2026-10-01"} for u in users]
+    pipeline.import_dir(write_import_dir(tmp_path / "import", products=PRODUCTS, categories=CATEGORIES, visits=visits))
+    monkeypatch.setenv("PERSONA_REFRESH_MAX_FAILURES", "3")
+    monkeypatch.setenv("PERSONA_REFRESH_BACKOFF_SECONDS", "0")  # no waiting between the tries here
+    pipeline.materialize()  # u2 refused once, by the rebuild
+    assert pipeline.flags()["u2"] == 2
+    for _ in range(2):  # the second and third refusals, by refresh runs
+        (request,) = sensor_requests(pipeline)
+        assert request.tags["persona/users"] == "1"
+        assert run_refresh(pipeline, request)
+    assert isinstance(sensor_requests(pipeline), SkipReason)  # dead-lettered: no longer claimed
+    assert pipeline.flags()["u2"] == 2  # never searchable with a missing document
+
+    listed = pipeline.check("dead-letter")
+    (line,) = listed.strip().splitlines()
+    assert line.startswith("u2\t3 refusals") and "refused for the test" in line
+    code, out, err = pipeline.cli("materialize")  # the rebuild refuses u2 again; its checks run
+    assert code == 0, err
+    assert "no_dead_lettered_users failed: 1 user(s) in the dead letter, e.g. 'u2'" in out + err
+
+    pipeline.check("dead-letter", "--retry")
+    assert pipeline.check("dead-letter").strip() == ""
+    (request,) = sensor_requests(pipeline)  # handed back to the sensor
+    assert request.tags["persona/users"] == "1"

@@ -8,6 +8,7 @@
 | ``maps_sum_to_one`` (user_personas)                 | yes      | ERROR                                |
 | ``document_count_matches_personas`` (persona_index) | no       | ERROR                                |
 | ``no_user_stuck_at_calculated`` (persona_index)     | no       | WARN when every stuck user is one the backend refused, else ERROR |
+| ``no_dead_lettered_users`` (persona_index)          | no       | WARN: users the backend refused on every try (``persona dead-letter``) |
 
 A blocking check that fails stops every asset downstream of its asset *in the same run*: Dagster
 skips them and the run fails, naming the check (the check also logs its finding at ERROR). So in
@@ -35,7 +36,11 @@ computation per row in Python.
 from dagster import AssetChecksDefinition
 
 from persona_assets.checks._common import CheckSettings
-from persona_assets.checks.index import document_count_matches_personas, no_user_stuck_at_calculated
+from persona_assets.checks.index import (
+    document_count_matches_personas,
+    no_dead_lettered_users,
+    no_user_stuck_at_calculated,
+)
 from persona_assets.checks.ingest import reject_rate_checks, unknown_pincode_rate
 from persona_assets.checks.maps import maps_sum_to_one
 
@@ -45,6 +50,7 @@ asset_checks: list[AssetChecksDefinition] = [
     maps_sum_to_one,
     document_count_matches_personas,
     no_user_stuck_at_calculated,
+    no_dead_lettered_users,
 ]
 """Every check of the project (registered with the assets in ``definitions.py``)."""
 

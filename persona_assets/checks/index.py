@@ -14,6 +14,7 @@ from persona_assets.checks._common import SAMPLE_SIZE, count_rows, report_failur
 from persona_assets.resources import RelationalStore, SearchIndexResource
 from persona_assets.stores import relational
 from persona_assets.stores.changes import CALCULATED
+from persona_assets.stores.refusals import dead_letter
 
 # --------------------------------------------------------------------------- the index
 
@@ -146,5 +147,30 @@ def no_user_stuck_at_calculated(
                 "stuck_sample": MetadataValue.json(sample),
                 "unexplained_sample": MetadataValue.json(unexplained),
             },
+        ),
+    )
+
+
+@asset_check(
+    asset="persona_index",
+    name="no_dead_lettered_users",
+    description=(
+        "No user waits in the dead letter: the search backend refused their document on every one of the "
+        "PERSONA_REFRESH_MAX_FAILURES tries, so the refresh sensor stopped retrying them (`persona dead-letter` "
+        "lists them with the reason; `--retry` hands them back). WARN: the others are searchable."
+    ),
+)
+def no_dead_lettered_users(context: AssetCheckExecutionContext, relational_store: RelationalStore) -> AssetCheckResult:
+    count, sample = dead_letter(relational_store.engine, limit=SAMPLE_SIZE)
+    described = [{"ext_id": r.ext_id, "failures": r.failures, "reason": r.reason} for r in sample]
+    return report_failure(
+        context,
+        AssetCheckResult(
+            passed=count == 0,
+            severity=AssetCheckSeverity.WARN,
+            description="no user in the dead letter"
+            if count == 0
+            else f"{count:,} user(s) in the dead letter, e.g. {sample[0].ext_id!r}: {sample[0].reason}",
+            metadata={"dead_lettered_users": count, "sample": MetadataValue.json(described)},
         ),
     )

@@ -15,6 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from persona_assets.stores.refusals import waiting_condition
 from persona_assets.stores.relational import (
     MYSQL_TABLE_OPTIONS,
     executemany,
@@ -191,7 +192,8 @@ def reflag_changed_since(engine: Engine, snapshot: pd.DataFrame | None = REBUILD
 
 
 def claim_users(engine: Engine, claim: str, limit: int, ttl_seconds: float) -> list[str]:
-    """Claim up to ``limit`` users that need work (hasChanged 1 or 2) and no live claim holds.
+    """Claim up to ``limit`` users that need work (hasChanged 1 or 2), no live claim holds and the index has
+    not refused lately (``stores.refusals``: backing off, or dead-lettered).
 
     Claims older than ``ttl_seconds`` are dropped first (their run died without releasing them).
     A user is in at most one claim: the claim's primary key is the user.
@@ -203,6 +205,7 @@ def claim_users(engine: Engine, claim: str, limit: int, ttl_seconds: float) -> l
             sa.select(user_persona.c.extId)
             .where(user_persona.c.hasChanged.in_([NEEDS_CALCULATION, CALCULATED]))
             .where(~sa.select(user_claims.c.extId).where(user_claims.c.extId == user_persona.c.extId).exists())
+            .where(~waiting_condition(user_persona.c.extId, now_us))  # refused lately, or dead-lettered
             .order_by(user_persona.c.extId)
             .limit(limit)
         )

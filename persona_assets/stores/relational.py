@@ -132,6 +132,22 @@ user_activity = sa.Table(
 )
 
 
+# Users whose document the search index refused (stores.refusals): how often, why, and when the refresh
+# sensor may claim them again (back-off); a user past the allowed failures waits here (the dead letter)
+# until an operator retries them (`persona dead-letter --retry`) or a rebuild indexes them.
+user_refusals = sa.Table(
+    "user_refusals",
+    metadata,
+    sa.Column("extId", ID, primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("last_failed_us", sa.BigInteger, nullable=False),
+    # Epoch microseconds before which the user is not claimed; INT64_MAX = dead-lettered.
+    sa.Column("retry_after_us", sa.BigInteger, nullable=False),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+
 # Every user's change_seq as the running full rebuild read it before any event (stores.changes): kept in
 # the store, so a million flags never travel through Python to be compared back.
 rebuild_flag_snapshot = sa.Table(
