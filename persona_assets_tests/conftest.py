@@ -255,6 +255,28 @@ class Pipeline:
     def materialize(self) -> str:
         return self.check("materialize")
 
+    def materialize_assets(self, selection) -> None:
+        """Materialise an ``AssetSelection`` in-process on this home and its Dagster instance (one run),
+        e.g. part of the rebuild, to put another write between its steps."""
+        import warnings
+
+        from dagster import materialize
+
+        from persona_assets.assets import all_assets
+        from persona_assets.pipeline import QUIET_LOGGERS, dagster_instance
+        from persona_assets.resources import resources_from_settings
+
+        with self.env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = materialize(
+                all_assets,
+                selection=selection,
+                resources=resources_from_settings(self.settings),
+                instance=dagster_instance(self.settings),
+                run_config=QUIET_LOGGERS,
+            )
+        assert result.success
+
     def export(self) -> dict[str, dict]:
         """``persona export FILE``, parsed: ext_id -> the JSON object of its line."""
         target = self.root / "export.jsonl"

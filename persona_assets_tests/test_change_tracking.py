@@ -7,17 +7,12 @@ materialised in two Dagster runs, and between them a user is flagged exactly as 
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import sqlalchemy as sa
 from conftest import Pipeline, fresh_engine, write_import_dir
-from dagster import AssetSelection, materialize
+from dagster import AssetSelection
 
-from persona_assets.assets import all_assets
 from persona_assets.jobs import REBUILD
-from persona_assets.pipeline import QUIET_LOGGERS, dagster_instance
-from persona_assets.resources import resources_from_settings
 from persona_assets.stores.changes import (
     REBUILD_SNAPSHOT,
     advance_flags,
@@ -37,20 +32,6 @@ USERS = ("x", "y", "z")
 VISITS = [(user, "P1", "560001", "2024-03-01T10:00:00") for user in USERS]
 
 
-def run_assets(pipeline: Pipeline, selection: AssetSelection) -> None:
-    """Materialise ``selection`` in-process on the pipeline's home and Dagster instance."""
-    with pipeline.env(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = materialize(
-            all_assets,
-            selection=selection,
-            resources=resources_from_settings(pipeline.settings),
-            instance=dagster_instance(pipeline.settings),
-            run_config=QUIET_LOGGERS,
-        )
-    assert result.success
-
-
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     pipeline = Pipeline(tmp_path_factory.mktemp("change-tracking"))
@@ -66,21 +47,21 @@ def test_import_flags_the_users_it_touches(imported):
 
 def test_user_changed_while_raw_affinities_are_computed_ends_at_1(imported):
     flag_users_changed(imported.engine, USERS)  # every user needs calculation
-    run_assets(imported, AssetSelection.assets("user_raw_affinities"))
+    imported.materialize_assets(AssetSelection.assets("user_raw_affinities"))
     assert imported.flags() == {"x": 1, "y": 1, "z": 1}  # not advanced yet
     # An import lands new events of y (and of a new user) while the calculation runs.
     flag_users_changed(imported.engine, ["y", "newcomer"])
-    run_assets(imported, REBUILD - AssetSelection.assets("user_raw_affinities"))
+    imported.materialize_assets(REBUILD - AssetSelection.assets("user_raw_affinities"))
     assert imported.flags() == {"x": 0, "y": 1, "z": 0, "newcomer": 1}
 
 
 def test_user_changed_after_personas_before_index_ends_at_1(imported):
     flag_users_changed(imported.engine, USERS)
-    run_assets(imported, AssetSelection.assets("user_raw_affinities", "attribute_vocabulary", "user_personas"))
+    imported.materialize_assets(AssetSelection.assets("user_raw_affinities", "attribute_vocabulary", "user_personas"))
     flags = imported.flags()
     assert {u: flags[u] for u in USERS} == {"x": 2, "y": 2, "z": 2}
     flag_users_changed(imported.engine, ["z"])  # new events for z while the index is being built
-    run_assets(imported, AssetSelection.assets("persona_index"))
+    imported.materialize_assets(AssetSelection.assets("persona_index"))
     flags = imported.flags()
     assert {u: flags[u] for u in USERS} == {"x": 0, "y": 0, "z": 1}
 

@@ -20,12 +20,9 @@ from dagster import (
     SkipReason,
     build_schedule_context,
     build_sensor_context,
-    materialize,
 )
 
-from persona_assets.assets import all_assets
 from persona_assets.jobs import REBUILD
-from persona_assets.pipeline import QUIET_LOGGERS, dagster_instance
 from persona_assets.resources import resources_from_settings
 from persona_assets.sensors import (
     changed_users_sensor,
@@ -199,26 +196,13 @@ def test_a_user_written_while_the_refresh_runs_ends_at_1(tmp_path):
     assert pipeline.flags() == {"u1": 1, "u2": 0, "u3": 0}
 
 
-def _materialize_assets(pipeline: Pipeline, selection: AssetSelection) -> None:
-    with pipeline.env(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = materialize(
-            all_assets,
-            selection=selection,
-            resources=resources_from_settings(pipeline.settings),
-            instance=dagster_instance(pipeline.settings),
-            run_config=QUIET_LOGGERS,
-        )
-    assert result.success
-
-
 @pytest.mark.parametrize("refresh_done", [False, True], ids=["swap-before-refresh-2-to-0", "swap-after-it"])
 def test_a_rebuild_swapping_in_while_a_refresh_publishes_leaves_no_stale_user_at_0(tmp_path, monkeypatch, refresh_done):
     """Issue 8: a rebuild reads its snapshot and events, then u2's new events land and the sensor's refresh
     indexes u2 into the live build; the rebuild's swap (of u2's older persona) comes after the refresh's
     index write and before (or after) its 2 -> 0. u2 must not end at 0 with the swapped-in stale persona."""
     pipeline = build(tmp_path, ["u1", "u2", "u3"])
-    _materialize_assets(pipeline, REBUILD - AssetSelection.assets("persona_index"))  # snapshot + events read
+    pipeline.materialize_assets(REBUILD - AssetSelection.assets("persona_index"))  # snapshot + events read
     import_day2(pipeline, tmp_path, [visit("u2", "B", "2026-10-02"), visit("u2", "B", "2026-10-02")])
     (request,) = sensor_requests(pipeline)
     backend_class = type(resources_from_settings(pipeline.settings)["search_index"].backend())
@@ -226,7 +210,7 @@ def test_a_rebuild_swapping_in_while_a_refresh_publishes_leaves_no_stale_user_at
 
     def swap_in_the_rebuild() -> None:
         swapped.set()
-        _materialize_assets(pipeline, AssetSelection.assets("persona_index"))
+        pipeline.materialize_assets(AssetSelection.assets("persona_index"))
 
     if refresh_done:
         assert run_refresh(pipeline, request)

@@ -90,9 +90,18 @@ def _activity(conn: Connection, ext_ids: list[str]) -> dict[str, RecentActivity]
     few KiB each, a good share of an answer's CPU with the standard library)."""
     if not ext_ids:
         return {}
-    table = relational.user_activity
-    rows = conn.execute(sa.select(table).where(table.c.ext_id.in_(ext_ids))).all()
+    rows = conn.execute(_ACTIVITY_OF, {"ext_ids": ext_ids}).all()
     return {row.ext_id: _decode_activity(row.products, row.searches) for row in rows}
+
+
+# Built once, the ids bound at execution (an expanding IN): building an IN of literals cost SQLAlchemy more
+# per answer than the lookup itself (hundreds of pids for the product criteria).
+_ACTIVITY_OF = sa.select(relational.user_activity).where(
+    relational.user_activity.c.ext_id.in_(sa.bindparam("ext_ids", expanding=True))
+)
+_PIDS_AMONG = sa.select(relational.products.c.pid).where(
+    relational.products.c.pid.in_(sa.bindparam("pids", expanding=True))
+)
 
 
 def _decode_activity(products_text: str, searches_text: str) -> RecentActivity:
@@ -131,7 +140,7 @@ def _product_matcher(conn: Connection, query: SegmentQuery, activity: dict[str, 
     if not pids:
         return set()
     p = relational.products
-    select = sa.select(p.c.pid).where(p.c.pid.in_(pids))
+    select = _PIDS_AMONG
     if query.brand is not None:
         select = select.where(p.c.brand == query.brand)
     if query.generic_name is not None:
@@ -141,7 +150,7 @@ def _product_matcher(conn: Connection, query: SegmentQuery, activity: dict[str, 
         if abs(category) > relational.INT64_MAX:
             return set()  # no stored id can be that large
         select = select.where(p.c[f"cat_l{query.category_level}"] == category)
-    return {row.pid for row in conn.execute(select)}
+    return {row.pid for row in conn.execute(select, {"pids": pids})}
 
 
 def _matching(pids: list[str], matches: set[str] | None, limit: int) -> list[str]:
