@@ -21,6 +21,7 @@ import fcntl
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 SLOTS = 64
@@ -48,11 +49,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _live_records(data: bytes | mmap.mmap) -> Iterator[tuple[int, int]]:
+    """(slot, answers in flight) of each record a live worker holds."""
+    for slot in range(min(SLOTS, len(data) // _RECORD.size)):
+        pid, in_flight = _RECORD.unpack_from(data, slot * _RECORD.size)
+        if pid != 0 and _alive(pid):
+            yield slot, in_flight
+
+
 def ready_workers(path: Path) -> int:
     """How many live workers have taken a record (each takes one once it is warm and answering)."""
-    data = path.read_bytes()
-    records = (_RECORD.unpack_from(data, slot * _RECORD.size) for slot in range(min(SLOTS, len(data) // _RECORD.size)))
-    return sum(1 for pid, _ in records if _alive(pid))
+    return sum(1 for _ in _live_records(path.read_bytes()))
 
 
 class WorkerLoad:
@@ -91,14 +98,7 @@ class WorkerLoad:
 
     def others(self) -> list[int]:
         """Answers in flight at each other live worker."""
-        counts = []
-        for slot in range(SLOTS):
-            if slot == self._slot:
-                continue
-            pid, in_flight = _RECORD.unpack_from(self._map, slot * _RECORD.size)
-            if pid != 0 and _alive(pid):
-                counts.append(in_flight)
-        return counts
+        return [in_flight for slot, in_flight in _live_records(self._map) if slot != self._slot]
 
     def busier_than_others(self) -> bool:
         """Whether this worker has more than :data:`MARGIN` answers in flight beyond the least busy other."""

@@ -14,7 +14,7 @@ from persona_assets.stores import relational
 from persona_assets.stores.changes import claim_users, flag_users_changed, release_claim
 from persona_assets.stores.refusals import (
     RetryPolicy,
-    clear_refusals_except,
+    clear_refusals,
     dead_letter,
     now_us,
     record_refusals,
@@ -74,7 +74,7 @@ def test_the_sensor_does_not_claim_a_user_backing_off_or_dead_lettered(engine):
 def test_a_rebuild_forgets_the_refusals_of_everyone_it_indexed(engine):
     policy = RetryPolicy(max_failures=5, backoff_seconds=60)
     record_refusals(engine, {"a": "x", "b": "y", "c": "z"}, policy)
-    assert clear_refusals_except(engine, ["b"]) == 2
+    assert clear_refusals(engine, keep=["b"]) == 2
     assert set(refusal_rows(engine)) == {"b"}
     assert claimable(engine) == ["a", "c"]
 

@@ -25,7 +25,7 @@ from persona_assets.stores.changes import (
     reflag_changed_since,
     snapshot_flags_for_rebuild,
 )
-from persona_assets.stores.refusals import RetryPolicy, clear_refusals_except, record_refusals
+from persona_assets.stores.refusals import RetryPolicy, clear_refusals, record_refusals
 from persona_assets.stores.search_backend import PersonaHandOff
 
 RAW_EVENT_DEPS = ["raw_visits", "raw_checkouts", "raw_searches"]
@@ -211,7 +211,7 @@ def persona_index(
     # sensor retries them with back-off (stores.refusals). Everyone else was indexed.
     forget_in_rebuild_snapshot(relational_store.engine, list(report.failed))
     record_refusals(relational_store.engine, report.failed, RetryPolicy.from_env())
-    clear_refusals_except(relational_store.engine, list(report.failed))
+    clear_refusals(relational_store.engine, keep=list(report.failed))
     searchable = advance_flags(relational_store.engine, REBUILD_SNAPSHOT, [CALCULATED], SEARCHABLE)
     # A refresh may have indexed users into the build just replaced: those changed since the snapshot go back to 1.
     reflagged = reflag_changed_since(relational_store.engine, REBUILD_SNAPSHOT)

@@ -117,6 +117,13 @@ _STAGING = sa.Table(
 REBUILD_SNAPSHOT = None
 
 
+def _snapshot_holds(table: sa.Table, change_seq: sa.ColumnElement) -> sa.Exists:
+    """The condition "the snapshot ``table`` holds this user with ``change_seq``"."""
+    return (
+        sa.select(_sql(1)).where(table.c.extId == user_persona.c.extId).where(table.c.change_seq == change_seq).exists()
+    )
+
+
 @contextmanager
 def _snapshot_in_store(engine: Engine, snapshot: pd.DataFrame | None) -> Iterator[tuple[Connection, sa.Exists]]:
     """A transaction and the condition "this user's change_seq is still the one in the snapshot": the
@@ -134,13 +141,7 @@ def _snapshot_in_store(engine: Engine, snapshot: pd.DataFrame | None) -> Iterato
                 ["extId", "change_seq"],
                 zip(snapshot["ext_id"].tolist(), snapshot["change_seq"].astype("int64").tolist(), strict=True),
             )
-        unchanged = (
-            sa.select(sa.literal(1))
-            .where(table.c.extId == user_persona.c.extId)
-            .where(table.c.change_seq == user_persona.c.change_seq)
-            .exists()
-        )
-        yield conn, unchanged
+        yield conn, _snapshot_holds(table, user_persona.c.change_seq)
         if snapshot is not None:
             _STAGING.drop(conn)
 
@@ -174,13 +175,7 @@ def reflag_changed_since(engine: Engine, snapshot: pd.DataFrame | None = REBUILD
     (:func:`forget_in_rebuild_snapshot`) stay at 2.
     """
     with _snapshot_in_store(engine, snapshot) as (conn, unchanged):
-        table = rebuild_flag_snapshot if snapshot is None else _STAGING
-        refused = (
-            sa.select(_sql(1))
-            .where(table.c.extId == user_persona.c.extId)
-            .where(table.c.change_seq == _sql(_REFUSED_SEQ))
-            .exists()
-        )
+        refused = _snapshot_holds(rebuild_flag_snapshot if snapshot is None else _STAGING, _sql(_REFUSED_SEQ))
         result = conn.execute(
             sa.update(user_persona)
             .where(user_persona.c.hasChanged.in_([SEARCHABLE, CALCULATED]))
