@@ -32,7 +32,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
-from persona_assets.query.request import DEFAULT_SIZE, MAX_SIZE, MAX_WINDOW, InvalidRequest, parse_segment_request
+from persona_assets.query.request import (
+    DEFAULT_SIZE,
+    MAX_SIZE,
+    MAX_WINDOW,
+    InvalidRequest,
+    SegmentQuery,
+    parse_segment_request,
+)
 from persona_assets.query.scoring import ScoreWeights
 from persona_assets.query.service import MAX_MESSAGE_CHARS, describe_error, fetch_personas, unavailable_reason
 from persona_assets.settings import PersonaSettings
@@ -212,7 +219,7 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
     @contextlib.asynccontextmanager
     async def warm_then_serve(_app: FastAPI) -> AsyncIterator[None]:
         nonlocal load
-        await anyio.to_thread.run_sync(_warm, backend)
+        await anyio.to_thread.run_sync(_warm, backend, weights)
         if settings.serve_load_file is not None:
             load = WorkerLoad(settings.serve_load_file)
         try:
@@ -293,12 +300,12 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
     return app
 
 
-def _warm(backend: SearchBackend) -> None:
-    """Open the published index before the first request: loading a 1M-persona embedded build takes
-    seconds, which the first clients of each worker would otherwise wait (or time out) for. A service
-    started before the first build, or with the index unreachable, still starts and answers 503."""
+def _warm(backend: SearchBackend, weights: ScoreWeights) -> None:
+    """Answer one query before the first request: loading a 1M-persona embedded build takes seconds,
+    which the first clients of each worker would otherwise wait (or time out) for. A service started
+    before the first build, or with the index unreachable, still starts and answers 503."""
     try:
-        backend.document_count()
+        backend.search(SegmentQuery(size=1), weights)
     except Exception as error:  # reported by /health and by each answer; not fatal here
         logger.warning("persona serve: the index could not be opened at start-up (%s)", describe_error(error))
 

@@ -412,7 +412,9 @@ def test_the_service_opens_the_index_before_its_first_request(run, monkeypatch):
     monkeypatch.setattr(embedded_backend, "_VIEWS", {})  # nothing opened in this process yet
     warmed: list[str] = []
     warm = api_module._warm
-    monkeypatch.setattr(api_module, "_warm", lambda backend: (warmed.append(backend.name), warm(backend))[1])
+    monkeypatch.setattr(
+        api_module, "_warm", lambda backend, weights: (warmed.append(backend.name), warm(backend, weights))[1]
+    )
     with run.env():
         app = create_app(run.settings)
     with serving(app):

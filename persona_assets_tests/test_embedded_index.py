@@ -601,6 +601,9 @@ def test_upserts_in_a_row_stay_exact_and_leave_the_base_alone(personas, tmp_path
         for query in _UPSERT_QUERIES[:20]:
             assert_matches_reference(view, expected, query)
         assert view.document_count == len(expected)
+        with monkeypatch.context() as patched:  # the count comes from the live build's manifest alone
+            patched.setattr(embedded_backend, "open_index", lambda _: pytest.fail("document_count loaded the index"))
+            assert backend.document_count() == len(expected)
 
 
 def test_upsert_with_nothing_new_only_removes(personas, tmp_path):

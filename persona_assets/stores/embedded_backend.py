@@ -37,6 +37,7 @@ from persona_assets.stores.embedded_build import (
     build_index,
     current_build_id,
     read_manifest,
+    searchable_documents,
     write_build,
 )
 from persona_assets.stores.embedded_hand_off import build_index_from_hand_off
@@ -204,13 +205,16 @@ class EmbeddedBackend:
                     [delta], masked.to_pylist(),
                 )  # fmt: skip
                 return _published(write_build(self.index_dir, *merged))
-            build = write_build(self.index_dir, users, rows, values, slices, delta_of=(base_id, masked))
             # The live count: the base's ext_id column is read (not its postings) to see which masked ids it holds.
             base_ids = pq.read_table(self.index_dir / BUILDS_DIR / base_id / "users.parquet", columns=["ext_id"])
             masked_in_base = pc.sum(pc.is_in(masked, value_set=base_ids.column(0).combine_chunks())).as_py() or 0
+            searchable = base_count - masked_in_base + users.num_rows
+            build = write_build(
+                self.index_dir, users, rows, values, slices, delta_of=(base_id, masked), searchable=searchable
+            )
         return PublishReport(
             build_id=build.build_id,
-            document_count=base_count - masked_in_base + build.document_count,
+            document_count=searchable,
             details={"delta_of": base_id, "delta_documents": build.document_count},
         )
 
@@ -228,4 +232,13 @@ class EmbeddedBackend:
         return open_index(self.index_dir).search(query, weights)
 
     def document_count(self) -> int:
+        """From the live build's manifest: a check or /health need not load a million personas' arrays."""
+        build_id = current_build_id(self.index_dir)
+        if build_id is not None:
+            try:
+                count = searchable_documents(self.index_dir, build_id)
+            except FileNotFoundError:  # pruned since the pointer was read: the loaded view answers
+                count = None
+            if count is not None:
+                return count
         return open_index(self.index_dir).document_count

@@ -249,6 +249,7 @@ def _write_rest(
     values: np.ndarray,
     slices: KeySlices,
     base: str | None = None,
+    searchable: int | None = None,
 ) -> None:
     pq.write_table(
         pa.table({"row": pa.array(rows, type=pa.int32()), "value": pa.array(values, type=pa.float64())}),
@@ -260,6 +261,9 @@ def _write_rest(
         "build_id": build_id,
         "created_at": datetime.now(UTC).isoformat(),
         "document_count": users,
+        # What a query of this build sees (a delta's own documents plus its base's unmasked ones): read by
+        # document_count() without loading the arrays.
+        "searchable_documents": users if searchable is None else searchable,
         "posting_count": int(rows.size),
         "key_count": len(slices.key),
         **({"base": base} if base is not None else {}),
@@ -300,20 +304,30 @@ def write_build(
     *,
     keep_builds: int = 2,
     delta_of: tuple[str, pa.Array] | None = None,
+    searchable: int | None = None,
 ) -> IndexBuild:
     """Publish a build whose arrays are already laid out (an upsert's merge). ``delta_of`` = (base build id,
-    ext_ids of the base it masks) makes it a delta build over that base."""
+    ext_ids of the base it masks) makes it a delta build over that base; ``searchable`` is then the count
+    of documents a query sees (the base's unmasked ones and the delta's)."""
     with _new_build(index_dir, keep_builds) as (build_id, path):
         pq.write_table(users.select(["ext_id", "gender"]).cast(_USERS_SCHEMA), path / "users.parquet")
         if delta_of is not None:
             pq.write_table(pa.table({"ext_id": pa.array(delta_of[1], pa.string())}), path / MASKED_FILE)
-        _write_rest(path, build_id, users.num_rows, rows, values, slices, None if delta_of is None else delta_of[0])
+        base = None if delta_of is None else delta_of[0]
+        _write_rest(path, build_id, users.num_rows, rows, values, slices, base, searchable)
     return IndexBuild(build_id, Path(index_dir) / BUILDS_DIR / build_id, users.num_rows, int(rows.size))
 
 
 def read_manifest(index_dir: Path, build_id: str) -> dict:
     """A complete build's manifest (``FileNotFoundError`` when the build is gone)."""
     return json.loads((Path(index_dir) / BUILDS_DIR / build_id / "manifest.json").read_text(encoding="utf-8"))
+
+
+def searchable_documents(index_dir: Path, build_id: str) -> int | None:
+    """The documents a query of ``build_id`` sees, from its manifest alone (None for builds written before
+    the manifest kept the count)."""
+    count = read_manifest(index_dir, build_id).get("searchable_documents")
+    return None if count is None else int(count)
 
 
 def _switch_pointer(index_dir: Path, build_id: str) -> None:
