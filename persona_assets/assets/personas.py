@@ -21,6 +21,8 @@ from persona_assets.stores.changes import (
     REBUILD_SNAPSHOT,
     SEARCHABLE,
     advance_flags,
+    calculated_since_rebuild_snapshot,
+    count_calculated_since_rebuild_snapshot,
     forget_in_rebuild_snapshot,
     reflag_changed_since,
     snapshot_flags_for_rebuild,
@@ -61,7 +63,8 @@ def user_raw_affinities(
     relational_store: RelationalStore,
     compute: ComputeResource,
 ) -> MaterializeResult:
-    """Weighted interaction sums per user (contract section 2), also written to the legacy ``user_persona`` columns."""
+    """Weighted interaction sums per user (contract section 2), handed to ``user_personas`` (which writes them
+    to the legacy ``user_persona`` columns once the personas are computed)."""
     started = time.perf_counter()
     engine = relational_store.engine
     # Read the flags before any event, so a user changed from here on keeps hasChanged = 1.
@@ -72,7 +75,6 @@ def user_raw_affinities(
     work = event_store.layout.work_dir
     work.mkdir(parents=True, exist_ok=True)
     affinities.save_raw_affinities(con, work)
-    persona_store.write_legacy_columns(engine, con)
     stats = (
         con.execute(
             """
@@ -107,6 +109,7 @@ def user_activity(
     con = compute.connect()
     affinities.register_events(con, event_store.store)
     affinities.create_users(con)
+    affinities.create_user_queries(con)
     users = persona_store.write_activity(relational_store.engine, con)
     return MaterializeResult(
         metadata={
@@ -163,7 +166,11 @@ def user_personas(
     relational_store: RelationalStore,
     compute: ComputeResource,
 ) -> MaterializeResult:
-    """Normalised personas (contract section 3): gender label, maps kept to the vocabulary and summing to 1."""
+    """Normalised personas (contract section 3): gender label, maps kept to the vocabulary and summing to 1.
+
+    Also each user's legacy ``user_persona`` row (raw maps, latest search texts), whose flag moves 1 → 2
+    in the same write: rows of kilobytes are rewritten once, not once for the maps and again for the flag.
+    """
     started = time.perf_counter()
     engine = relational_store.engine
     con = compute.connect()
@@ -174,8 +181,12 @@ def user_personas(
     affinities.write_parquet(con, "persona_affinity", _work(event_store, "persona_affinity"))
     affinities.write_parquet(con, "persona_users", _work(event_store, "persona_users"))
     stored = persona_store.write_personas(engine, con)
-    calculated = advance_flags(engine, REBUILD_SNAPSHOT, [NEEDS_CALCULATION], CALCULATED)
-    context.log.info(f"{stored:,} personas stored; {calculated:,} users moved 1 → 2")
+    persona_store.write_legacy_columns(engine, con, has_changed=calculated_since_rebuild_snapshot(engine))
+    # Users flagged with no event left have no row above and are calculated too (nothing to index): the
+    # few still at 1 are found through the flag's index, so this no longer rewrites every row.
+    advance_flags(engine, REBUILD_SNAPSHOT, [NEEDS_CALCULATION], CALCULATED)
+    calculated = count_calculated_since_rebuild_snapshot(engine)
+    context.log.info(f"{stored:,} personas stored; {calculated:,} users calculated (hasChanged 2)")
     genders = dict(con.execute("SELECT gender, COUNT(*) FROM persona_users GROUP BY gender").fetchall())
     return MaterializeResult(
         metadata={

@@ -152,9 +152,9 @@ def create_users(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
-    """Tables ``users(ext_id, uid)``, ``affinity_keys(kid, dimension, key, json_key)`` and
-    ``raw_affinity_ids(uid, kid, weight)``, and the view ``raw_affinity(ext_id, dimension, key, weight)``
-    (contract section 2).
+    """Tables ``users(ext_id, uid)``, ``affinity_keys(kid, dimension, key, json_key)``,
+    ``raw_affinity_ids(uid, kid, weight)`` and ``user_queries`` (:func:`create_user_queries`: the legacy
+    row's search terms), and the view ``raw_affinity(ext_id, dimension, key, weight)`` (contract section 2).
 
     ``raw_affinity`` also carries the ``gender`` dimension (keys men/women/unisex), which is
     not a persona map but feeds the gender label.
@@ -234,6 +234,7 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
     )
     con.execute("DROP TABLE product_events; DROP TABLE search_keys")
     _name_view(con, "raw_affinity", "raw_affinity_ids", "weight")
+    create_user_queries(con)
 
 
 def _name_view(con: duckdb.DuckDBPyConnection, view: str, table: str, value: str) -> None:
@@ -260,7 +261,7 @@ def save_raw_affinities(con: duckdb.DuckDBPyConnection, work_dir: Path) -> None:
         write_parquet(con, table, work_dir / f"{table}.parquet")
 
 
-RAW_AFFINITY_TABLES = ("users", "affinity_keys", "raw_affinity_ids")
+RAW_AFFINITY_TABLES = ("users", "affinity_keys", "raw_affinity_ids", "user_queries")
 
 
 def compute_vocabulary(con: duckdb.DuckDBPyConnection, brand_size: int, generic_size: int) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import duckdb
 import pandas as pd
@@ -98,21 +98,34 @@ def _write_ranges(
     sql: str,
     *,
     upsert_columns: Sequence[str] = (),
+    update: Mapping[str, sa.ColumnElement] | None = None,
 ) -> int:
     ranges = affinities.user_ranges(con, users_per_range(con))
     written = 0
     for rows in _ranges_in_background(con, sql, ranges, threading.Event()):
-        written += relational.insert_arrow(conn, table, rows, upsert_columns=upsert_columns)
+        written += relational.insert_arrow(conn, table, rows, upsert_columns=upsert_columns, update=update)
     return written
 
 
-def write_legacy_columns(engine: Engine, con: duckdb.DuckDBPyConnection) -> int:
-    """The raw maps and latest search texts into the legacy ``user_persona`` columns (upsert: the flags are
-    left alone)."""
-    affinities.create_user_queries(con)
+def write_legacy_columns(
+    engine: Engine,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    has_changed: sa.ColumnElement | None = None,
+) -> int:
+    """The raw maps and latest search texts into the legacy ``user_persona`` columns (upsert; needs the
+    tables of ``affinities.compute_raw_affinities``).
+
+    The flags are left alone, unless ``has_changed`` gives the value an existing row's flag takes in the
+    same write (the rebuild's 1 → 2, ``changes.calculated_since_rebuild_snapshot``): a second UPDATE of
+    every row would rewrite a table of kilobyte rows once more.
+    """
     columns = [c.name for c in relational.user_persona.columns if c.name not in ("extId", "hasChanged", "change_seq")]
+    update = {} if has_changed is None else {"hasChanged": has_changed}
     with engine.begin() as conn:
-        return _write_ranges(conn, relational.user_persona, con, affinities.legacy_rows_sql(), upsert_columns=columns)
+        return _write_ranges(
+            conn, relational.user_persona, con, affinities.legacy_rows_sql(), upsert_columns=columns, update=update
+        )
 
 
 def _replace_rows(
@@ -169,9 +182,9 @@ def write_activity(
     con: duckdb.DuckDBPyConnection,
     only_users: Sequence[str] | None = None,
 ) -> int:
-    """Each user's products and search texts (``users`` must exist; the per-user tables are built here)."""
+    """Each user's products and search texts (``users`` and ``user_queries`` must exist; the products
+    table is built here)."""
     affinities.create_user_products(con)
-    affinities.create_user_queries(con)
     return _replace_rows(engine, relational.user_activity, con, affinities.USER_ACTIVITY_SQL, only_users)
 
 

@@ -146,6 +146,41 @@ def _snapshot_in_store(engine: Engine, snapshot: pd.DataFrame | None) -> Iterato
             _STAGING.drop(conn)
 
 
+def calculated_since_rebuild_snapshot(engine: Engine) -> sa.ColumnElement:
+    """The flag a user's row takes when the rebuild upserts its calculated persona: 2 where it is 1 and
+    change_seq is still the one in the rebuild's snapshot, else unchanged (a user changed meanwhile keeps
+    1). :func:`advance_flags` ``(REBUILD_SNAPSHOT, [1], 2)`` as an expression of the write itself, for the
+    update clause of an upsert of ``user_persona``.
+    """
+    # The snapshot lookup names the row being written as ``user_persona``, spelled out: SQLAlchemy does
+    # not correlate a subquery with an INSERT's table, and would scan the table a second time instead.
+    quote = engine.dialect.identifier_preparer.quote
+    written_ext_id = sa.literal_column(f"{quote(user_persona.name)}.{quote(user_persona.c.extId.name)}")
+    snapshot = rebuild_flag_snapshot
+    snapshot_seq = sa.select(snapshot.c.change_seq).where(snapshot.c.extId == written_ext_id).scalar_subquery()
+    return sa.case(
+        (
+            sa.and_(user_persona.c.hasChanged == _sql(NEEDS_CALCULATION), user_persona.c.change_seq == snapshot_seq),
+            _sql(CALCULATED),
+        ),
+        else_=user_persona.c.hasChanged,
+    )
+
+
+def count_calculated_since_rebuild_snapshot(engine: Engine) -> int:
+    """Users at 2 whose change_seq is still the rebuild snapshot's."""
+    holds = _snapshot_holds(rebuild_flag_snapshot, user_persona.c.change_seq)
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(user_persona)
+                .where(user_persona.c.hasChanged == _sql(CALCULATED))
+                .where(holds)
+            ).scalar_one()
+        )
+
+
 def advance_flags(engine: Engine, snapshot: pd.DataFrame | None, from_states: Sequence[int], to_state: int) -> int:
     """Move users of ``snapshot`` (a refresh's frame, or :data:`REBUILD_SNAPSHOT`) from ``from_states`` to
     ``to_state`` where change_seq is unchanged.

@@ -7,7 +7,7 @@ Bulk writes go through the DBAPI's ``executemany`` in chunks, never a row at a t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -293,15 +293,23 @@ def bulk_insert(conn: Connection, table: sa.Table, rows: pd.DataFrame) -> int:
     return executemany(conn, stmt, columns, frame_rows(rows))
 
 
-def insert_arrow(conn: Connection, table: sa.Table, rows: pa.Table, *, upsert_columns: Sequence[str] = ()) -> int:
+def insert_arrow(
+    conn: Connection,
+    table: sa.Table,
+    rows: pa.Table,
+    *,
+    upsert_columns: Sequence[str] = (),
+    update: Mapping[str, Any] | None = None,
+) -> int:
     """Insert an Arrow table whose columns are named like ``table``'s, in chunks (no pandas round trip).
 
-    With ``upsert_columns``, existing keys get those columns overwritten.
+    With ``upsert_columns``, existing keys get those columns overwritten, and the columns of ``update`` set
+    to its expressions (which may bind the incoming row's values by column name: ``sa.bindparam("extId")``).
     """
     columns = rows.column_names
     values = {c: sa.bindparam(c) for c in columns}
     if upsert_columns:
-        stmt = upsert_statement(conn, table, values, {}, update_from_insert=upsert_columns)
+        stmt = upsert_statement(conn, table, values, dict(update or {}), update_from_insert=upsert_columns)
     else:
         stmt = sa.insert(table).values(values)
 
