@@ -6,9 +6,13 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
+    AssetCheckSeverity,
     AssetKey,
     AssetObservation,
     Config,
+    DagsterInstance,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -27,6 +31,7 @@ from dagster import (
     sensor,
 )
 
+from persona_assets.checks import asset_checks
 from persona_assets.jobs import CLI_TAG, REBUILD_TAG, full_rebuild_job, ingest_events_job
 from persona_assets.refresh import refresh_users
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
@@ -35,6 +40,11 @@ from persona_assets.stores.refusals import RetryPolicy, clear_refusals, record_r
 
 RAW_EVENT_KEYS = {AssetKey(f"raw_{kind}") for kind in ("visits", "checkouts", "searches")}
 PERSONA_INDEX_KEY = AssetKey("persona_index")
+# Every blocking check of the definitions: what one refuses must not reach the index by a refresh either.
+BLOCKING_CHECK_KEYS = sorted(
+    (spec.key for checks in asset_checks for spec in checks.check_specs if spec.blocking),
+    key=lambda key: key.to_user_string(),
+)
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,28 @@ def _rebuild_in_progress(context: SensorEvaluationContext) -> bool:
     )
 
 
+def refused_by_blocking_checks(instance: DagsterInstance, keys: list[AssetCheckKey] = BLOCKING_CHECK_KEYS) -> list[str]:
+    """The blocking checks whose latest evaluation failed at ERROR ("asset:check").
+
+    A refresh runs no checks, so while one of these stands, the data it refused (a flood of unknown
+    pincodes, a bad map, an import full of rejects) would reach the live index through the hasChanged
+    sensor although the rebuild stopped in front of it. The sensor waits until a later evaluation of the
+    same check passes: the data fixed and re-imported, or the threshold deliberately raised.
+    """
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    refused = []
+    for key, record in latest.items():
+        event = record.event.dagster_event if record.event else None
+        evaluation = event.event_specific_data if event else None  # only planned: a run still going, or dead
+        if (
+            isinstance(evaluation, AssetCheckEvaluation)
+            and not evaluation.passed
+            and evaluation.severity == AssetCheckSeverity.ERROR
+        ):
+            refused.append(key.to_user_string())
+    return sorted(refused)
+
+
 @sensor(
     job=refresh_changed_users,
     minimum_interval_seconds=REFRESH.interval_seconds,
@@ -140,6 +172,12 @@ def changed_users_sensor(
 ):
     if _rebuild_in_progress(context):
         return SkipReason("a full rebuild is running; it recomputes everyone")
+    refused = refused_by_blocking_checks(context.instance)
+    if refused:
+        return SkipReason(
+            f"the latest evaluation of blocking check(s) {', '.join(refused)} failed: no refresh publishes "
+            "what they refused; fix the data (or the threshold) and rebuild"
+        )
     try:
         if search_index.backend().document_count() == 0:
             return SkipReason("no index yet: materialise the full rebuild first")

@@ -277,6 +277,22 @@ class Pipeline:
             )
         assert result.success
 
+    def sensor_tick(self):
+        """One evaluation of the hasChanged sensor on this home: its run requests, or its SkipReason."""
+        import warnings
+
+        from dagster import build_sensor_context
+
+        from persona_assets.pipeline import dagster_instance
+        from persona_assets.resources import resources_from_settings
+        from persona_assets.sensors import changed_users_sensor
+
+        with self.env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            resources = resources_from_settings(self.settings)
+            context = build_sensor_context(instance=dagster_instance(self.settings), resources=resources)
+            return changed_users_sensor(context)
+
     def export(self) -> dict[str, dict]:
         """``persona export FILE``, parsed: ext_id -> the JSON object of its line."""
         target = self.root / "export.jsonl"

@@ -22,6 +22,7 @@ from dagster import (
     AssetKey,
     AssetSelection,
     ExecuteInProcessResult,
+    SkipReason,
     materialize,
 )
 
@@ -348,6 +349,27 @@ def test_a_flood_of_unknown_pincodes_fails_and_blocks_the_rebuild(flooded: Pipel
     assert result.success, evaluations(result)
     assert materialized(result) == set(REBUILD_ASSETS)
     assert evaluations(result)["user_raw_affinities:unknown_pincode_rate"].passed
+
+
+def test_a_failed_blocking_check_holds_the_refresh_back_until_it_passes(flooded: Pipeline, monkeypatch):
+    """What a blocking check refused reaches the live index through no path: while the latest evaluation of
+    a blocking check failed, the hasChanged sensor (whose refresh runs no checks) launches nothing."""
+    monkeypatch.setenv("PERSONA_MAX_UNKNOWN_PINCODE_RATE", "0.5")
+    assert run(flooded, AssetSelection.assets(*REBUILD_ASSETS)).success  # a live index, then the data turns bad
+    monkeypatch.setenv("PERSONA_MAX_UNKNOWN_PINCODE_RATE", "0.1")
+    assert not run(flooded, AssetSelection.assets(*REBUILD_ASSETS)).success
+    user = sorted(flooded.flags())[0]
+    flag_users_changed(flooded.engine, [user])
+
+    held = flooded.sensor_tick()
+    assert isinstance(held, SkipReason), held
+    assert "user_raw_affinities:unknown_pincode_rate" in (held.skip_message or "")
+    assert flooded.flags()[user] == 1  # nothing claimed
+
+    monkeypatch.setenv("PERSONA_MAX_UNKNOWN_PINCODE_RATE", "0.5")  # the operator accepts the rate
+    assert run(flooded, AssetSelection.assets("user_raw_affinities")).success
+    requests = flooded.sensor_tick()
+    assert isinstance(requests, list) and len(requests) == 1
 
 
 # --------------------------------------------------------------------------- maps sum to 1

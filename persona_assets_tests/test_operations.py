@@ -19,13 +19,11 @@ from dagster import (
     RunRequest,
     SkipReason,
     build_schedule_context,
-    build_sensor_context,
 )
 
 from persona_assets.jobs import REBUILD
 from persona_assets.resources import resources_from_settings
 from persona_assets.sensors import (
-    changed_users_sensor,
     daily_ingest_schedule,
     refresh_changed_users,
 )
@@ -81,13 +79,7 @@ def import_day2(pipeline: Pipeline, tmp_path, rows: list[dict]) -> None:
 
 
 def sensor_requests(pipeline: Pipeline) -> list[RunRequest] | SkipReason:
-    with pipeline.env(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        instance = DagsterInstance.get()
-        resources = resources_from_settings(pipeline.settings)
-        context = build_sensor_context(instance=instance, resources=resources)
-        result = changed_users_sensor(context)
-    return result
+    return pipeline.sensor_tick()
 
 
 def run_refresh(pipeline: Pipeline, request: RunRequest) -> bool:

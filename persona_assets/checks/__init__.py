@@ -20,6 +20,10 @@ check cannot undo is its own asset, already materialised when it runs. The check
 ``persona_index`` do not block: nothing is downstream of the index and a failed step would not take
 a published build back.
 
+The refresh path runs no checks: the hasChanged sensor launches nothing while the latest evaluation of
+any blocking check failed at ERROR (``sensors.refused_by_blocking_checks``), so what a check refused
+reaches the index neither through the rebuild nor through a refresh.
+
 The checks run wherever Dagster is given them with the assets: ``definitions.py`` registers them,
 so the jobs, schedule, sensors and UI of the code location run them. (A bare ``materialize()`` of
 ``persona_assets.assets.all_assets`` does not: pass ``[*all_assets, *asset_checks]``.)
