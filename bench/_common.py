@@ -51,13 +51,12 @@ def baseline_raw_affinities() -> dict:
     from persona_assets.compute import affinities
     from persona_assets.compute.duck import connect
     from persona_assets.contract.tokens import token_regex_re2
-    from persona_assets.resources import resources_from_settings
     from persona_assets.settings import PersonaSettings
     from persona_assets.stores import relational
     from persona_assets.stores.events import EventStore
 
     settings = PersonaSettings.from_env()
-    engine = resources_from_settings(settings)["relational_store"].engine
+    engine = relational.store_engine(settings.db_url)
     con = connect(settings.duckdb_limits)
     affinities.register_events(con, EventStore(settings.layout.landing_dir, settings.layout.events_dir))
     affinities.register_reference(
@@ -125,12 +124,12 @@ def query_latency(count: int, seed: int) -> dict:
     from persona_assets.query.request import parse_segment_request
     from persona_assets.query.scoring import ScoreWeights
     from persona_assets.query.service import fetch_personas
-    from persona_assets.resources import resources_from_settings
     from persona_assets.settings import PersonaSettings
+    from persona_assets.stores import relational
+    from persona_assets.stores.backends import search_backend_for
 
-    resources = resources_from_settings(PersonaSettings.from_env())
-    engine = resources["relational_store"].engine
-    index = resources["search_index"].backend()
+    settings = PersonaSettings.from_env()
+    engine, index = relational.store_engine(settings.db_url), search_backend_for(settings)
     requests = _varied_requests(engine, count, seed)
     weights = ScoreWeights.from_env()
     parsed = [parse_segment_request(r) for r in requests]

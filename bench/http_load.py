@@ -68,11 +68,12 @@ def in_process_rate(requests: list[dict]) -> float:
     """Requests per second answered in-process, one at a time (the baseline)."""
     from persona_assets.query.scoring import ScoreWeights
     from persona_assets.query.service import fetch_personas
-    from persona_assets.resources import resources_from_settings
     from persona_assets.settings import PersonaSettings
+    from persona_assets.stores import relational
+    from persona_assets.stores.backends import search_backend_for
 
-    resources = resources_from_settings(PersonaSettings.from_env())
-    engine, index = resources["relational_store"].engine, resources["search_index"].backend()
+    settings = PersonaSettings.from_env()
+    engine, index = relational.store_engine(settings.db_url), search_backend_for(settings)
     weights = ScoreWeights.from_env()
     for request in requests[:20]:
         fetch_personas(request, engine, index, weights)  # warm caches
@@ -139,10 +140,10 @@ def main() -> int:
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    from persona_assets.resources import resources_from_settings
     from persona_assets.settings import PersonaSettings
+    from persona_assets.stores import relational
 
-    engine = resources_from_settings(PersonaSettings.from_env())["relational_store"].engine
+    engine = relational.store_engine(PersonaSettings.from_env().db_url)
     requests = _varied_requests(engine, 1000, 11)
     print("baseline: in-process, one request at a time", file=sys.stderr, flush=True)
     baseline = in_process_rate(requests[:300])

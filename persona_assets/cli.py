@@ -25,10 +25,10 @@ def cmd_import(args: argparse.Namespace, settings: PersonaSettings) -> int:
     from persona_assets.ingest.importer import import_directory
     from persona_assets.ingest.validation import ImportFileError
     from persona_assets.pipeline import dagster_instance, materialize_event_days, materialize_reference
-    from persona_assets.resources import resources_from_settings
+    from persona_assets.stores import relational
     from persona_assets.stores.events import EventStore
 
-    engine = resources_from_settings(settings)["relational_store"].engine  # type: ignore[attr-defined]
+    engine = relational.store_engine(settings.db_url)
     store = EventStore(settings.layout.landing_dir, settings.layout.events_dir)
     started = time.perf_counter()
     try:
@@ -90,10 +90,9 @@ def _import_summary(report) -> str:
 def cmd_rejects(args: argparse.Namespace, settings: PersonaSettings) -> int:
     import sqlalchemy as sa
 
-    from persona_assets.resources import resources_from_settings
     from persona_assets.stores import relational
 
-    engine = resources_from_settings(settings)["relational_store"].engine  # type: ignore[attr-defined]
+    engine = relational.store_engine(settings.db_url)
     table = relational.import_rejects
     select = sa.select(table).order_by(table.c.id).limit(args.limit)
     if args.import_id:
@@ -125,9 +124,9 @@ def cmd_materialize(args: argparse.Namespace, settings: PersonaSettings) -> int:
 
 def cmd_export(args: argparse.Namespace, settings: PersonaSettings) -> int:
     from persona_assets.export import export_personas
-    from persona_assets.resources import resources_from_settings
+    from persona_assets.stores import relational
 
-    engine = resources_from_settings(settings)["relational_store"].engine  # type: ignore[attr-defined]
+    engine = relational.store_engine(settings.db_url)
     out = Path(args.file)
     written = export_personas(engine, out, _progress)
     _progress(f"wrote {written:,} personas to {out}")
@@ -141,8 +140,7 @@ def cmd_dead_letter(args: argparse.Namespace, settings: PersonaSettings) -> int:
     from persona_assets.stores import relational
     from persona_assets.stores.refusals import dead_letter, retry_dead_letter
 
-    engine = relational.create_engine(settings.db_url)
-    relational.create_schema(engine)
+    engine = relational.store_engine(settings.db_url)
     if args.retry:
         _progress(f"{retry_dead_letter(engine):,} user(s) handed back to the refresh sensor")
         return 0
@@ -229,9 +227,8 @@ def cmd_demo(args: argparse.Namespace, settings: PersonaSettings) -> int:
             return code
     from persona_assets.stores import relational
 
-    resources_engine = relational.create_engine(settings.db_url)
     top_brand = relational.read_frame(
-        resources_engine,
+        relational.store_engine(settings.db_url),
         relational.attribute_vocabulary.select().where(relational.attribute_vocabulary.c.kind == "brand").limit(1),
     )
     request = dict(DEMO_QUERY)

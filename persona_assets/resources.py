@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from functools import cache
+import os
 from pathlib import Path
 
 import duckdb
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from sqlalchemy.engine import Engine
 
 from persona_assets.compute.duck import DuckDBLimits, connect
@@ -17,13 +17,6 @@ from persona_assets.stores.events import EventStore
 from persona_assets.stores.search_backend import SearchBackend
 
 
-@cache
-def _engine(url: str) -> Engine:
-    engine = relational.create_engine(url)
-    relational.create_schema(engine)
-    return engine
-
-
 class RelationalStore(ConfigurableResource):
     """Catalog, categories, users and their flags, personas, rejects: SQLite or MySQL through SQLAlchemy."""
 
@@ -31,7 +24,7 @@ class RelationalStore(ConfigurableResource):
 
     @property
     def engine(self) -> Engine:
-        return _engine(self.db_url)
+        return relational.store_engine(self.db_url)
 
 
 class EventStoreResource(ConfigurableResource):
@@ -92,17 +85,29 @@ class SearchIndexResource(ConfigurableResource):
         )
 
 
+def _secret(variable: str, value: str | None) -> str | EnvVar | None:
+    """A setting that may hold a password (a database or OpenSearch URL), as Dagster's ``EnvVar`` when it is
+    the process environment's: the UI's resource view and the run's config then show the variable's name,
+    never its value, and each run reads the value where it executes."""
+    if value is not None and os.environ.get(variable) == value:
+        return EnvVar(variable)
+    return value
+
+
 def resources_from_settings(settings: PersonaSettings) -> dict[str, ConfigurableResource]:
+    """The resources of a code location or an in-process run, from the one settings object. Code that
+    needs a store outside a Dagster run takes it from the settings (``relational.store_engine``,
+    ``backends.search_backend_for``): a field given as ``EnvVar`` is only resolved inside a run."""
     home = str(settings.home)
     return {
-        "relational_store": RelationalStore(db_url=settings.db_url),
+        "relational_store": RelationalStore(db_url=_secret("PERSONA_DB_URL", settings.db_url)),
         "event_store": EventStoreResource(home=home),
         "compute": ComputeResource(
             memory_limit=settings.memory_limit, threads=settings.threads, spill_dir=str(settings.layout.spill_dir)
         ),
         "search_index": SearchIndexResource(
             home=home,
-            opensearch_url=settings.opensearch_url,
+            opensearch_url=_secret("PERSONA_OPENSEARCH_URL", settings.opensearch_url),
             opensearch_alias=settings.opensearch_alias,
             opensearch_shards=settings.opensearch_shards,
             opensearch_replicas=settings.opensearch_replicas,

@@ -28,6 +28,7 @@ from persona_assets.sensors import (
     refresh_changed_users,
 )
 from persona_assets.stores import relational
+from persona_assets.stores.backends import search_backend_for
 from persona_assets.stores.changes import flag_users_changed
 
 pytestmark = pytest.mark.contract
@@ -166,7 +167,7 @@ def test_a_user_written_while_the_refresh_runs_ends_at_1(tmp_path):
     pipeline = build(tmp_path, ["u1", "u2", "u3"])
     import_day2(pipeline, tmp_path, [visit(u, "B", "2026-10-02") for u in ("u1", "u2", "u3")])
     (request,) = sensor_requests(pipeline)
-    engine = resources_from_settings(pipeline.settings)["relational_store"].engine
+    engine = relational.store_engine(pipeline.settings.db_url)
     other = relational.create_engine(pipeline.settings.db_url)
     fired = threading.Event()
 
@@ -197,7 +198,7 @@ def test_a_rebuild_swapping_in_while_a_refresh_publishes_leaves_no_stale_user_at
     pipeline.materialize_assets(REBUILD - AssetSelection.assets("persona_index"))  # snapshot + events read
     import_day2(pipeline, tmp_path, [visit("u2", "B", "2026-10-02"), visit("u2", "B", "2026-10-02")])
     (request,) = sensor_requests(pipeline)
-    backend_class = type(resources_from_settings(pipeline.settings)["search_index"].backend())
+    backend_class = type(search_backend_for(pipeline.settings))
     swapped = threading.Event()
 
     def swap_in_the_rebuild() -> None:

@@ -7,6 +7,7 @@ Bulk writes go through the DBAPI's ``executemany`` in chunks, never a row at a t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,15 @@ def create_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
+    return engine
+
+
+@functools.cache
+def store_engine(url: str) -> Engine:
+    """The engine of the store at ``url``, its schema created: one per URL in a process (the Dagster resource
+    and the command line share it)."""
+    engine = create_engine(url)
+    create_schema(engine)
     return engine
 
 
