@@ -122,7 +122,6 @@ def _percentile(values: list[float], q: float) -> float:
 def query_latency(count: int, seed: int) -> dict:
     """p50/p99 of COUNT varied top-20 queries in-process: index ranking alone, and the full answer."""
     from persona_assets.query.request import parse_segment_request
-    from persona_assets.query.scoring import ScoreWeights
     from persona_assets.query.service import fetch_personas
     from persona_assets.settings import PersonaSettings
     from persona_assets.stores import relational
@@ -131,7 +130,7 @@ def query_latency(count: int, seed: int) -> dict:
     settings = PersonaSettings.from_env()
     engine, index = relational.store_engine(settings.db_url), search_backend_for(settings)
     requests = _varied_requests(engine, count, seed)
-    weights = ScoreWeights.from_env()
+    weights = settings.weights
     parsed = [parse_segment_request(r) for r in requests]
     for query in parsed[:20]:
         index.search(query, weights)  # warm caches

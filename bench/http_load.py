@@ -66,7 +66,6 @@ def _wait_all_workers_ready(server_pid: int, workers: int, timeout: float) -> No
 
 def in_process_rate(requests: list[dict]) -> float:
     """Requests per second answered in-process, one at a time (the baseline)."""
-    from persona_assets.query.scoring import ScoreWeights
     from persona_assets.query.service import fetch_personas
     from persona_assets.settings import PersonaSettings
     from persona_assets.stores import relational
@@ -74,7 +73,7 @@ def in_process_rate(requests: list[dict]) -> float:
 
     settings = PersonaSettings.from_env()
     engine, index = relational.store_engine(settings.db_url), search_backend_for(settings)
-    weights = ScoreWeights.from_env()
+    weights = settings.weights
     for request in requests[:20]:
         fetch_personas(request, engine, index, weights)  # warm caches
     started = time.perf_counter()

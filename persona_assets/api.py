@@ -208,7 +208,7 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
     Nothing is connected to until the app starts (its lifespan opens the index; see ``_warm``).
     """
     settings = settings or PersonaSettings.from_env()
-    weights = weights or ScoreWeights.from_env()
+    weights = weights or settings.weights
     engine = relational.create_engine(settings.db_url)
     backend = search_backend_for(settings)
 

@@ -164,7 +164,9 @@ def cmd_query(args: argparse.Namespace, settings: PersonaSettings) -> int:
     except json.JSONDecodeError as error:
         return _fail(f"request: not valid JSON ({error})")
     try:
-        response = fetch_personas(payload, relational.create_engine(settings.db_url), search_backend_for(settings))
+        response = fetch_personas(
+            payload, relational.create_engine(settings.db_url), search_backend_for(settings), settings.weights
+        )
     except InvalidRequest as error:
         return _fail(f"invalid request: {error}")
     except Exception as error:

@@ -69,6 +69,9 @@ class SearchIndexResource(ConfigurableResource):
     # Primary shards and replicas of each new OpenSearch build.
     opensearch_shards: int = DEFAULT_OPENSEARCH_SHARDS
     opensearch_replicas: int = 0
+    # TLS of an https node: verify its certificate (against this CA bundle when set).
+    opensearch_verify_certs: bool = True
+    opensearch_ca_certs: str | None = None
 
     @property
     def index_dir(self) -> Path:
@@ -82,6 +85,8 @@ class SearchIndexResource(ConfigurableResource):
             self.opensearch_alias,
             shards=self.opensearch_shards,
             replicas=self.opensearch_replicas,
+            verify_certs=self.opensearch_verify_certs,
+            ca_certs=self.opensearch_ca_certs,
         )
 
 
@@ -111,5 +116,7 @@ def resources_from_settings(settings: PersonaSettings) -> dict[str, Configurable
             opensearch_alias=settings.opensearch_alias,
             opensearch_shards=settings.opensearch_shards,
             opensearch_replicas=settings.opensearch_replicas,
+            opensearch_verify_certs=settings.opensearch_verify_certs,
+            opensearch_ca_certs=settings.opensearch_ca_certs,
         ),
     }

@@ -1,8 +1,6 @@
 """Automation: the refresh sensor on ``hasChanged``, the daily schedule, and the rebuild after ingestion."""
 
-import os
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, timedelta
 
 from dagster import (
@@ -35,8 +33,9 @@ from persona_assets.checks import asset_checks
 from persona_assets.jobs import CLI_TAG, REBUILD_TAG, full_rebuild_job, ingest_events_job
 from persona_assets.refresh import refresh_users
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
+from persona_assets.settings import PersonaSettings
 from persona_assets.stores.changes import claim_users, claimed_users, release_claim
-from persona_assets.stores.refusals import RetryPolicy, clear_refusals, record_refusals
+from persona_assets.stores.refusals import clear_refusals, record_refusals
 
 RAW_EVENT_KEYS = {AssetKey(f"raw_{kind}") for kind in ("visits", "checkouts", "searches")}
 PERSONA_INDEX_KEY = AssetKey("persona_index")
@@ -47,34 +46,8 @@ BLOCKING_CHECK_KEYS = sorted(
 )
 
 
-@dataclass(frozen=True)
-class RefreshSettings:
-    """Sensor knobs, from the environment."""
-
-    interval_seconds: int = 5
-    batch_size: int = 10000
-    max_runs_per_tick: int = 4
-    claim_ttl_seconds: int = 900
-
-    @classmethod
-    def from_env(cls) -> "RefreshSettings":
-        def number(name: str, default: int) -> int:
-            text = os.environ.get(name)
-            if not text:
-                return default
-            if not text.isdigit() or int(text) < 1:
-                raise ValueError(f"{name}={text!r}: expected a positive integer")
-            return int(text)
-
-        return cls(
-            interval_seconds=number("PERSONA_SENSOR_INTERVAL", cls.interval_seconds),
-            batch_size=number("PERSONA_REFRESH_BATCH", cls.batch_size),
-            max_runs_per_tick=number("PERSONA_REFRESH_MAX_RUNS", cls.max_runs_per_tick),
-            claim_ttl_seconds=number("PERSONA_CLAIM_TTL_SECONDS", cls.claim_ttl_seconds),
-        )
-
-
-REFRESH = RefreshSettings.from_env()
+# Read when the code location loads: the sensor's interval is fixed at definition time.
+REFRESH = PersonaSettings.from_env().refresh
 
 
 class RefreshConfig(Config):
@@ -98,7 +71,7 @@ def refresh_claimed_users(
     try:
         report = refresh_users(ext_ids, engine, event_store, search_index.backend(), compute.limits)
         # Refused documents back off (then wait in the dead letter); the others are indexed at last.
-        retry = RetryPolicy.from_env()
+        retry = PersonaSettings.from_env().retry
         dead = record_refusals(engine, report.failed, retry)
         clear_refusals(engine, [ext_id for ext_id in ext_ids if ext_id not in report.failed])
     finally:

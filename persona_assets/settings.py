@@ -1,4 +1,9 @@
-"""Configuration from the environment: the one place that reads PERSONA_* variables."""
+"""Configuration from the environment: the one place that reads the product's PERSONA_* variables.
+
+:meth:`PersonaSettings.from_env` reads them all at once, the score weights, check thresholds, refusal
+back-off and sensor knobs included, and a bad value stops it with the variable named. (``persona
+services``, the local MariaDB/OpenSearch launcher for development and tests, reads its own few.)
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,113 @@ from datetime import date
 from pathlib import Path
 
 from persona_assets.compute.duck import DuckDBLimits, size_in_bytes
+from persona_assets.query.scoring import ScoreWeights
+from persona_assets.stores.refusals import RetryPolicy
 
 DEFAULT_MEMORY_LIMIT = "3GiB"
 #: Primary shards of each new OpenSearch build: one node with two cores searches a query on both.
 DEFAULT_OPENSEARCH_SHARDS = 2
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def _env_rate(env: Mapping[str, str], name: str, default: float) -> float:
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
+    except ValueError as error:
+        raise ValueError(f"{name}: {text!r} is not a rate (a number between 0 and 1, or a percentage)") from error
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name}: {text!r} is not a rate between 0 and 1 (0% and 100%)")
+    return value
+
+
+def _env_count(env: Mapping[str, str], name: str, default: int) -> int:
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise ValueError(f"{name}: {text!r} is not a whole number") from error
+    if value < 0:
+        raise ValueError(f"{name}: {text!r} must be ≥ 0")
+    return value
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """Thresholds of the asset checks (read when a check runs, so a changed variable counts from the next run).
+
+    * ``PERSONA_MAX_REJECT_RATE`` (default 0.05): rejected rows / rows read of a file's last import.
+    * ``PERSONA_MAX_UNKNOWN_PINCODE_RATE`` (default 0.20): product events whose pincode the
+      directory does not know / product events that carry a pincode.
+    * ``PERSONA_CHECK_MIN_ROWS`` (default 1000): fewer rows than this and the two rates are
+      reported but not judged.
+    * ``PERSONA_CHECK_RELATIONAL_SAMPLE`` (default 10000): personas of the relational ``user_personas``
+      whose JSON maps ``maps_sum_to_one`` judges, drawn at random (0 = every one). Every map of the
+      Parquet hand-off, which the index is built from, is judged whatever this says.
+
+    Rates are fractions (``0.05``) or percentages (``5%``); the check passes at exactly the threshold.
+    """
+
+    max_reject_rate: float = 0.05
+    max_unknown_pincode_rate: float = 0.20
+    min_rows: int = 1000
+    relational_sample: int = 10_000
+    # How far from 1 a normalised map's sum may be (floating-point rounding of the division).
+    map_sum_tolerance: float = 1e-9
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CheckSettings:
+        return cls(
+            max_reject_rate=_env_rate(env, "PERSONA_MAX_REJECT_RATE", cls.max_reject_rate),
+            max_unknown_pincode_rate=_env_rate(env, "PERSONA_MAX_UNKNOWN_PINCODE_RATE", cls.max_unknown_pincode_rate),
+            min_rows=_env_count(env, "PERSONA_CHECK_MIN_ROWS", cls.min_rows),
+            relational_sample=_env_count(env, "PERSONA_CHECK_RELATIONAL_SAMPLE", cls.relational_sample),
+        )
+
+
+@dataclass(frozen=True)
+class RefreshSettings:
+    """The hasChanged sensor's knobs (``PERSONA_SENSOR_INTERVAL``, ``PERSONA_REFRESH_BATCH``, ``PERSONA_REFRESH_MAX_RUNS``,
+    ``PERSONA_CLAIM_TTL_SECONDS``)."""
+
+    interval_seconds: int = 5
+    batch_size: int = 10000
+    max_runs_per_tick: int = 4
+    claim_ttl_seconds: int = 900
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RefreshSettings:
+        def number(name: str, default: int) -> int:
+            text = env.get(name)
+            if not text:
+                return default
+            if not text.isdigit() or int(text) < 1:
+                raise ValueError(f"{name}={text!r}: expected a positive integer")
+            return int(text)
+
+        return cls(
+            interval_seconds=number("PERSONA_SENSOR_INTERVAL", cls.interval_seconds),
+            batch_size=number("PERSONA_REFRESH_BATCH", cls.batch_size),
+            max_runs_per_tick=number("PERSONA_REFRESH_MAX_RUNS", cls.max_runs_per_tick),
+            claim_ttl_seconds=number("PERSONA_CLAIM_TTL_SECONDS", cls.claim_ttl_seconds),
+        )
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    text = (env.get(name) or "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={env.get(name)!r}: expected true/false")
 
 
 @dataclass(frozen=True)
@@ -69,6 +177,9 @@ class PersonaSettings:
     # Primary shards and replicas of each OpenSearch build (PERSONA_OPENSEARCH_SHARDS / _REPLICAS).
     opensearch_shards: int = DEFAULT_OPENSEARCH_SHARDS
     opensearch_replicas: int = 0
+    # TLS of an https node (PERSONA_OPENSEARCH_VERIFY_CERTS, default true; PERSONA_OPENSEARCH_CA_CERTS).
+    opensearch_verify_certs: bool = True
+    opensearch_ca_certs: str | None = None
     # Answers `persona serve` computes at once per worker (PERSONA_SERVE_THREADS); None = by backend.
     serve_threads: int | None = None
     # Seconds `persona serve` gives one answer, waiting included (PERSONA_QUERY_TIMEOUT); then a 503.
@@ -79,6 +190,11 @@ class PersonaSettings:
     # DuckDB's budget per step (PERSONA_MEMORY_LIMIT) and its threads (PERSONA_THREADS, default: every core).
     memory_limit: str = DEFAULT_MEMORY_LIMIT
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # The knobs of the score, the checks, the refusal back-off and the refresh sensor.
+    weights: ScoreWeights = field(default_factory=ScoreWeights)
+    checks: CheckSettings = field(default_factory=CheckSettings)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    refresh: RefreshSettings = field(default_factory=RefreshSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PersonaSettings:
@@ -119,11 +235,17 @@ class PersonaSettings:
             opensearch_alias=env.get("PERSONA_OPENSEARCH_ALIAS") or "persona_personas",
             opensearch_shards=shards,
             opensearch_replicas=replicas,
+            opensearch_verify_certs=_flag(env, "PERSONA_OPENSEARCH_VERIFY_CERTS", True),
+            opensearch_ca_certs=(env.get("PERSONA_OPENSEARCH_CA_CERTS") or "").strip() or None,
             serve_threads=serve_threads,
             serve_load_file=Path(env["PERSONA_SERVE_LOAD_FILE"]) if env.get("PERSONA_SERVE_LOAD_FILE") else None,
             query_timeout=query_timeout,
             memory_limit=memory_limit,
             threads=threads,
+            weights=ScoreWeights.from_env(env),
+            checks=CheckSettings.from_env(env),
+            retry=RetryPolicy.from_env(env),
+            refresh=RefreshSettings.from_env(env),
         )
 
     @property

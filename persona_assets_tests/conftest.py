@@ -313,7 +313,7 @@ class Pipeline:
         from persona_assets.stores.backends import search_backend_for
 
         with self.env():
-            return fetch_personas(payload, self.engine, search_backend_for(self.settings))
+            return fetch_personas(payload, self.engine, search_backend_for(self.settings), self.settings.weights)
 
     def cli_query(self, payload: object | str) -> tuple[int, dict | None, str]:
         """``persona query JSON``: (exit code, parsed stdout or None, stderr)."""

@@ -24,6 +24,37 @@ def test_memory_limit_and_threads_come_from_the_environment(tmp_path: Path) -> N
     assert settings.duckdb_limits.temp_directory == tmp_path.resolve() / "tmp" / "duckdb"
 
 
+def test_every_knob_is_read_by_the_one_settings_object(tmp_path: Path) -> None:
+    """The score weights, check thresholds, refusal back-off and sensor batches come with the rest of the
+    configuration, read once; a bad value stops it with the variable named."""
+    settings = PersonaSettings.from_env(
+        {
+            "PERSONA_HOME": str(tmp_path),
+            "PERSONA_SCORE_WEIGHTS": "0.1,0.2,0.3,0.4",
+            "PERSONA_MAX_REJECT_RATE": "10%",
+            "PERSONA_REFRESH_MAX_FAILURES": "3",
+            "PERSONA_REFRESH_BATCH": "7",
+        }
+    )
+    assert settings.weights.as_tuple() == (0.1, 0.2, 0.3, 0.4)
+    assert settings.checks.max_reject_rate == 0.1
+    assert settings.retry.max_failures == 3
+    assert settings.refresh.batch_size == 7
+    defaults = PersonaSettings.from_env({"PERSONA_HOME": str(tmp_path)})
+    assert (defaults.retry.max_failures, defaults.refresh.batch_size, defaults.checks.max_reject_rate) == (
+        5,
+        10000,
+        0.05,
+    )
+    for name, value in (
+        ("PERSONA_SCORE_WEIGHTS", "1,2"),
+        ("PERSONA_REFRESH_BATCH", "0"),
+        ("PERSONA_CHECK_MIN_ROWS", "x"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            PersonaSettings.from_env({"PERSONA_HOME": str(tmp_path), name: value})
+
+
 def test_answer_threads_follow_the_backend_unless_set(tmp_path: Path) -> None:
     home = {"PERSONA_HOME": str(tmp_path)}
     opensearch = {**home, "PERSONA_OPENSEARCH_URL": "http://127.0.0.1:9200"}

@@ -27,6 +27,7 @@ from persona_assets.sensors import (
     daily_ingest_schedule,
     refresh_changed_users,
 )
+from persona_assets.settings import RefreshSettings
 from persona_assets.stores import relational
 from persona_assets.stores.backends import search_backend_for
 from persona_assets.stores.changes import flag_users_changed
@@ -129,7 +130,7 @@ def test_refresh_gives_the_same_personas_as_a_full_rebuild(tmp_path):
 def test_batches_are_bounded_and_a_user_is_in_one_run_only(tmp_path, monkeypatch):
     import persona_assets.sensors as sensors
 
-    monkeypatch.setattr(sensors, "REFRESH", sensors.RefreshSettings(batch_size=2, max_runs_per_tick=2))
+    monkeypatch.setattr(sensors, "REFRESH", RefreshSettings(batch_size=2, max_runs_per_tick=2))
     users = [f"u{i}" for i in range(7)]
     pipeline = build(tmp_path, users)
     import_day2(pipeline, tmp_path, [visit(u, "B", "2026-10-02") for u in users])

@@ -14,6 +14,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from persona_assets.assets.reference import load_pincode_tiers
 from persona_assets.compute import affinities, persona_store
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
+from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.changes import (
     CALCULATED,
@@ -27,7 +28,7 @@ from persona_assets.stores.changes import (
     reflag_changed_since,
     snapshot_flags_for_rebuild,
 )
-from persona_assets.stores.refusals import RetryPolicy, clear_refusals, record_refusals
+from persona_assets.stores.refusals import clear_refusals, record_refusals
 from persona_assets.stores.search_backend import PersonaHandOff
 
 RAW_EVENT_DEPS = ["raw_visits", "raw_checkouts", "raw_searches"]
@@ -221,7 +222,7 @@ def persona_index(
     # Users the index refused stay at 2: out of the snapshot, their flags do not advance; the refresh
     # sensor retries them with back-off (stores.refusals). Everyone else was indexed.
     forget_in_rebuild_snapshot(relational_store.engine, list(report.failed))
-    record_refusals(relational_store.engine, report.failed, RetryPolicy.from_env())
+    record_refusals(relational_store.engine, report.failed, PersonaSettings.from_env().retry)
     clear_refusals(relational_store.engine, keep=list(report.failed))
     searchable = advance_flags(relational_store.engine, REBUILD_SNAPSHOT, [CALCULATED], SEARCHABLE)
     # A refresh may have indexed users into the build just replaced: those changed since the snapshot go back to 1.

@@ -10,10 +10,11 @@ from dagster import (
 )
 
 from persona_assets.assets.reference import load_pincode_tiers
-from persona_assets.checks._common import SAMPLE_SIZE, CheckSettings, judge_rate, report_failure
+from persona_assets.checks._common import SAMPLE_SIZE, judge_rate, report_failure
 from persona_assets.compute import affinities
 from persona_assets.ingest.importer import latest_import_file_summary
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore
+from persona_assets.settings import PersonaSettings
 
 # --------------------------------------------------------------------------- reject rate
 
@@ -42,7 +43,7 @@ def build_reject_rate_check(asset_name: str, file_name: str) -> AssetChecksDefin
         ),
     )
     def reject_rate(context: AssetCheckExecutionContext, relational_store: RelationalStore) -> AssetCheckResult:
-        settings = CheckSettings.from_env()
+        settings = PersonaSettings.from_env().checks
         found = latest_import_file_summary(relational_store.engine, file_name)
         if found is None:
             return AssetCheckResult(
@@ -130,7 +131,7 @@ TOP_UNKNOWN_PINCODES_SQL = """
 def unknown_pincode_rate(
     context: AssetCheckExecutionContext, event_store: EventStoreResource, compute: ComputeResource
 ) -> AssetCheckResult:
-    settings = CheckSettings.from_env()
+    settings = PersonaSettings.from_env().checks
     con = compute.connect()
     affinities.register_events(con, event_store.store)
     con.register("tiers_df", load_pincode_tiers(event_store)[["pincode"]])

@@ -15,8 +15,9 @@ from dagster import (
     asset_check,
 )
 
-from persona_assets.checks._common import SAMPLE_SIZE, CheckSettings, count_rows, report_failure
+from persona_assets.checks._common import SAMPLE_SIZE, count_rows, report_failure
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore
+from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
 
 # Relational personas are streamed through DuckDB this many rows at a time (memory stays flat).
@@ -167,7 +168,7 @@ def maps_sum_to_one(
     relational_store: RelationalStore,
     compute: ComputeResource,
 ) -> AssetCheckResult:
-    settings = CheckSettings.from_env()
+    settings = PersonaSettings.from_env().checks
     tolerance = settings.map_sum_tolerance
     path = event_store.layout.work_dir / "persona_affinity.parquet"
     if not path.exists():

@@ -12,7 +12,6 @@ dictionary look-ups, in the same order of operations the embedded index uses.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,13 +36,12 @@ class ScoreWeights:
     category: float = 0.30
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ScoreWeights:
+    def from_env(cls, env: Mapping[str, str]) -> ScoreWeights:
         """Read ``PERSONA_SCORE_WEIGHTS="city,brand,generic,category"``; unset or empty = defaults.
 
         Each weight must be a finite number ≥ 0; anything else raises ``ValueError``
         naming the variable.
         """
-        env = os.environ if environ is None else environ
         raw = (env.get(WEIGHTS_ENV) or "").strip()
         if not raw:
             return cls()

@@ -46,12 +46,11 @@ def unavailable_reason(error: BaseException) -> str | None:
     return None
 
 
-def fetch_personas(
-    payload: object, engine: Engine, backend: SearchBackend, weights: ScoreWeights | None = None
-) -> dict[str, Any]:
-    """Validate ``payload`` (raises ``InvalidRequest`` naming the field) and answer it."""
+def fetch_personas(payload: object, engine: Engine, backend: SearchBackend, weights: ScoreWeights) -> dict[str, Any]:
+    """Validate ``payload`` (raises ``InvalidRequest`` naming the field) and answer it with ``weights``
+    (``settings.PersonaSettings.weights``)."""
     query = parse_segment_request(payload)
-    hits = backend.search(query, weights or ScoreWeights.from_env())
+    hits = backend.search(query, weights)
     with engine.connect() as conn:
         activity = _activity(conn, [hit.ext_id for hit in hits.hits])
         matches = _product_matcher(conn, query, activity)

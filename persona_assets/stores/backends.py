@@ -22,11 +22,14 @@ def search_backend(
     *,
     shards: int = DEFAULT_OPENSEARCH_SHARDS,
     replicas: int = 0,
+    verify_certs: bool = True,
+    ca_certs: str | None = None,
 ) -> SearchBackend:
     """OpenSearch behind ``alias`` when ``opensearch_url`` is given (new builds with ``shards`` primary
-    shards and ``replicas`` replicas), else the embedded index in ``index_dir``."""
+    shards and ``replicas`` replicas; an ``https`` node's certificate checked unless ``verify_certs`` is
+    off, against ``ca_certs`` when given), else the embedded index in ``index_dir``."""
     if opensearch_url:
-        return _opensearch_backend(opensearch_url, alias, shards, replicas)
+        return _opensearch_backend(opensearch_url, alias, shards, replicas, verify_certs, ca_certs)
     from persona_assets.stores.embedded_backend import EmbeddedBackend
 
     return EmbeddedBackend(index_dir)
@@ -40,12 +43,18 @@ def search_backend_for(settings: PersonaSettings) -> SearchBackend:
         settings.opensearch_alias,
         shards=settings.opensearch_shards,
         replicas=settings.opensearch_replicas,
+        verify_certs=settings.opensearch_verify_certs,
+        ca_certs=settings.opensearch_ca_certs,
     )
 
 
 @cache
-def _opensearch_backend(url: str, alias: str, shards: int, replicas: int) -> SearchBackend:
+def _opensearch_backend(
+    url: str, alias: str, shards: int, replicas: int, verify_certs: bool, ca_certs: str | None
+) -> SearchBackend:
     """One backend (one client and its connection pool) per node and alias, for the life of the process."""
     from persona_assets.stores.opensearch_index import OpenSearchBackend
 
-    return OpenSearchBackend(url, alias=alias, shards=shards, replicas=replicas)
+    return OpenSearchBackend(
+        url, alias=alias, shards=shards, replicas=replicas, verify_certs=verify_certs, ca_certs=ca_certs
+    )

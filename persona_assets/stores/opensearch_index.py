@@ -20,7 +20,6 @@ deletes the removed users and refreshes.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import time
@@ -47,21 +46,8 @@ __all__ = ["OpenSearchBackend", "redact_url"]
 
 logger = logging.getLogger(__name__)
 
-VERIFY_CERTS_ENV = "PERSONA_OPENSEARCH_VERIFY_CERTS"
-CA_CERTS_ENV = "PERSONA_OPENSEARCH_CA_CERTS"
 _BUILD_RE_TEMPLATE = r"{alias}-[0-9]{{8}}t[0-9]{{12}}z-[0-9a-f]{{6}}"
 _STALE_BUILD_SECONDS = 24 * 3600
-
-
-def _env_flag(value: str | None, default: bool) -> bool:
-    if value is None or not value.strip():
-        return default
-    text = value.strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{VERIFY_CERTS_ENV}={value!r}: expected true/false")
 
 
 def redact_url(url: str) -> str:
@@ -73,8 +59,9 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _client_from_url(url: str) -> Any:
-    """An ``OpenSearch`` client; credentials and TLS come from the URL (plus two optional variables)."""
+def _client_from_url(url: str, verify_certs: bool = True, ca_certs: str | None = None) -> Any:
+    """An ``OpenSearch`` client; credentials and TLS come from the URL, an ``https`` node's certificate is
+    verified (against ``ca_certs`` when given) unless ``verify_certs`` is off."""
     from opensearchpy import OpenSearch
 
     parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
@@ -90,9 +77,7 @@ def _client_from_url(url: str) -> Any:
             urllib.parse.unquote(parts.password or ""),
         )
     if parts.scheme == "https":
-        verify = _env_flag(os.environ.get(VERIFY_CERTS_ENV), True)
-        kwargs.update(use_ssl=True, verify_certs=verify, ssl_show_warn=verify)
-        ca_certs = os.environ.get(CA_CERTS_ENV)
+        kwargs.update(use_ssl=True, verify_certs=verify_certs, ssl_show_warn=verify_certs)
         if ca_certs:
             kwargs["ca_certs"] = ca_certs
     return OpenSearch(**kwargs)
@@ -143,6 +128,8 @@ class OpenSearchBackend:
         max_retries: int = 4,
         shards: int = 2,
         replicas: int = 0,
+        verify_certs: bool = True,
+        ca_certs: str | None = None,
         client: Any = None,
     ) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_.+-]*", alias or "") or alias in (".", ".."):
@@ -159,7 +146,7 @@ class OpenSearchBackend:
         self.max_retries = max_retries
         #: Primary shards and replicas of each new build (replicas are 0 while loading).
         self.shards, self.replicas = shards, replicas
-        self.client = client if client is not None else _client_from_url(url)
+        self.client = client if client is not None else _client_from_url(url, verify_certs, ca_certs)
         self._build_re = re.compile(_BUILD_RE_TEMPLATE.format(alias=re.escape(alias)))
 
     def __repr__(self) -> str:

@@ -10,7 +10,6 @@ the user is not claimed again before ``backoff · 2^(failures-1)`` (capped at an
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,8 +32,8 @@ class RetryPolicy:
     backoff_seconds: float = 60.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
-        env = os.environ if environ is None else environ
+    def from_env(cls, env: Mapping[str, str]) -> RetryPolicy:
+        """From the variables of ``env`` (``settings.PersonaSettings.from_env`` is the one caller)."""
         failures_text = (env.get("PERSONA_REFRESH_MAX_FAILURES") or str(cls.max_failures)).strip()
         backoff_text = (env.get("PERSONA_REFRESH_BACKOFF_SECONDS") or str(cls.backoff_seconds)).strip()
         if not failures_text.isdigit() or int(failures_text) < 1:
