@@ -97,7 +97,11 @@ def cmd_rejects(args: argparse.Namespace, settings: PersonaSettings) -> int:
     select = sa.select(table).order_by(table.c.id).limit(args.limit)
     if args.import_id:
         select = select.where(table.c.import_id == args.import_id)
-    for row in relational.read_frame(engine, select).itertuples(index=False):
+    rows = relational.read_frame(engine, select)
+    if rows.empty:  # said on stderr: stdout stays JSON Lines (here: none)
+        scope = f"import {args.import_id}" if args.import_id else "any import"
+        _progress(f"no rejected rows in {scope}")
+    for row in rows.itertuples(index=False):
         print(
             json.dumps(
                 {

@@ -703,6 +703,9 @@ def test_cli_import_keeps_rejects_readable_by_an_operator(cli_import):
     printed = [json.loads(line) for line in out.splitlines()]
     assert len(printed) == 14
     assert any("yesterday" in r["raw"] for r in printed)
+    code, out, err = pipeline.cli("rejects", "no-such-import")
+    assert (code, out) == (0, "")  # stdout stays JSON Lines; the operator is told why it is empty
+    assert "no rejected rows in import no-such-import" in err
 
 
 # --------------------------------------------------------------------------- stored lengths
