@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -407,6 +409,37 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, settings) or 0)
     except MaterializationFailed as error:
         return _fail(str(error), code=1)
+    except Exception as error:
+        if not _storage_failed(error):
+            raise
+        free = shutil.disk_usage(settings.home).free if settings.home.exists() else 0
+        return _fail(
+            f"the disk under {settings.home} failed a write ({_first_line(error)}; {free / 2**20:,.1f} MiB free): "
+            "nothing incomplete was published (the live index and the stores are as the last successful run "
+            "left them); free space and run the command again",
+            code=1,
+        )
+
+
+# What a full disk looks like on the way up: the OS's ENOSPC, SQLite's two ways of saying it (a write of its
+# journal or WAL that fails is reported as an I/O error).
+_STORAGE_MESSAGES = ("No space left on device", "database or disk is full", "disk I/O error")
+
+
+def _storage_failed(error: BaseException | None) -> bool:
+    """True when ``error`` or one of its causes is a failed write to disk (a full disk, mostly)."""
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if any(message in str(error) for message in _STORAGE_MESSAGES):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 if __name__ == "__main__":
