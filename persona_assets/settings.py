@@ -39,19 +39,6 @@ def _env_rate(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _env_count(env: Mapping[str, str], name: str, default: int) -> int:
-    text = (env.get(name) or "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise ValueError(f"{name}: {text!r} is not a whole number") from error
-    if value < 0:
-        raise ValueError(f"{name}: {text!r} must be ≥ 0")
-    return value
-
-
 @dataclass(frozen=True)
 class CheckSettings:
     """Thresholds of the asset checks (read when a check runs, so a changed variable counts from the next run).
@@ -80,8 +67,10 @@ class CheckSettings:
         return cls(
             max_reject_rate=_env_rate(env, "PERSONA_MAX_REJECT_RATE", cls.max_reject_rate),
             max_unknown_pincode_rate=_env_rate(env, "PERSONA_MAX_UNKNOWN_PINCODE_RATE", cls.max_unknown_pincode_rate),
-            min_rows=_env_count(env, "PERSONA_CHECK_MIN_ROWS", cls.min_rows),
-            relational_sample=_env_count(env, "PERSONA_CHECK_RELATIONAL_SAMPLE", cls.relational_sample),
+            min_rows=_whole_number(env, "PERSONA_CHECK_MIN_ROWS", str(cls.min_rows), least=0, what="rows"),
+            relational_sample=_whole_number(
+                env, "PERSONA_CHECK_RELATIONAL_SAMPLE", str(cls.relational_sample), least=0, what="personas"
+            ),
         )
 
 
@@ -97,19 +86,17 @@ class RefreshSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RefreshSettings:
-        def number(name: str, default: int) -> int:
-            text = env.get(name)
-            if not text:
-                return default
-            if not text.isdigit() or int(text) < 1:
-                raise ValueError(f"{name}={text!r}: expected a positive integer")
-            return int(text)
-
         return cls(
-            interval_seconds=number("PERSONA_SENSOR_INTERVAL", cls.interval_seconds),
-            batch_size=number("PERSONA_REFRESH_BATCH", cls.batch_size),
-            max_runs_per_tick=number("PERSONA_REFRESH_MAX_RUNS", cls.max_runs_per_tick),
-            claim_ttl_seconds=number("PERSONA_CLAIM_TTL_SECONDS", cls.claim_ttl_seconds),
+            interval_seconds=_whole_number(
+                env, "PERSONA_SENSOR_INTERVAL", str(cls.interval_seconds), least=1, what="seconds"
+            ),
+            batch_size=_whole_number(env, "PERSONA_REFRESH_BATCH", str(cls.batch_size), least=1, what="users"),
+            max_runs_per_tick=_whole_number(
+                env, "PERSONA_REFRESH_MAX_RUNS", str(cls.max_runs_per_tick), least=1, what="runs"
+            ),
+            claim_ttl_seconds=_whole_number(
+                env, "PERSONA_CLAIM_TTL_SECONDS", str(cls.claim_ttl_seconds), least=1, what="seconds"
+            ),
         )
 
 

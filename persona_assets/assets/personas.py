@@ -193,7 +193,9 @@ def user_personas(
         metadata={
             "personas": stored,
             "by_gender": MetadataValue.json(genders),
-            "flags_1_to_2": calculated,
+            # Users at 2 unchanged since the snapshot (moved 1 → 2 by this write, or left at 2 by a refusal before):
+            # the single upsert has no count of its own moves.
+            "users_at_2": calculated,
             "seconds": round(time.perf_counter() - started, 3),
         }
     )

@@ -53,8 +53,9 @@ def connect(limits: DuckDBLimits | None = None) -> duckdb.DuckDBPyConnection:
         "preserve_insertion_order": "false",
         # DuckDB's blocks come from a pool that keeps the pages it has touched until the connection closes,
         # instead of handing them back to the kernel after each operator and faulting them in (zeroed) again:
-        # at 1M users a third of the rebuild's CPU time went to zeroing pages; this makes the raw affinities
-        # ~30 % faster (docs/benchmarks.md). The pool is within memory_limit and grows only as it is used.
+        # at 1M users a third of the raw affinities' CPU time went to zeroing pages; measured alone that step
+        # is ~30 % faster, in whole rebuilds within the VM's drift (docs/benchmarks.md). The pool is within
+        # memory_limit and grows only as it is used.
         "block_allocator_memory": limits.memory_limit,
     }
     if limits.temp_directory is not None:
