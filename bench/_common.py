@@ -48,9 +48,11 @@ def baseline_raw_affinities() -> dict:
     import pandas as pd
 
     from persona_assets.assets.reference import PINCODE_TIERS_FILE
+    from persona_assets.builds import latest_build
     from persona_assets.compute import affinities
     from persona_assets.compute.duck import connect
     from persona_assets.contract.tokens import token_regex_re2
+    from persona_assets.pipeline import dagster_instance
     from persona_assets.settings import PersonaSettings
     from persona_assets.stores import relational
     from persona_assets.stores.events import EventStore
@@ -68,7 +70,8 @@ def baseline_raw_affinities() -> dict:
     started = time.perf_counter()
     con.execute(f"CREATE TABLE baseline AS {BASELINE_SQL}", {"pattern": token_regex_re2()})
     seconds = time.perf_counter() - started
-    affinities.load_raw_affinities(con, settings.layout.work_dir)
+    build = latest_build(dagster_instance(settings), "user_raw_affinities")
+    affinities.load_raw_affinities(con, settings.layout.build_dir(build or "none"))
     con.execute("CREATE VIEW ours AS SELECT * FROM raw_affinity")
     mismatches = con.execute(
         """

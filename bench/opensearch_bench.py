@@ -3,7 +3,7 @@
 Usage: .venv/bin/python bench/opensearch_bench.py [--users 100000] [--seed 7] [--queries 200]
        [--url http://127.0.0.1:9200 | --home /tmp/persona-os-bench] [--out docs/bench/opensearch-100k.json]
 
-Personas: ``$PERSONA_HOME/work/persona_users.parquet`` + ``persona_affinity.parquet`` when both
+Personas: the latest build's ``persona_users.parquet`` + ``persona_affinity.parquet`` when both
 exist (and ``--synthetic`` is not given), else ``--users`` synthetic personas built directly:
 ~30 keys per user across brand / generic / category / city / ecomm, Zipf-skewed key
 popularity, values = small integer counts normalised per dimension (so many exact ties).
@@ -205,7 +205,12 @@ def synthetic_personas(n_users: int, seed: int) -> tuple[pd.DataFrame, pd.DataFr
 def load_personas(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     home = os.environ.get("PERSONA_HOME")
     if home and not args.synthetic:
-        work = Path(home) / "work"
+        from persona_assets.builds import latest_build
+        from persona_assets.pipeline import dagster_instance
+        from persona_assets.settings import PersonaSettings
+
+        settings = PersonaSettings.from_env()
+        work = settings.layout.build_dir(latest_build(dagster_instance(settings), "user_personas") or "none")
         users_path, affinity_path = work / "persona_users.parquet", work / "persona_affinity.parquet"
         if users_path.exists() and affinity_path.exists():
             users = pd.read_parquet(users_path)[["ext_id", "gender"]]
@@ -308,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="times each query is run (interleaved)")
     parser.add_argument("--url", help="an OpenSearch node to use (default: start the project's throwaway node)")
     parser.add_argument("--home", default="/tmp/persona-os-bench", help="where the throwaway node lives")
-    parser.add_argument("--synthetic", action="store_true", help="ignore $PERSONA_HOME/work parquet files")
+    parser.add_argument("--synthetic", action="store_true", help="ignore the latest build's parquet files")
     parser.add_argument("--keep-node", action="store_true", help="leave the throwaway node running")
     parser.add_argument("--out", help="also write the JSON result here")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Synthetic persona work files (``persona_users.parquet`` + ``persona_affinity.parquet``) at any scale.
 
 The index benchmarks need a million normalised personas without running import and the rebuild
-first. This writes the two files ``user_personas`` leaves under ``PERSONA_HOME/work``, with the
+first. This writes the two files ``user_personas`` leaves in its build directory, with the
 same columns, in chunks of users (memory stays flat whatever ``--users``):
 
 * ~30 affinity rows per user over the five dimensions (brand ~7, generic ~8, category ~14 — three

@@ -10,6 +10,10 @@ REBUILD = AssetSelection.groups("personas")
 
 # Runs that rebuild (and swap) the whole index carry this tag, so the refresh sensor waits for them.
 REBUILD_TAG = {"persona/rebuild": "true"}
+# Steps that may each take the whole PERSONA_MEMORY_LIMIT (the rebuild's, a refresh's): the instance's pool
+# limit (dagster.yaml: concurrency.pools.default_limit, 1) runs one at a time across every run, whichever
+# entry point launched it (command line, UI, schedule, sensor), so two runs never need twice the memory.
+COMPUTE_POOL = "persona_compute"
 # Runs launched by the command line, which materialises the rebuild itself after an import.
 CLI_TAG = {"persona/source": "cli"}
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from pathlib import Path
 
-from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import AssetSelection, DagsterInstance, DagsterRunStatus, ExecuteInProcessResult, RunsFilter, materialize
 
 from persona_assets.assets import all_assets
 from persona_assets.checks import asset_checks
@@ -23,6 +24,46 @@ from persona_assets.stores.events import EVENT_KINDS, EventStore
 Progress = Callable[[str], None]
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+# The process running a command's in-process run, as host:pid: a run whose process is gone was killed.
+PROCESS_TAG = "persona/process"
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark failed the runs of commands on this host whose process is gone (killed mid-run), and free the
+    pool slots they held: Dagster would show them as running forever, keep their builds (``builds``) and
+    hold their slots so no later rebuild could start. Returns their run ids."""
+    host = socket.gethostname()
+    running = instance.get_runs(
+        RunsFilter(
+            statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING],
+            tags={**CLI_TAG},
+        )
+    )
+    abandoned = []
+    for run in running:
+        owner_host, _, pid = run.tags.get(PROCESS_TAG, "").rpartition(":")
+        if owner_host == host and pid.isdigit() and not _process_alive(int(pid)):
+            instance.report_run_failed(run, f"its process ({run.tags[PROCESS_TAG]}) ended without finishing the run")
+            if instance.event_log_storage.supports_global_concurrency_limits:
+                instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            abandoned.append(run.run_id)
+    return abandoned
 
 
 class MaterializationFailed(RuntimeError):
@@ -50,6 +91,8 @@ def _run(
     run_config: dict | None = None,
 ) -> ExecuteInProcessResult:
     started = time.perf_counter()
+    for run_id in fail_abandoned_runs(instance):
+        progress(f"  run {run_id[:8]} was left running by a process that is gone: marked failed")
     progress(f"▶ {label}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -58,7 +101,7 @@ def _run(
             selection=selection,
             resources=resources_from_settings(settings),
             instance=instance,
-            tags={**CLI_TAG, **(tags or {})},
+            tags={**CLI_TAG, PROCESS_TAG: _this_process(), **(tags or {})},
             run_config={**QUIET_LOGGERS, **(run_config or {})},
             raise_on_error=False,
         )

@@ -30,7 +30,7 @@ from dagster import (
 )
 
 from persona_assets.checks import asset_checks
-from persona_assets.jobs import CLI_TAG, REBUILD_TAG, full_rebuild_job, ingest_events_job
+from persona_assets.jobs import CLI_TAG, COMPUTE_POOL, REBUILD_TAG, full_rebuild_job, ingest_events_job
 from persona_assets.refresh import refresh_users
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.settings import PersonaSettings
@@ -56,7 +56,7 @@ class RefreshConfig(Config):
     claim: str
 
 
-@op(out={})
+@op(out={}, pool=COMPUTE_POOL)
 def refresh_claimed_users(
     context: OpExecutionContext,
     config: RefreshConfig,

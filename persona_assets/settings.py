@@ -133,8 +133,16 @@ class HomeLayout:
 
     @property
     def work_dir(self) -> Path:
-        """Intermediate tables handed from one rebuild asset to the next."""
+        """Intermediate tables handed from one rebuild asset to the next, one directory per build."""
         return self.home / "work"
+
+    @property
+    def builds_dir(self) -> Path:
+        return self.work_dir / "builds"
+
+    def build_dir(self, build: str) -> Path:
+        """The files of one rebuild (named by the run that computed its raw affinities)."""
+        return self.builds_dir / build
 
     @property
     def index_dir(self) -> Path:

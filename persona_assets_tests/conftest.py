@@ -25,6 +25,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -224,7 +227,9 @@ class Pipeline:
     def settings(self):
         from persona_assets.settings import PersonaSettings
 
-        return PersonaSettings.from_env({"PERSONA_HOME": str(self.home), **backend_env(self.home, self.backend)})
+        return PersonaSettings.from_env(
+            {"PERSONA_HOME": str(self.home), **backend_env(self.home, self.backend), **self.extra_env}
+        )
 
     @functools.cached_property
     def engine(self):
@@ -276,6 +281,16 @@ class Pipeline:
                 run_config=QUIET_LOGGERS,
             )
         assert result.success
+
+    def build_dir(self, asset: str = "user_personas") -> Path:
+        """The directory of the build ``asset`` last materialised (its hand-off files)."""
+        from persona_assets.builds import latest_build
+        from persona_assets.pipeline import dagster_instance
+
+        with self.env():
+            build = latest_build(dagster_instance(self.settings), asset)
+        assert build is not None, f"{asset} has not been materialised in {self.home}"
+        return self.settings.layout.build_dir(build)
 
     def sensor_tick(self):
         """One evaluation of the hasChanged sensor on this home: its run requests, or its SkipReason."""
@@ -354,3 +369,33 @@ def pipeline_factory(tmp_path_factory: pytest.TempPathFactory):
         return run_pipeline(tmp_path_factory.mktemp(name), **files)
 
     return make
+
+
+def shop_with_change(tmp_path: Path, changed_users: int = 60) -> tuple[Path, Path]:
+    """A 1,500-shopper shop, and a second import: new visits of ``changed_users`` of them to products of its top brand."""
+    base = tmp_path / "base"
+    subprocess.run(
+        [sys.executable, "-m", "persona_assets.cli", "generate", "--users", "1500", "--seed", "3", str(base)],
+        check=True,
+        capture_output=True,
+    )
+    with (base / "products.csv").open(encoding="utf-8", newline="") as handle:
+        products = list(csv.DictReader(handle))
+    brands: dict[str, list[str]] = {}
+    for product in products:
+        brands.setdefault(product["brand"].strip().lower(), []).append(product["pid"])
+    with (base / "visits.csv").open(encoding="utf-8", newline="") as handle:
+        visits = list(csv.DictReader(handle))
+    users = sorted({visit["ext_id"] for visit in visits})[:changed_users]
+    pids = brands["puma"] if "puma" in brands else max(brands.values(), key=len)
+    change = tmp_path / "change"
+    change.mkdir()
+    for name in ("products.csv", "categories.csv"):
+        shutil.copy(base / name, change / name)
+    with (change / "visits.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ext_id", "pid", "pincode", "visited_at"])
+        for index, user in enumerate(users):
+            for repeat in range(5):
+                writer.writerow([user, pids[(index + repeat) % len(pids)], "560001", "2026-10-31T12:00:00+00:00"])
+    return base, change

@@ -378,7 +378,7 @@ MAPS = check_key("user_personas", "maps_sum_to_one")
 
 
 def test_a_map_off_one_in_the_parquet_hand_off_fails(good: Pipeline):
-    path = good.home / "work" / "persona_affinity.parquet"
+    path = good.build_dir() / "persona_affinity.parquet"
     original = path.read_bytes()
     try:
         frame = pd.read_parquet(path)
@@ -473,7 +473,7 @@ def test_a_failing_maps_check_stops_persona_index(tmp_path):
     flag_users_changed(pipeline.engine, USERS[:6])
     assert run(pipeline, AssetSelection.assets("user_raw_affinities", "attribute_vocabulary")).success
 
-    work = pipeline.home / "work"
+    work = pipeline.build_dir("user_raw_affinities")
     uid = pd.read_parquet(work / "users.parquet").set_index("ext_id").loc["u02", "uid"]
     keys = pd.read_parquet(work / "affinity_keys.parquet")
     brand_kids = keys.loc[keys["dimension"] == "brand", "kid"]

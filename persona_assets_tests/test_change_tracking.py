@@ -14,8 +14,8 @@ from dagster import AssetSelection
 
 from persona_assets.jobs import REBUILD
 from persona_assets.stores.changes import (
-    REBUILD_SNAPSHOT,
     advance_flags,
+    drop_rebuild_snapshots,
     flag_counts,
     flag_users_changed,
     forget_in_rebuild_snapshot,
@@ -101,22 +101,23 @@ def test_advance_flags_skips_users_whose_change_seq_moved(persona_home, kind):
     relational.create_schema(engine)
     flag_users_changed(engine, ["a", "b", "c"])
 
-    def take_snapshot():
+    def take_snapshot(build: str):
         if kind == "refresh":  # a refresh's frame of its users
             snapshot = snapshot_flags(engine, ["a", "b", "c"])
             assert sorted(snapshot["ext_id"]) == ["a", "b", "c"]
             return snapshot
-        assert snapshot_flags_for_rebuild(engine) == 3  # a full rebuild's, kept in the store
-        return REBUILD_SNAPSHOT
+        snapshot = snapshot_flags_for_rebuild(engine, build)  # a full rebuild's, kept in the store
+        assert snapshot_rows(engine, build) == 3
+        return snapshot
 
-    snapshot = take_snapshot()
+    snapshot = take_snapshot("first")
     flag_users_changed(engine, ["b"])  # changed after the snapshot
     assert advance_flags(engine, snapshot, [1], 2) == 2
     assert flag_counts(engine) == {1: 1, 2: 2}
     assert advance_flags(engine, snapshot, [2], 0) == 2
     assert flag_counts(engine) == {0: 2, 1: 1}
     # A second snapshot sees b's new version and may advance it.
-    later = take_snapshot()
+    later = take_snapshot("later")
     assert advance_flags(engine, later, [1], 2) == 1
     assert advance_flags(engine, later, [2], 0) == 1
     assert flag_counts(engine) == {0: 3}
@@ -128,8 +129,8 @@ def test_a_rebuild_reflags_users_changed_since_its_snapshot_and_skips_refused_on
     engine = fresh_engine(persona_home)
     relational.create_schema(engine)
     flag_users_changed(engine, ["a", "b", "c"])
-    snapshot_flags_for_rebuild(engine)
-    assert advance_flags(engine, REBUILD_SNAPSHOT, [1], 2) == 3
+    snapshot = snapshot_flags_for_rebuild(engine, "build")
+    assert advance_flags(engine, snapshot, [1], 2) == 3
     flag_users_changed(engine, ["b", "d"])  # b changes, d appears while the rebuild runs
     with engine.begin() as conn:  # a refresh indexes them into the build about to be replaced: d is done,
         # b is between its index write and its 2 -> 0
@@ -139,11 +140,41 @@ def test_a_rebuild_reflags_users_changed_since_its_snapshot_and_skips_refused_on
                 .where(relational.user_persona.c.extId == ext_id)
                 .values(hasChanged=flag)
             )
-    forget_in_rebuild_snapshot(engine, ["c"])  # the index refused c
-    assert advance_flags(engine, REBUILD_SNAPSHOT, [2], 0) == 1  # a only
-    assert reflag_changed_since(engine, REBUILD_SNAPSHOT) == 2  # b and d back to 1
+    forget_in_rebuild_snapshot(engine, snapshot, ["c"])  # the index refused c
+    assert advance_flags(engine, snapshot, [2], 0) == 1  # a only
+    assert reflag_changed_since(engine, snapshot) == 2  # b and d back to 1
     with engine.connect() as conn:
         flags = dict(
             conn.execute(sa.select(relational.user_persona.c.extId, relational.user_persona.c.hasChanged)).all()
         )
     assert flags == {"a": 0, "b": 1, "c": 2, "d": 1}
+
+
+def snapshot_rows(engine, build: str) -> int:
+    from persona_assets.stores import relational
+
+    table = relational.rebuild_flag_snapshots
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table).where(table.c.build == build)).scalar_one()
+
+
+def test_two_rebuilds_keep_their_own_snapshots(persona_home):
+    """A second rebuild's snapshot neither replaces the first's nor lets the first advance a user changed
+    between the two (the first computed that user's old events)."""
+    from persona_assets.stores import relational
+
+    engine = fresh_engine(persona_home)
+    relational.create_schema(engine)
+    flag_users_changed(engine, ["a", "b"])
+    first = snapshot_flags_for_rebuild(engine, "first")
+    flag_users_changed(engine, ["b"])  # b's new events land between the two rebuilds' snapshots
+    second = snapshot_flags_for_rebuild(engine, "second")
+    assert (snapshot_rows(engine, "first"), snapshot_rows(engine, "second")) == (2, 2)
+    assert advance_flags(engine, first, [1], 2) == 1  # a; b's events after `first` keep it at 1
+    assert advance_flags(engine, first, [2], 0) == 1
+    assert reflag_changed_since(engine, first) == 0  # b is at 1 already
+    assert advance_flags(engine, second, [1], 2) == 1  # b, calculated by the second rebuild
+    assert advance_flags(engine, second, [2], 0) == 1
+    assert flag_counts(engine) == {0: 2}
+    drop_rebuild_snapshots(engine, ["first"])
+    assert (snapshot_rows(engine, "first"), snapshot_rows(engine, "second")) == (0, 2)

@@ -341,7 +341,7 @@ def test_the_export_holds_exactly_the_values_the_index_is_built_from(main_run):
     """The store keeps each map's weights and export divides them: bit for bit the rebuild's fractions."""
     import pyarrow.parquet as pq
 
-    handed_over = pq.read_table(main_run.home / "work" / "persona_affinity.parquet").to_pylist()
+    handed_over = pq.read_table(main_run.build_dir() / "persona_affinity.parquet").to_pylist()
     expected: dict[tuple[str, str], dict[str, float]] = {}
     for row in handed_over:
         column = row["dimension"] if row["dimension"] in ("city", "ecomm") else f"{row['dimension']}_affinity"

@@ -119,7 +119,10 @@ def test_production_instance_config_is_valid(tmp_path: Path, monkeypatch: pytest
     )
     instance = DagsterInstance.from_config(str(home))
     try:
-        queue = instance.run_coordinator.get_run_queue_config()  # type: ignore[attr-defined]
+        concurrency = instance.get_concurrency_config()
+        queue = concurrency.run_queue_config
+        # The pool of the steps that take the whole memory limit: one at a time, every entry point.
+        assert concurrency.pool_config.default_pool_limit == 1
         limits = {(limit["key"], limit.get("value")): limit["limit"] for limit in queue.tag_concurrency_limits}
         assert queue.max_concurrent_runs >= 2
         # The limits name tags that the code really puts on its runs.

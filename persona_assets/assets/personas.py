@@ -1,7 +1,8 @@
 """The full rebuild: raw affinities → vocabulary → normalised personas → search index.
 
-Intermediate long tables are handed from one asset to the next as Parquet files under
-``PERSONA_HOME/work``; each step is one DuckDB pass over whole tables.
+Intermediate long tables are handed from one asset to the next as Parquet files in the build's own
+directory under ``PERSONA_HOME/work/builds`` (``assets.builds``); each step is one DuckDB pass over whole
+tables.
 """
 
 import time
@@ -9,18 +10,20 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 
 from persona_assets.assets.reference import load_pincode_tiers
+from persona_assets.builds import BUILD_METADATA_KEY, prune_builds, upstream_build
 from persona_assets.compute import affinities, persona_store
+from persona_assets.jobs import COMPUTE_POOL
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.changes import (
     CALCULATED,
     NEEDS_CALCULATION,
-    REBUILD_SNAPSHOT,
     SEARCHABLE,
+    RebuildSnapshot,
     advance_flags,
     calculated_since_rebuild_snapshot,
     count_calculated_since_rebuild_snapshot,
@@ -34,8 +37,12 @@ from persona_assets.stores.search_backend import PersonaHandOff
 RAW_EVENT_DEPS = ["raw_visits", "raw_checkouts", "raw_searches"]
 
 
-def _work(event_store: EventStoreResource, name: str) -> Path:
-    return event_store.layout.work_dir / f"{name}.parquet"
+def _work(event_store: EventStoreResource, build: str, name: str) -> Path:
+    return event_store.layout.build_dir(build) / f"{name}.parquet"
+
+
+def _build_of(context: AssetExecutionContext, upstream: str) -> str:
+    return upstream_build(context.instance, context.run.run_id, upstream)
 
 
 def _connect_with_reference(
@@ -57,6 +64,7 @@ def _connect_with_reference(
     group_name="personas",
     deps=["product_catalog", "category_hierarchy", "pincode_tiers", *RAW_EVENT_DEPS],
     kinds={"duckdb", "sql"},
+    pool=COMPUTE_POOL,
 )
 def user_raw_affinities(
     context: AssetExecutionContext,
@@ -68,12 +76,16 @@ def user_raw_affinities(
     to the legacy ``user_persona`` columns once the personas are computed)."""
     started = time.perf_counter()
     engine = relational_store.engine
+    build = context.run.run_id  # this run starts a build of its own
+    pruned = prune_builds(context.instance, event_store.layout, engine, keep=[build])
+    if pruned:
+        context.log.info(f"removed the files and flag snapshots of {len(pruned)} earlier builds")
     # Read the flags before any event, so a user changed from here on keeps hasChanged = 1.
-    snapshot_flags_for_rebuild(engine)
+    snapshot_flags_for_rebuild(engine, build)
     con = _connect_with_reference(event_store, relational_store, compute)
     affinities.compute_raw_affinities(con)
     context.log.info(f"raw affinities computed in {time.perf_counter() - started:.1f}s")
-    work = event_store.layout.work_dir
+    work = event_store.layout.build_dir(build)
     work.mkdir(parents=True, exist_ok=True)
     affinities.save_raw_affinities(con, work)
     stats = (
@@ -95,12 +107,13 @@ def user_raw_affinities(
         .df()
         .iloc[0]
     )
-    metadata = {name: int(value) for name, value in stats.items()}
+    metadata: dict = {name: int(value) for name, value in stats.items()}
+    metadata[BUILD_METADATA_KEY] = build
     metadata["seconds"] = round(time.perf_counter() - started, 3)
     return MaterializeResult(metadata=metadata)
 
 
-@asset(group_name="personas", deps=RAW_EVENT_DEPS, kinds={"duckdb", "sql"})
+@asset(group_name="personas", deps=RAW_EVENT_DEPS, kinds={"duckdb", "sql"}, pool=COMPUTE_POOL)
 def user_activity(
     event_store: EventStoreResource, relational_store: RelationalStore, compute: ComputeResource
 ) -> MaterializeResult:
@@ -127,8 +140,9 @@ class VocabularyConfig(Config):
     generic_size: int = 500
 
 
-@asset(group_name="personas", deps=[user_raw_affinities], kinds={"duckdb", "sql"})
+@asset(group_name="personas", deps=[user_raw_affinities], kinds={"duckdb", "sql"}, pool=COMPUTE_POOL)
 def attribute_vocabulary(
+    context: AssetExecutionContext,
     config: VocabularyConfig,
     event_store: EventStoreResource,
     relational_store: RelationalStore,
@@ -138,14 +152,16 @@ def attribute_vocabulary(
     if config.brand_size < 0 or config.generic_size < 0:
         raise ValueError("attribute_vocabulary: brand_size and generic_size must be ≥ 0")
     started = time.perf_counter()
+    build = _build_of(context, "user_raw_affinities")
     con = compute.connect()
-    affinities.load_raw_affinities(con, event_store.layout.work_dir)
+    affinities.load_raw_affinities(con, event_store.layout.build_dir(build))
     vocabulary = affinities.compute_vocabulary(con, config.brand_size, config.generic_size)
-    vocabulary.to_parquet(_work(event_store, "vocabulary"), index=False)
+    vocabulary.to_parquet(_work(event_store, build, "vocabulary"), index=False)
     relational.replace_table(relational_store.engine, relational.attribute_vocabulary, vocabulary)
     counts = vocabulary["kind"].value_counts()
     return MaterializeResult(
         metadata={
+            BUILD_METADATA_KEY: build,
             "brands": int(counts.get("brand", 0)),
             "generic_names": int(counts.get("generic", 0)),
             "seconds": round(time.perf_counter() - started, 3),
@@ -160,6 +176,7 @@ def attribute_vocabulary(
     group_name="personas",
     deps=[user_raw_affinities, attribute_vocabulary, "category_hierarchy"],
     kinds={"duckdb", "sql"},
+    pool=COMPUTE_POOL,
 )
 def user_personas(
     context: AssetExecutionContext,
@@ -174,23 +191,32 @@ def user_personas(
     """
     started = time.perf_counter()
     engine = relational_store.engine
+    build = _build_of(context, "user_raw_affinities")
+    vocabulary_build = _build_of(context, "attribute_vocabulary")
+    if vocabulary_build != build:
+        raise Failure(
+            f"attribute_vocabulary was computed for build {vocabulary_build}, user_raw_affinities is at build "
+            f"{build}: materialise attribute_vocabulary again first"
+        )
+    snapshot = RebuildSnapshot(build)
     con = compute.connect()
-    affinities.load_raw_affinities(con, event_store.layout.work_dir)
+    affinities.load_raw_affinities(con, event_store.layout.build_dir(build))
     affinities.register_categories(con, relational.read_frame(engine, relational.categories))
-    vocabulary = pd.read_parquet(_work(event_store, "vocabulary"))
+    vocabulary = pd.read_parquet(_work(event_store, build, "vocabulary"))
     affinities.compute_personas(con, vocabulary)
-    affinities.write_parquet(con, "persona_affinity", _work(event_store, "persona_affinity"))
-    affinities.write_parquet(con, "persona_users", _work(event_store, "persona_users"))
+    affinities.write_parquet(con, "persona_affinity", _work(event_store, build, "persona_affinity"))
+    affinities.write_parquet(con, "persona_users", _work(event_store, build, "persona_users"))
     stored = persona_store.write_personas(engine, con)
-    persona_store.write_legacy_columns(engine, con, has_changed=calculated_since_rebuild_snapshot(engine))
+    persona_store.write_legacy_columns(engine, con, has_changed=calculated_since_rebuild_snapshot(engine, snapshot))
     # Users flagged with no event left have no row above and are calculated too (nothing to index): the
     # few still at 1 are found through the flag's index, so this no longer rewrites every row.
-    advance_flags(engine, REBUILD_SNAPSHOT, [NEEDS_CALCULATION], CALCULATED)
-    calculated = count_calculated_since_rebuild_snapshot(engine)
+    advance_flags(engine, snapshot, [NEEDS_CALCULATION], CALCULATED)
+    calculated = count_calculated_since_rebuild_snapshot(engine, snapshot)
     context.log.info(f"{stored:,} personas stored; {calculated:,} users calculated (hasChanged 2)")
     genders = dict(con.execute("SELECT gender, COUNT(*) FROM persona_users GROUP BY gender").fetchall())
     return MaterializeResult(
         metadata={
+            BUILD_METADATA_KEY: build,
             "personas": stored,
             "by_gender": MetadataValue.json(genders),
             # Users at 2 unchanged since the snapshot (moved 1 → 2 by this write, or left at 2 by a refusal before):
@@ -201,7 +227,7 @@ def user_personas(
     )
 
 
-@asset(group_name="personas", deps=[user_personas], kinds={"parquet"})
+@asset(group_name="personas", deps=[user_personas], kinds={"parquet"}, pool=COMPUTE_POOL)
 def persona_index(
     context: AssetExecutionContext,
     event_store: EventStoreResource,
@@ -216,19 +242,25 @@ def persona_index(
     number of users. Users the backend could not index keep hasChanged = 2 and are listed in the metadata.
     """
     started = time.perf_counter()
+    engine = relational_store.engine
+    build = _build_of(context, "user_personas")
+    snapshot = RebuildSnapshot(build)
     backend = search_index.backend()
     hand_off = PersonaHandOff(
-        _work(event_store, "persona_users"), _work(event_store, "persona_affinity"), compute.limits
+        _work(event_store, build, "persona_users"), _work(event_store, build, "persona_affinity"), compute.limits
     )
     report = backend.publish_hand_off(hand_off)
     # Users the index refused stay at 2: out of the snapshot, their flags do not advance; the refresh
     # sensor retries them with back-off (stores.refusals). Everyone else was indexed.
-    forget_in_rebuild_snapshot(relational_store.engine, list(report.failed))
-    record_refusals(relational_store.engine, report.failed, PersonaSettings.from_env().retry)
-    clear_refusals(relational_store.engine, keep=list(report.failed))
-    searchable = advance_flags(relational_store.engine, REBUILD_SNAPSHOT, [CALCULATED], SEARCHABLE)
-    # A refresh may have indexed users into the build just replaced: those changed since the snapshot go back to 1.
-    reflagged = reflag_changed_since(relational_store.engine, REBUILD_SNAPSHOT)
+    forget_in_rebuild_snapshot(engine, snapshot, list(report.failed))
+    record_refusals(engine, report.failed, PersonaSettings.from_env().retry)
+    clear_refusals(engine, keep=list(report.failed))
+    searchable = advance_flags(engine, snapshot, [CALCULATED], SEARCHABLE)
+    # Another build swapped in meanwhile, or a refresh indexed users into the build just replaced: those
+    # changed since this build's snapshot go back to 1.
+    reflagged = reflag_changed_since(engine, snapshot)
+    # Builds this swap superseded (and those of runs that died) are of no use any more.
+    prune_builds(context.instance, event_store.layout, engine, keep=[build])
     context.log.info(
         f"{backend.name} build {report.build_id}: {report.document_count:,} documents; {searchable:,} users 2 → 0"
     )
@@ -236,6 +268,7 @@ def persona_index(
         context.log.warning(f"{len(report.failed):,} personas could not be indexed; they stay at hasChanged = 2")
     return MaterializeResult(
         metadata={
+            BUILD_METADATA_KEY: build,
             "backend": backend.name,
             "build_id": report.build_id,
             "documents": report.document_count,

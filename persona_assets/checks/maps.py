@@ -15,7 +15,9 @@ from dagster import (
     asset_check,
 )
 
+from persona_assets.builds import upstream_build
 from persona_assets.checks._common import SAMPLE_SIZE, count_rows, report_failure
+from persona_assets.jobs import COMPUTE_POOL
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
@@ -152,10 +154,11 @@ def _relational_sample(con: duckdb.DuckDBPyConnection, users_path: Path, size: i
     asset="user_personas",
     name="maps_sum_to_one",
     blocking=True,
+    pool=COMPUTE_POOL,
     description=(
         "Every normalised map (city, ecomm, brand, generic, category) of every persona sums to 1 within 1e-9, "
         "with every value a finite number in (0, 1]; an empty map is allowed. Checked on both copies the "
-        "asset writes: every map of work/persona_affinity.parquet (what persona_index publishes), and of the "
+        "asset writes: every map of its build's persona_affinity.parquet (what persona_index publishes), and of the "
         "relational user_personas JSON (what export reads) the row count and the maps of a random sample "
         "of PERSONA_CHECK_RELATIONAL_SAMPLE personas (default 10,000; 0 = all). Blocking, ERROR: a bad map "
         "never reaches the search index (persona_index is skipped, the live build and the hasChanged = 2 "
@@ -170,7 +173,8 @@ def maps_sum_to_one(
 ) -> AssetCheckResult:
     settings = PersonaSettings.from_env().checks
     tolerance = settings.map_sum_tolerance
-    path = event_store.layout.work_dir / "persona_affinity.parquet"
+    build_dir = event_store.layout.build_dir(upstream_build(context.instance, context.run.run_id, "user_personas"))
+    path = build_dir / "persona_affinity.parquet"
     if not path.exists():
         return report_failure(
             context,
@@ -194,9 +198,7 @@ def maps_sum_to_one(
         {"tol": tolerance},
     )
     checked_parquet = int(con.execute("SELECT COUNT(*) FROM parquet_maps").fetchall()[0][0])
-    sample, handed_over = _relational_sample(
-        con, event_store.layout.work_dir / "persona_users.parquet", settings.relational_sample
-    )
+    sample, handed_over = _relational_sample(con, build_dir / "persona_users.parquet", settings.relational_sample)
     stored = count_rows(relational_store.engine, sa.select(sa.func.count()).select_from(relational.user_personas))
     personas, checked_relational = _relational_maps(con, relational_store.engine, tolerance, sample)
     offending = dict(con.execute("SELECT source, COUNT(*) FROM bad_maps GROUP BY source").fetchall())

@@ -7,9 +7,11 @@ the one it read: a user who got new events meanwhile keeps 1 (no lost update).
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pandas as pd
 import sqlalchemy as sa
@@ -20,7 +22,7 @@ from persona_assets.stores.relational import (
     MYSQL_TABLE_OPTIONS,
     executemany,
     read_frame,
-    rebuild_flag_snapshot,
+    rebuild_flag_snapshots,
     upsert_statement,
     user_claims,
     user_persona,
@@ -70,35 +72,72 @@ def snapshot_flags(engine: Engine, only_users: Sequence[str]) -> pd.DataFrame:
     return frame.rename(columns={"extId": "ext_id", "hasChanged": "has_changed"})
 
 
-def snapshot_flags_for_rebuild(engine: Engine) -> int:
-    """Every user's change_seq into ``rebuild_flag_snapshot``, before a full rebuild reads any event.
+@dataclass(frozen=True)
+class RebuildSnapshot:
+    """A full rebuild's snapshot, kept in the store under its build (:func:`snapshot_flags_for_rebuild`):
+    the ``snapshot`` argument of :func:`advance_flags` and :func:`reflag_changed_since` for a rebuild."""
 
-    One INSERT … SELECT inside the store: no row travels through Python. Returns the users snapshotted.
+    build: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", self.build):
+            raise ValueError(f"build {self.build!r}: expected 1-64 letters, digits, '-' or '_' (a Dagster run id)")
+
+    def rows(self) -> sa.ColumnElement[bool]:
+        # Rendered into the statement (checked above), as the flag constants are: the legacy upsert binds
+        # only its row values.
+        return rebuild_flag_snapshots.c.build == sa.literal_column(f"'{self.build}'")
+
+
+#: What the flag moves compare against: a refresh's frame (ext_id, change_seq), or a rebuild's snapshot.
+Snapshot = pd.DataFrame | RebuildSnapshot
+
+
+def snapshot_flags_for_rebuild(engine: Engine, build: str) -> RebuildSnapshot:
+    """Every user's change_seq into ``rebuild_flag_snapshots`` under ``build``, before a full rebuild reads
+    any event. Another build's rows are left alone: two rebuilds at once each advance flags by their own.
+
+    One INSERT … SELECT inside the store: no row travels through Python.
     """
-    snapshot = rebuild_flag_snapshot
+    snapshot = RebuildSnapshot(build)
     with engine.begin() as conn:
-        conn.execute(sa.delete(snapshot))
+        conn.execute(sa.delete(rebuild_flag_snapshots).where(snapshot.rows()))
         conn.execute(
-            sa.insert(snapshot).from_select(
-                ["extId", "change_seq"], sa.select(user_persona.c.extId, user_persona.c.change_seq)
+            sa.insert(rebuild_flag_snapshots).from_select(
+                ["build", "extId", "change_seq"],
+                sa.select(sa.literal(build, sa.String(64)), user_persona.c.extId, user_persona.c.change_seq),
             )
         )
-        return int(conn.execute(sa.select(sa.func.count()).select_from(snapshot)).scalar_one())
+    return snapshot
+
+
+def snapshot_builds(engine: Engine) -> list[str]:
+    """The builds whose snapshots are in the store."""
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(sa.select(rebuild_flag_snapshots.c.build).distinct())]
+
+
+def drop_rebuild_snapshots(engine: Engine, builds: Collection[str]) -> None:
+    """Forget the snapshots of ``builds`` (finished, or left behind by a killed run)."""
+    if builds:
+        with engine.begin() as conn:
+            conn.execute(sa.delete(rebuild_flag_snapshots).where(rebuild_flag_snapshots.c.build.in_(sorted(builds))))
 
 
 # change_seq only grows from 0, so this value in the rebuild's snapshot marks a user the index refused.
 _REFUSED_SEQ = -1
 
 
-def forget_in_rebuild_snapshot(engine: Engine, ext_ids: Sequence[str]) -> None:
+def forget_in_rebuild_snapshot(engine: Engine, snapshot: RebuildSnapshot, ext_ids: Sequence[str]) -> None:
     """Mark users the index refused in the rebuild's snapshot: their flags then never advance (they stay
     at 2), and the re-flag after the swap leaves them alone."""
     ids = sorted(set(ext_ids))
     with engine.begin() as conn:
         for start in range(0, len(ids), _IN_CHUNK):
             conn.execute(
-                sa.update(rebuild_flag_snapshot)
-                .where(rebuild_flag_snapshot.c.extId.in_(ids[start : start + _IN_CHUNK]))
+                sa.update(rebuild_flag_snapshots)
+                .where(snapshot.rows())
+                .where(rebuild_flag_snapshots.c.extId.in_(ids[start : start + _IN_CHUNK]))
                 .values(change_seq=_REFUSED_SEQ)
             )
 
@@ -112,26 +151,21 @@ _STAGING = sa.Table(
     **MYSQL_TABLE_OPTIONS,
 )
 
-#: ``snapshot`` argument of :func:`advance_flags` / :func:`reflag_changed_since`: the running full
-#: rebuild's snapshot, kept in the store by :func:`snapshot_flags_for_rebuild`.
-REBUILD_SNAPSHOT = None
 
-
-def _snapshot_holds(table: sa.Table, change_seq: sa.ColumnElement) -> sa.Exists:
-    """The condition "the snapshot ``table`` holds this user with ``change_seq``"."""
-    return (
-        sa.select(_sql(1)).where(table.c.extId == user_persona.c.extId).where(table.c.change_seq == change_seq).exists()
-    )
+def _snapshot_holds(snapshot: Snapshot, change_seq: sa.ColumnElement) -> sa.Exists:
+    """The condition "the snapshot holds this user with ``change_seq``" (a refresh's frame: once staged)."""
+    table = _STAGING if isinstance(snapshot, pd.DataFrame) else rebuild_flag_snapshots
+    holds = sa.select(_sql(1)).where(table.c.extId == user_persona.c.extId).where(table.c.change_seq == change_seq)
+    return (holds if isinstance(snapshot, pd.DataFrame) else holds.where(snapshot.rows())).exists()
 
 
 @contextmanager
-def _snapshot_in_store(engine: Engine, snapshot: pd.DataFrame | None) -> Iterator[tuple[Connection, sa.Exists]]:
+def _snapshot_in_store(engine: Engine, snapshot: Snapshot) -> Iterator[tuple[Connection, sa.Exists]]:
     """A transaction and the condition "this user's change_seq is still the one in the snapshot": the
-    rebuild's snapshot table, or ``snapshot`` staged as a temporary table."""
+    rebuild's rows of the snapshot table, or a refresh's frame staged as a temporary table."""
+    staged = isinstance(snapshot, pd.DataFrame)
     with engine.begin() as conn:
-        table = rebuild_flag_snapshot
-        if snapshot is not None:
-            table = _STAGING
+        if staged:
             _STAGING.drop(conn, checkfirst=True)
             _STAGING.create(conn)
             stmt = sa.insert(_STAGING).values(extId=sa.bindparam("extId"), change_seq=sa.bindparam("change_seq"))
@@ -141,23 +175,25 @@ def _snapshot_in_store(engine: Engine, snapshot: pd.DataFrame | None) -> Iterato
                 ["extId", "change_seq"],
                 zip(snapshot["ext_id"].tolist(), snapshot["change_seq"].astype("int64").tolist(), strict=True),
             )
-        yield conn, _snapshot_holds(table, user_persona.c.change_seq)
-        if snapshot is not None:
+        yield conn, _snapshot_holds(snapshot, user_persona.c.change_seq)
+        if staged:
             _STAGING.drop(conn)
 
 
-def calculated_since_rebuild_snapshot(engine: Engine) -> sa.ColumnElement:
+def calculated_since_rebuild_snapshot(engine: Engine, snapshot: RebuildSnapshot) -> sa.ColumnElement:
     """The flag a user's row takes when the rebuild upserts its calculated persona: 2 where it is 1 and
     change_seq is still the one in the rebuild's snapshot, else unchanged (a user changed meanwhile keeps
-    1). :func:`advance_flags` ``(REBUILD_SNAPSHOT, [1], 2)`` as an expression of the write itself, for the
+    1). :func:`advance_flags` ``(snapshot, [1], 2)`` as an expression of the write itself, for the
     update clause of an upsert of ``user_persona``.
     """
     # The snapshot lookup names the row being written as ``user_persona``, spelled out: SQLAlchemy does
     # not correlate a subquery with an INSERT's table, and would scan the table a second time instead.
     quote = engine.dialect.identifier_preparer.quote
     written_ext_id = sa.literal_column(f"{quote(user_persona.name)}.{quote(user_persona.c.extId.name)}")
-    snapshot = rebuild_flag_snapshot
-    snapshot_seq = sa.select(snapshot.c.change_seq).where(snapshot.c.extId == written_ext_id).scalar_subquery()
+    table = rebuild_flag_snapshots
+    snapshot_seq = (
+        sa.select(table.c.change_seq).where(snapshot.rows()).where(table.c.extId == written_ext_id).scalar_subquery()
+    )
     return sa.case(
         (
             sa.and_(user_persona.c.hasChanged == _sql(NEEDS_CALCULATION), user_persona.c.change_seq == snapshot_seq),
@@ -167,9 +203,9 @@ def calculated_since_rebuild_snapshot(engine: Engine) -> sa.ColumnElement:
     )
 
 
-def count_calculated_since_rebuild_snapshot(engine: Engine) -> int:
+def count_calculated_since_rebuild_snapshot(engine: Engine, snapshot: RebuildSnapshot) -> int:
     """Users at 2 whose change_seq is still the rebuild snapshot's."""
-    holds = _snapshot_holds(rebuild_flag_snapshot, user_persona.c.change_seq)
+    holds = _snapshot_holds(snapshot, user_persona.c.change_seq)
     with engine.connect() as conn:
         return int(
             conn.execute(
@@ -181,14 +217,14 @@ def count_calculated_since_rebuild_snapshot(engine: Engine) -> int:
         )
 
 
-def advance_flags(engine: Engine, snapshot: pd.DataFrame | None, from_states: Sequence[int], to_state: int) -> int:
-    """Move users of ``snapshot`` (a refresh's frame, or :data:`REBUILD_SNAPSHOT`) from ``from_states`` to
+def advance_flags(engine: Engine, snapshot: Snapshot, from_states: Sequence[int], to_state: int) -> int:
+    """Move users of ``snapshot`` (a refresh's frame, or a rebuild's :class:`RebuildSnapshot`) from ``from_states`` to
     ``to_state`` where change_seq is unchanged.
 
     One set-based UPDATE against the snapshot in the store: portable SQL and no statement per user.
     Returns the number of users moved.
     """
-    if snapshot is not None and snapshot.empty:
+    if isinstance(snapshot, pd.DataFrame) and snapshot.empty:
         return 0
     with _snapshot_in_store(engine, snapshot) as (conn, unchanged):
         result = conn.execute(
@@ -200,7 +236,7 @@ def advance_flags(engine: Engine, snapshot: pd.DataFrame | None, from_states: Se
         return int(result.rowcount or 0)
 
 
-def reflag_changed_since(engine: Engine, snapshot: pd.DataFrame | None = REBUILD_SNAPSHOT) -> int:
+def reflag_changed_since(engine: Engine, snapshot: Snapshot) -> int:
     """After a full rebuild swapped its index in: users at 0 or 2 who changed after the rebuild read its
     snapshot (or appeared since) go back to 1.
 
@@ -210,7 +246,7 @@ def reflag_changed_since(engine: Engine, snapshot: pd.DataFrame | None = REBUILD
     (:func:`forget_in_rebuild_snapshot`) stay at 2.
     """
     with _snapshot_in_store(engine, snapshot) as (conn, unchanged):
-        refused = _snapshot_holds(rebuild_flag_snapshot if snapshot is None else _STAGING, _sql(_REFUSED_SEQ))
+        refused = _snapshot_holds(snapshot, _sql(_REFUSED_SEQ))
         result = conn.execute(
             sa.update(user_persona)
             .where(user_persona.c.hasChanged.in_([SEARCHABLE, CALCULATED]))

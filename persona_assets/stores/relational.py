@@ -149,15 +149,19 @@ user_refusals = sa.Table(
 )
 
 
-# Every user's change_seq as the running full rebuild read it before any event (stores.changes): kept in
-# the store, so a million flags never travel through Python to be compared back.
-rebuild_flag_snapshot = sa.Table(
-    "rebuild_flag_snapshot",
+# Every user's change_seq as a full rebuild read it before any event (stores.changes), one set of rows per
+# build (the run that computed its raw affinities): two rebuilds at once each keep their own. Kept in the
+# store, so a million flags never travel through Python to be compared back.
+rebuild_flag_snapshots = sa.Table(
+    "rebuild_flag_snapshots",
     metadata,
+    sa.Column("build", sa.String(64), primary_key=True),
     sa.Column("extId", ID, primary_key=True),
     sa.Column("change_seq", sa.BigInteger, nullable=False),
     **MYSQL_TABLE_OPTIONS,
 )
+# Tables of earlier versions that nothing reads any more, dropped by create_schema.
+RETIRED_TABLES = ("rebuild_flag_snapshot",)
 
 # Users a refresh run is working on: a user is in at most one run at a time.
 user_claims = sa.Table(
@@ -250,8 +254,13 @@ def create_mysql_database(server_url: str, name: str) -> str:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every table that is missing (idempotent)."""
+    """Create every table that is missing and drop retired ones (idempotent)."""
     metadata.create_all(engine, checkfirst=True)
+    retired = [name for name in RETIRED_TABLES if sa.inspect(engine).has_table(name)]
+    if retired:
+        with engine.begin() as conn:
+            for name in retired:
+                conn.execute(sa.text(f"DROP TABLE {engine.dialect.identifier_preparer.quote(name)}"))
 
 
 def _compiled(conn: Connection, stmt: sa.Executable) -> tuple[str, Sequence[str] | None]:
