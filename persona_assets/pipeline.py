@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from dagster import AssetSelection, DagsterInstance, DagsterRunStatus, ExecuteInProcessResult, RunsFilter, materialize
+from dagster._utils.error import SerializableErrorInfo
 
 from persona_assets.assets import all_assets
 from persona_assets.checks import asset_checks
@@ -24,6 +26,20 @@ from persona_assets.stores.events import EVENT_KINDS, EventStore
 Progress = Callable[[str], None]
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+class _FailuresSaidOnce(logging.Filter):
+    """The command says itself which step failed and why (MaterializationFailed), a line per step; Dagster's
+    console would print the same failures again with their stack traces (they stay in the UI). Warnings,
+    such as a check that failed at WARN, still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+_CONSOLE = logging.getLogger("dagster")  # the logger Dagster's console writes to
+if not any(isinstance(f, _FailuresSaidOnce) for f in _CONSOLE.filters):
+    _CONSOLE.addFilter(_FailuresSaidOnce())
 
 
 # The process running a command's in-process run, as host:pid: a run whose process is gone was killed.
@@ -64,6 +80,19 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
                 instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             abandoned.append(run.run_id)
     return abandoned
+
+
+def _cause(error: SerializableErrorInfo | None) -> str:
+    """The error a step raised (Dagster's wrapper around it says only that the step failed)."""
+    while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+        error = error.cause
+    if error is None:
+        return "failed"
+    message = error.message.strip()
+    named, _, rest = message.partition(": ")
+    if rest and named.rpartition(".")[2] == error.cls_name:  # "module.Class: message" as Python prints it
+        message = rest
+    return f"{error.cls_name}: {message}"
 
 
 class MaterializationFailed(RuntimeError):
@@ -107,7 +136,7 @@ def _run(
         )
     if not result.success:
         failures = [
-            f"{event.step_key}: {event.step_failure_data.error.message.strip() if event.step_failure_data.error else ''}"
+            f"{event.step_key}: {_cause(event.step_failure_data.error)}"
             for event in result.all_events
             if event.is_step_failure
         ]

@@ -210,8 +210,8 @@ class OpenSearchBackend:
             else:
                 try:
                     self.client.indices.delete(index=index, ignore=[404])
-                except Exception:  # keep the original error
-                    logger.exception("could not delete the unpublished build %s", index)
+                except Exception as cleanup:  # keep the original error; a later publish deletes it (a day old)
+                    logger.warning("could not delete the unpublished build %s: %s", index, cleanup)
                 raise
         deleted = self._delete_old_builds(keep=index, previous=previous)
         seconds = time.perf_counter() - started
