@@ -69,6 +69,8 @@ def cmd_backfill(args: argparse.Namespace, settings: PersonaSettings) -> int:
         return _fail(f"backfill: {error}; expected FIRST and LAST as YYYY-MM-DD")
     if last < first:
         return _fail(f"backfill: LAST ({last}) is before FIRST ({first})")
+    if reason := _nothing_imported(settings):
+        return _fail(reason)
     backfill_days(settings, first, last, _progress, publish_missing_as_empty=args.publish_missing_as_empty)
     return 0
 
@@ -119,9 +121,20 @@ def cmd_rejects(args: argparse.Namespace, settings: PersonaSettings) -> int:
     return 0
 
 
+def _nothing_imported(settings: PersonaSettings) -> str | None:
+    """Why a command that reads imported data cannot run yet (one line), or None."""
+    from persona_assets.ingest.importer import catalog_landing_path
+
+    if catalog_landing_path(settings.layout.landing_dir, "products").exists():
+        return None
+    return f"nothing has been imported into {settings.home} yet: run `persona import DIRECTORY` first"
+
+
 def cmd_materialize(args: argparse.Namespace, settings: PersonaSettings) -> int:
     from persona_assets.pipeline import materialize_everything
 
+    if reason := _nothing_imported(settings):
+        return _fail(reason)
     started = time.perf_counter()
     materialize_everything(settings, _progress)
     _progress(f"materialised every asset in {time.perf_counter() - started:.1f}s")
@@ -129,10 +142,16 @@ def cmd_materialize(args: argparse.Namespace, settings: PersonaSettings) -> int:
 
 
 def cmd_export(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    import sqlalchemy as sa
+
     from persona_assets.export import export_personas
     from persona_assets.stores import relational
 
     engine = relational.store_engine(settings.db_url)
+    with engine.connect() as conn:
+        empty = conn.execute(sa.select(sa.literal(1)).select_from(relational.user_personas).limit(1)).first() is None
+    if empty:
+        return _fail("the persona store is empty: `persona materialize` builds it (after `persona import DIRECTORY`)")
     out = Path(args.file)
     written = export_personas(engine, out, _progress)
     _progress(f"wrote {written:,} personas to {out}")
@@ -398,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from persona_assets.pipeline import MaterializationFailed
+    from persona_assets.pipeline import InstanceUnavailable, MaterializationFailed
 
     args = build_parser().parse_args(argv)
     try:
@@ -409,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, settings) or 0)
     except MaterializationFailed as error:
         return _fail(str(error), code=1)
+    except InstanceUnavailable as error:
+        return _fail(str(error))
     except Exception as error:
         if not _storage_failed(error):
             raise

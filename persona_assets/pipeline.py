@@ -6,20 +6,20 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from pathlib import Path
 
-from dagster import AssetSelection, DagsterInstance, DagsterRunStatus, ExecuteInProcessResult, RunsFilter, materialize
+from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
 from dagster._utils.error import SerializableErrorInfo
 
 from persona_assets.assets import all_assets
 from persona_assets.checks import asset_checks
 from persona_assets.jobs import CLI_TAG, REBUILD, REBUILD_TAG, REFERENCE
 from persona_assets.resources import resources_from_settings
+from persona_assets.run_owners import PROCESS_TAG, fail_abandoned_runs, this_process
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores.events import EVENT_KINDS, EventStore
 
@@ -42,46 +42,6 @@ if not any(isinstance(f, _FailuresSaidOnce) for f in _CONSOLE.filters):
     _CONSOLE.addFilter(_FailuresSaidOnce())
 
 
-# The process running a command's in-process run, as host:pid: a run whose process is gone was killed.
-PROCESS_TAG = "persona/process"
-
-
-def _this_process() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
-    """Mark failed the runs of commands on this host whose process is gone (killed mid-run), and free the
-    pool slots they held: Dagster would show them as running forever, keep their builds (``builds``) and
-    hold their slots so no later rebuild could start. Returns their run ids."""
-    host = socket.gethostname()
-    running = instance.get_runs(
-        RunsFilter(
-            statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING],
-            tags={**CLI_TAG},
-        )
-    )
-    abandoned = []
-    for run in running:
-        owner_host, _, pid = run.tags.get(PROCESS_TAG, "").rpartition(":")
-        if owner_host == host and pid.isdigit() and not _process_alive(int(pid)):
-            instance.report_run_failed(run, f"its process ({run.tags[PROCESS_TAG]}) ended without finishing the run")
-            if instance.event_log_storage.supports_global_concurrency_limits:
-                instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            abandoned.append(run.run_id)
-    return abandoned
-
-
 def _cause(error: SerializableErrorInfo | None) -> str:
     """The error a step raised (Dagster's wrapper around it says only that the step failed)."""
     while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
@@ -99,9 +59,19 @@ class MaterializationFailed(RuntimeError):
     """A Dagster run of the CLI failed; the message names the failed assets and their errors."""
 
 
+class InstanceUnavailable(RuntimeError):
+    """The Dagster instance named by the environment cannot be opened; the message says what to do."""
+
+
 def dagster_instance(settings: PersonaSettings) -> DagsterInstance:
     """The persistent instance the UI reads: ``$DAGSTER_HOME``, else ``$PERSONA_HOME/dagster``."""
-    if not os.environ.get("DAGSTER_HOME"):
+    named = os.environ.get("DAGSTER_HOME")
+    if named and not Path(named).is_dir():
+        raise InstanceUnavailable(
+            f"DAGSTER_HOME={named} is not a directory: create it, or unset DAGSTER_HOME to use "
+            f"{settings.layout.dagster_home} (created on first use)"
+        )
+    if not named:
         home = settings.layout.dagster_home
         home.mkdir(parents=True, exist_ok=True)
         if PROJECT_DAGSTER_YAML.exists() and not (home / "dagster.yaml").exists():
@@ -130,7 +100,7 @@ def _run(
             selection=selection,
             resources=resources_from_settings(settings),
             instance=instance,
-            tags={**CLI_TAG, PROCESS_TAG: _this_process(), **(tags or {})},
+            tags={**CLI_TAG, PROCESS_TAG: this_process(), **(tags or {})},
             run_config={**QUIET_LOGGERS, **(run_config or {})},
             raise_on_error=False,
         )

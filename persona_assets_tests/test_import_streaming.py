@@ -179,8 +179,35 @@ def test_malformed_rows_are_counted_and_kept_from_every_batch(tmp_path):
     assert sorted(kept) == sorted(f"u{n},P1,{n},2024-03-01,extra-field" for n in range(25, 201, 25))
     details = relational.read_frame(engine, relational.import_rejects)["details"]
     assert sorted(details) == sorted(
-        f"'u{n},P1,{n},2024-03-01,extra-field' has 5 fields, expected 4" for n in range(25, 201, 25)
+        f"wrong number of fields: 'u{n},P1,{n},2024-03-01,extra-field' has 5 fields, expected 4"
+        for n in range(25, 201, 25)
     )
+
+
+def test_a_malformed_row_that_is_not_utf8_late_in_the_file_loses_and_repeats_no_row(tmp_path):
+    """pyarrow cannot hand such a row to the row handler (it raises): the file is read again with the bad
+    bytes escaped from where the first read stopped, so the batches already staged are neither lost
+    nor staged twice."""
+    lines = [b"ext_id,pid,pincode,visited_at"]
+    for number in range(1, 201):
+        if number == 150:
+            lines.append(b"u150,caf\xe9")  # too few fields and not UTF-8
+        elif number == 60:
+            lines.append(b"u60,P1,60,2024-03-01,extra-field")
+        elif number == 30:
+            lines.append(b"u30,P\xff,30,2024-03-01")
+        else:
+            lines.append(b"u%d,P1,%d,2024-03-01" % (number, number))
+    source = write_import_dir(tmp_path / "src", products=PRODUCTS, categories=CATEGORIES)
+    (source / "visits.csv").write_bytes(b"\n".join(lines) + b"\n")
+    report, engine, store = run_import(tmp_path, source, block_bytes=TINY_BLOCK)
+    visits = report.files["visits.csv"]
+    assert visits.imported == 197
+    assert visits.rejected_by_reason == {"wrong number of fields": 2, "not valid UTF-8 text": 1}
+    raw = sorted(raw for file, _n, _r, raw in rejects(engine) if file == "visits.csv")
+    assert raw == ["u150,caf\\xe9", "u30,P\\xff,30,2024-03-01", "u60,P1,60,2024-03-01,extra-field"]
+    landed = pd.concat(pq.read_table(path).to_pandas() for path in store.landing_dir.rglob("visits/*.parquet"))
+    assert sorted(landed["ext_id"]) == sorted(f"u{n}" for n in range(1, 201) if n not in (30, 60, 150))
 
 
 @pytest.mark.contract  # the rejects land in the relational store: both backend pairs

@@ -184,6 +184,9 @@ def import_directory(
 
 def _check_files(source: Path) -> dict[str, tuple[str, ...]]:
     """The required columns of every file to read, once each file's presence and header are checked."""
+    for name in [*REQUIRED_FILES, *OPTIONAL_FILES]:
+        if (source / name).exists() and not (source / name).is_file():
+            raise ImportFileError(f"{name}: not a file (a directory or a device of that name is in {source})")
     for name in REQUIRED_FILES:
         if not (source / name).is_file():
             raise ImportFileError(f"{name}: required file is missing from {source}")

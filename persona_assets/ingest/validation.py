@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from persona_assets.stores.events import EVENT_KINDS
-from persona_assets.stores.relational import INT64_MAX, MAX_ID_LENGTH, MAX_NAME_LENGTH
+from persona_assets.stores.relational import INT64_MAX, MAX_ID_LENGTH, MAX_NAME_LENGTH, MAX_TEXT_LENGTH
 
 PRODUCT_COLUMNS = ("pid", "pos", "title", "brand", "generic_name", "gender", "cat_l1", "cat_l2", "cat_l3", "price")
 CATEGORY_COLUMNS = ("cat_id", "name", "parent_id")
@@ -89,17 +89,41 @@ def _empty_rejects() -> pd.DataFrame:
     return pd.DataFrame({"row_number": [], "reason": [], "details": [], "raw": []})
 
 
+# What a header split on something other than commas looks like: one column holding the separators.
+OTHER_DELIMITERS = {";": "';' (semicolons)", "\t": "tabs", "|": "'|' (pipes)"}
+
+
 def check_columns(file_name: str, header: list[str], required: tuple[str, ...]) -> None:
-    """Raise naming the first required column that the (trimmed) header lacks."""
-    present = {name.strip() for name in header}
+    """Raise naming the first required column that the (trimmed) header lacks or holds twice."""
+    trimmed = [name.strip() for name in header]
+    for column in required:
+        if trimmed.count(column) > 1:
+            raise ImportFileError(f"{file_name}: column '{column}' appears twice in the header (header: {header})")
+    present = set(trimmed)
     for column in required:
         if column not in present:
-            raise ImportFileError(f"{file_name}: required column '{column}' is missing (header: {header})")
+            hint = ""
+            if len(header) == 1:
+                found = [label for separator, label in OTHER_DELIMITERS.items() if separator in header[0]]
+                if found:
+                    hint = f"; the header looks separated by {found[0]}: the files must be comma-separated"
+            raise ImportFileError(f"{file_name}: required column '{column}' is missing (header: {header}){hint}")
+
+
+CONTROL_CHARACTER = r"[\x00-\x1f\x7f]"
 
 
 def _reject_long(reasons: _Reasons, values: pd.Series, column: str, limit: int) -> None:
     """Ids and names longer than the stores' key columns are rejected rows on every backend."""
     reasons.add(f"{column} longer than {limit} characters", values.str.len() > limit)
+
+
+def _reject_bad_id(reasons: _Reasons, values: pd.Series, column: str) -> None:
+    """An id is a key in every store and a document id in the index: too long, or holding a control
+    character (NUL, a tab, a line break: what a broken export leaves, never a shopper's or product's id),
+    rejects the row."""
+    _reject_long(reasons, values, column, MAX_ID_LENGTH)
+    reasons.add(f"control character in {column}", values.str.contains(CONTROL_CHARACTER, regex=True))
 
 
 def _trimmed(series: pd.Series) -> pd.Series:
@@ -131,7 +155,9 @@ def validate_categories(frame: pd.DataFrame) -> Validated:
     reasons.add("empty cat_id", cat_id_text == "")
     cat_id = _category_ids(reasons, frame.assign(cat_id=cat_id_text), "cat_id", none_values=("",))
     parent_id = _category_ids(reasons, frame, "parent_id", none_values=("",))
-    accepted = pd.DataFrame({"cat_id": cat_id, "name": frame["name"].fillna("").astype(str), "parent_id": parent_id})
+    name = frame["name"].fillna("").astype(str)
+    _reject_long(reasons, name, "name", MAX_TEXT_LENGTH)
+    accepted = pd.DataFrame({"cat_id": cat_id, "name": name, "parent_id": parent_id})
     _reject_later_duplicates(reasons, accepted["cat_id"], "duplicate cat_id")
     return reasons.split(accepted)
 
@@ -152,7 +178,7 @@ def validate_products(frame: pd.DataFrame) -> Validated:
     reasons = _Reasons(frame)
     pid = _trimmed(frame["pid"])
     reasons.add("empty pid", pid == "")
-    _reject_long(reasons, pid, "pid", MAX_ID_LENGTH)
+    _reject_bad_id(reasons, pid, "pid")
     levels = {
         column: _category_ids(reasons, frame, column, none_values=("", "-1"))
         for column in ("cat_l1", "cat_l2", "cat_l3")
@@ -171,6 +197,7 @@ def validate_products(frame: pd.DataFrame) -> Validated:
     )
     for column in ("pos", "brand", "generic_name"):
         _reject_long(reasons, accepted[column], column, MAX_NAME_LENGTH)
+    _reject_long(reasons, accepted["title"], "title", MAX_TEXT_LENGTH)
     _reject_later_duplicates(reasons, accepted["pid"], "duplicate pid")
     return reasons.split(accepted)
 
@@ -218,10 +245,12 @@ def validate_events(kind: str, frame: pd.DataFrame, first_day: date, last_day: d
         # ids and pincodes are trimmed; a search query is kept exactly as imported.
         columns[column] = frame[column].fillna("").astype(str) if column == "query" else _trimmed(frame[column])
     reasons.add("empty ext_id", columns["ext_id"] == "")
-    _reject_long(reasons, columns["ext_id"], "ext_id", MAX_ID_LENGTH)
+    _reject_bad_id(reasons, columns["ext_id"], "ext_id")
+    if "query" in columns:
+        _reject_long(reasons, columns["query"], "query", MAX_TEXT_LENGTH)
     if "pid" in columns:
         reasons.add("empty pid", columns["pid"] == "")
-        _reject_long(reasons, columns["pid"], "pid", MAX_ID_LENGTH)
+        _reject_bad_id(reasons, columns["pid"], "pid")
     raw_time = frame[spec.time_column].fillna("").astype(str)
     moments = parse_timestamps(raw_time)
     reasons.add(f"empty {spec.time_column}", raw_time == "")

@@ -29,6 +29,9 @@ MYSQL_TABLE_OPTIONS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin
 # and names (see ingest/validation.py), so every backend stores exactly the same rows.
 MAX_ID_LENGTH = 191
 MAX_NAME_LENGTH = 255
+# Titles, category names and search queries: longer ones are rejected rows (a MySQL TEXT holds 64 KiB, four
+# bytes a character at worst; a search box or a product title never comes near it).
+MAX_TEXT_LENGTH = 2000
 ID = sa.String(MAX_ID_LENGTH)
 LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
