@@ -59,7 +59,7 @@ def _builds_in_use(instance: DagsterInstance) -> set[str]:
 
 def prune_builds(instance: DagsterInstance, layout: HomeLayout, engine: Engine, keep: Iterable[str] = ()) -> list[str]:
     """Remove the files and flag snapshots of builds no run can read any more: finished runs superseded
-    by a later build, and runs that died (``pipeline.fail_abandoned_runs`` marks a killed command's run
+    by a later build, and runs that died (``run_owners.fail_abandoned_runs`` marks a killed command's run
     failed). Files of the layout before builds had directories of their own go too. Returns the builds
     removed."""
     in_use = _builds_in_use(instance) | set(keep)

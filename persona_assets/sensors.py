@@ -33,6 +33,7 @@ from persona_assets.checks import asset_checks
 from persona_assets.jobs import CLI_TAG, COMPUTE_POOL, REBUILD_TAG, full_rebuild_job, ingest_events_job
 from persona_assets.refresh import refresh_users
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
+from persona_assets.run_owners import fail_abandoned_runs
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores.changes import claim_users, claimed_users, release_claim
 from persona_assets.stores.refusals import clear_refusals, record_refusals
@@ -143,6 +144,8 @@ def refused_by_blocking_checks(instance: DagsterInstance, keys: list[AssetCheckK
 def changed_users_sensor(
     context: SensorEvaluationContext, relational_store: RelationalStore, search_index: SearchIndexResource
 ):
+    for run_id in fail_abandoned_runs(context.instance):  # a killed command's rebuild would block us for ever
+        context.log.warning(f"run {run_id} was left running by a command whose process is gone: marked failed")
     if _rebuild_in_progress(context):
         return SkipReason("a full rebuild is running; it recomputes everyone")
     refused = refused_by_blocking_checks(context.instance)

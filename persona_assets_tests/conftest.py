@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -399,3 +400,32 @@ def shop_with_change(tmp_path: Path, changed_users: int = 60) -> tuple[Path, Pat
             for repeat in range(5):
                 writer.writerow([user, pids[(index + repeat) % len(pids)], "560001", "2026-10-31T12:00:00+00:00"])
     return base, change
+
+
+def refresh_everything(pipeline: Pipeline, rounds: int = 5, settle: bool = True) -> list[bool]:
+    """Run the hasChanged sensor's refresh runs until it has nothing to launch (at most ``rounds`` ticks;
+    ``settle``: it must be done by then); each run's success."""
+    from dagster import SkipReason
+
+    from persona_assets.pipeline import QUIET_LOGGERS, dagster_instance
+    from persona_assets.resources import resources_from_settings
+    from persona_assets.sensors import refresh_changed_users
+
+    outcomes = []
+    for _ in range(rounds):
+        requests = pipeline.sensor_tick()
+        if isinstance(requests, SkipReason) or not requests:
+            return outcomes
+        for request in requests:
+            with pipeline.env(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = refresh_changed_users.execute_in_process(
+                    run_config={**request.run_config, **QUIET_LOGGERS},
+                    resources=resources_from_settings(pipeline.settings),
+                    instance=dagster_instance(pipeline.settings),
+                    raise_on_error=False,
+                )
+            outcomes.append(result.success)
+    if not settle:
+        return outcomes
+    raise AssertionError(f"the refresh did not settle in {rounds} rounds: {pipeline.flags()}")

@@ -19,12 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import pytest
-from conftest import Pipeline, shop_with_change
-from dagster import DagsterEventType, DagsterInstance, SkipReason
+from conftest import Pipeline, refresh_everything, shop_with_change
+from dagster import DagsterEventType, DagsterInstance
 from opensearchpy import OpenSearch
 
 from persona_assets.services import mariadb, opensearch
@@ -147,33 +146,6 @@ def own_mariadb(tmp_path_factory):
     url = mariadb.start(home)
     yield home, url
     mariadb.stop(home)
-
-
-def refresh_everything(pipeline: Pipeline, rounds: int = 5, settle: bool = True) -> list[bool]:
-    """Run the hasChanged sensor's refresh runs until it has nothing to launch (at most ``rounds`` ticks;
-    ``settle``: it must be done by then); each run's success."""
-    from persona_assets.pipeline import QUIET_LOGGERS, dagster_instance
-    from persona_assets.resources import resources_from_settings
-    from persona_assets.sensors import refresh_changed_users
-
-    outcomes = []
-    for _ in range(rounds):
-        requests = pipeline.sensor_tick()
-        if isinstance(requests, SkipReason) or not requests:
-            return outcomes
-        for request in requests:
-            with pipeline.env(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result = refresh_changed_users.execute_in_process(
-                    run_config={**request.run_config, **QUIET_LOGGERS},
-                    resources=resources_from_settings(pipeline.settings),
-                    instance=dagster_instance(pipeline.settings),
-                    raise_on_error=False,
-                )
-            outcomes.append(result.success)
-    if not settle:
-        return outcomes
-    raise AssertionError(f"the refresh did not settle in {rounds} rounds: {pipeline.flags()}")
 
 
 @pytest.fixture(scope="module")
