@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
+from persona_assets.api_auth import BearerToken
 from persona_assets.query.request import (
     DEFAULT_SIZE,
     MAX_SIZE,
@@ -235,6 +236,8 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
         version="1",
     )
     app.state.settings = settings
+    if settings.api_token:
+        app.add_middleware(BearerToken, token=settings.api_token)
     answering = anyio.CapacityLimiter(settings.answer_threads)  # the rest queue in arrival order
 
     @app.post(

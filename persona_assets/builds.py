@@ -13,8 +13,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, EventLogEntry, Failure, RunsFilter
-from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRunStatus
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, EventLogEntry, Failure, RunsFilter
 from sqlalchemy.engine import Engine
 
 from persona_assets.settings import HomeLayout
@@ -23,6 +22,10 @@ from persona_assets.stores.changes import drop_rebuild_snapshots, snapshot_build
 BUILD_METADATA_KEY = "build"
 # The assets whose materialisations name a build a later step may still continue from.
 BUILD_ASSETS = ("user_raw_affinities", "attribute_vocabulary", "user_personas")
+
+
+# A run in one of these states will not change again (Dagster's own set, spelled out: its constant is private).
+FINISHED = frozenset({DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED})
 
 
 def _build_named(entry: EventLogEntry | None) -> str | None:
@@ -52,7 +55,7 @@ def upstream_build(instance: DagsterInstance, run_id: str, upstream: str) -> str
 
 def _builds_in_use(instance: DagsterInstance) -> set[str]:
     """Builds a run may still read: those of runs not finished, and the latest of each build asset."""
-    unfinished = [status for status in DagsterRunStatus if status not in FINISHED_STATUSES]
+    unfinished = [status for status in DagsterRunStatus if status not in FINISHED]
     in_use = set(instance.get_run_ids(RunsFilter(statuses=unfinished)))
     return in_use | {build for asset in BUILD_ASSETS if (build := latest_build(instance, asset)) is not None}
 

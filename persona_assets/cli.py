@@ -292,7 +292,7 @@ def cmd_serve(args: argparse.Namespace, settings: PersonaSettings) -> int:
         return _fail(f"--workers: {args.workers} is not a number of worker processes >= 1")
     _progress(
         f"serving the segment query on http://{args.host}:{args.port} with {args.workers} worker(s) "
-        "(OpenAPI: /docs, /openapi.json)"
+        f"(OpenAPI: /docs, /openapi.json; {'a bearer token' if settings.api_token else 'no token'} required)"
     )
     if args.workers == 1:
         uvicorn.run(app, host=args.host, port=args.port)

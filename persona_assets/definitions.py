@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from persona_assets.alerts import alert_on_run_failure
 from persona_assets.assets import all_assets
 from persona_assets.checks import asset_checks
 from persona_assets.jobs import full_rebuild_job, ingest_events_job, reference_job
@@ -22,5 +23,5 @@ defs = Definitions(
     resources=resources_from_settings(PersonaSettings.from_env()),
     jobs=[full_rebuild_job, reference_job, ingest_events_job, refresh_changed_users],
     schedules=[daily_ingest_schedule],
-    sensors=[changed_users_sensor, rebuild_after_ingest],
+    sensors=[changed_users_sensor, rebuild_after_ingest, alert_on_run_failure],
 )

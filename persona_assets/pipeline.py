@@ -13,12 +13,12 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
-from dagster._utils.error import SerializableErrorInfo
 
 from persona_assets.assets import all_assets
 from persona_assets.checks import asset_checks
 from persona_assets.jobs import CLI_TAG, REBUILD, REBUILD_TAG, REFERENCE
 from persona_assets.resources import resources_from_settings
+from persona_assets.run_errors import step_error
 from persona_assets.run_owners import PROCESS_TAG, fail_abandoned_runs, this_process
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores.events import EVENT_KINDS, EventStore
@@ -40,19 +40,6 @@ class _FailuresSaidOnce(logging.Filter):
 _CONSOLE = logging.getLogger("dagster")  # the logger Dagster's console writes to
 if not any(isinstance(f, _FailuresSaidOnce) for f in _CONSOLE.filters):
     _CONSOLE.addFilter(_FailuresSaidOnce())
-
-
-def _cause(error: SerializableErrorInfo | None) -> str:
-    """The error a step raised (Dagster's wrapper around it says only that the step failed)."""
-    while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
-        error = error.cause
-    if error is None:
-        return "failed"
-    message = error.message.strip()
-    named, _, rest = message.partition(": ")
-    if rest and named.rpartition(".")[2] == error.cls_name:  # "module.Class: message" as Python prints it
-        message = rest
-    return f"{error.cls_name}: {message}"
 
 
 class MaterializationFailed(RuntimeError):
@@ -106,7 +93,7 @@ def _run(
         )
     if not result.success:
         failures = [
-            f"{event.step_key}: {_cause(event.step_failure_data.error)}"
+            f"{event.step_key}: {step_error(event.step_failure_data.error)}"
             for event in result.all_events
             if event.is_step_failure
         ]

@@ -48,7 +48,11 @@ BLOCKING_CHECK_KEYS = sorted(
 
 
 # Read when the code location loads: the sensor's interval is fixed at definition time.
-REFRESH = PersonaSettings.from_env().refresh
+_SETTINGS = PersonaSettings.from_env()
+REFRESH = _SETTINGS.refresh
+# PERSONA_AUTOMATION: whether a new instance starts the schedule and the sensors (the UI's switch wins after).
+SENSOR_STATUS = DefaultSensorStatus.RUNNING
+SCHEDULE_STATUS = DefaultScheduleStatus.RUNNING
 
 
 class RefreshConfig(Config):
@@ -138,7 +142,7 @@ def refused_by_blocking_checks(instance: DagsterInstance, keys: list[AssetCheckK
 @sensor(
     job=refresh_changed_users,
     minimum_interval_seconds=REFRESH.interval_seconds,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=SENSOR_STATUS,
     description="Users with hasChanged = 1 (or left at 2) → bounded batches, each claimed by one refresh run.",
 )
 def changed_users_sensor(
@@ -179,7 +183,7 @@ def changed_users_sensor(
     job=ingest_events_job,
     cron_schedule="0 6 * * *",
     execution_timezone="Asia/Kolkata",
-    default_status=DefaultScheduleStatus.RUNNING,
+    default_status=SCHEDULE_STATUS,
     description="06:00 IST (00:30 UTC): publish yesterday's UTC day; the rebuild follows when it succeeds.",
 )
 def daily_ingest_schedule(context: ScheduleEvaluationContext):
@@ -190,7 +194,7 @@ def daily_ingest_schedule(context: ScheduleEvaluationContext):
 @run_status_sensor(
     run_status=DagsterRunStatus.SUCCESS,
     request_job=full_rebuild_job,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=SENSOR_STATUS,
     description="After a run that published raw event days (the schedule, a backfill, a UI launch): the rebuild.",
 )
 def rebuild_after_ingest(context: RunStatusSensorContext):

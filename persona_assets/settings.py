@@ -108,7 +108,7 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{name}={env.get(name)!r}: expected true/false")
+    raise ValueError(f"{name}={env.get(name)!r}: expected on/off (or true/false)")
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,18 @@ class HomeLayout:
         return self.home / "tmp" / "duckdb"
 
 
+MIN_API_TOKEN_CHARS = 16
+
+
+def _webhook(env: Mapping[str, str]) -> str | None:
+    url = (env.get("PERSONA_ALERT_WEBHOOK") or "").strip()
+    if not url:
+        return None
+    if not url.startswith(("https://", "http://")):
+        raise ValueError("PERSONA_ALERT_WEBHOOK: expected an http(s):// URL (a chat's incoming webhook)")
+    return url
+
+
 @dataclass(frozen=True)
 class PersonaSettings:
     """Where the product keeps its state and which backends it talks to."""
@@ -179,6 +191,13 @@ class PersonaSettings:
     serve_threads: int | None = None
     # Seconds `persona serve` gives one answer, waiting included (PERSONA_QUERY_TIMEOUT); then a 503.
     query_timeout: float = 10.0
+    # Whether the schedule and the sensors start running in a new instance (PERSONA_AUTOMATION, default off:
+    # a staging copy publishes nothing until switched on; production sets it on).
+    automation: bool = False
+    # Where a failed run is posted (PERSONA_ALERT_WEBHOOK, a chat's incoming webhook; it carries a token).
+    alert_webhook: str | None = field(default=None, repr=False)
+    # The bearer token `persona serve` requires (PERSONA_API_TOKEN); None: no token (behind a proxy).
+    api_token: str | None = field(default=None, repr=False)
     # The file `persona serve --workers N` shares between its workers to spread answers evenly
     # (PERSONA_SERVE_LOAD_FILE, set by `persona serve` itself for the workers it starts).
     serve_load_file: Path | None = None
@@ -222,6 +241,12 @@ class PersonaSettings:
             if (env.get("PERSONA_SERVE_THREADS") or "").strip()
             else None
         )
+        api_token = env.get("PERSONA_API_TOKEN") or None
+        if api_token is not None and (len(api_token) < MIN_API_TOKEN_CHARS or api_token != api_token.strip()):
+            raise ValueError(
+                f"PERSONA_API_TOKEN: a token of at least {MIN_API_TOKEN_CHARS} characters without surrounding "
+                "spaces is required (e.g. `openssl rand -hex 32`)"
+            )
         return cls(
             home=home,
             db_url=db_url,
@@ -235,6 +260,9 @@ class PersonaSettings:
             serve_threads=serve_threads,
             serve_load_file=Path(env["PERSONA_SERVE_LOAD_FILE"]) if env.get("PERSONA_SERVE_LOAD_FILE") else None,
             query_timeout=query_timeout,
+            api_token=api_token,
+            automation=_flag(env, "PERSONA_AUTOMATION", False),
+            alert_webhook=_webhook(env),
             memory_limit=memory_limit,
             threads=threads,
             weights=ScoreWeights.from_env(env),

@@ -80,10 +80,17 @@ class Http:
     host: str
     port: int
 
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> Answer:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         try:
-            headers = {"Content-Type": content_type} if content_type else {}
+            headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})}
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
             text = response.read().decode("utf-8")
@@ -586,3 +593,43 @@ def test_the_query_path_loads_no_dagster(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- PERSONA_API_TOKEN
+
+TOKEN = "s3cret-token-0123456789abcdef"
+
+
+def test_with_a_token_every_answer_needs_it_and_health_stays_open(run: Pipeline):
+    with run.env():
+        app = create_app(dataclasses.replace(run.settings, api_token=TOKEN))
+    body = json.dumps({"size": 2}).encode()
+    with serving(app) as server:
+
+        def post(authorization: str | None) -> Answer:
+            headers = {"Authorization": authorization} if authorization is not None else {}
+            return server.request("POST", "/fetchPersonas", body, "application/json", headers)
+
+        for refused in (None, "", "Bearer", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN):
+            answer = post(refused)
+            assert answer.status == 401, (refused, answer.status)
+            assert answer.headers["www-authenticate"].startswith("Bearer")
+            assert TOKEN not in answer.text
+        for accepted in (f"Bearer {TOKEN}", f"bearer {TOKEN}", f"Bearer  {TOKEN} "):
+            answer = post(accepted)
+            assert answer.status == 200, (accepted, answer.text)
+            assert answer.json == expected_response(run, {"size": 2})
+        assert server.get("/health").status == 200
+        assert server.get("/openapi.json").status == 200
+
+
+def test_the_token_is_read_once_validated_and_never_shown(tmp_path):
+    from persona_assets.settings import PersonaSettings
+
+    settings = PersonaSettings.from_env({"PERSONA_HOME": str(tmp_path), "PERSONA_API_TOKEN": TOKEN})
+    assert settings.api_token == TOKEN and TOKEN not in repr(settings)
+    assert PersonaSettings.from_env({"PERSONA_HOME": str(tmp_path)}).api_token is None
+    for bad in ("short", f" {TOKEN}"):
+        with pytest.raises(ValueError, match="PERSONA_API_TOKEN") as raised:
+            PersonaSettings.from_env({"PERSONA_HOME": str(tmp_path), "PERSONA_API_TOKEN": bad})
+        assert bad.strip() not in str(raised.value)

@@ -70,6 +70,7 @@ class Home:
         self.env = {
             **os.environ,
             "PERSONA_HOME": str(self.home),
+            "PERSONA_AUTOMATION": "on",  # the daemon runs the hasChanged sensor
             # The sensor looks every second; a claim of a killed refresh expires after 20 s.
             "PERSONA_SENSOR_INTERVAL": os.environ.get("PERSONA_SENSOR_INTERVAL", "1"),
             "PERSONA_CLAIM_TTL_SECONDS": os.environ.get("PERSONA_CLAIM_TTL_SECONDS", "20"),

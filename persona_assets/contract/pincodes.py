@@ -7,6 +7,7 @@ looked up one at a time.
 
 from __future__ import annotations
 
+import importlib.metadata
 from functools import cache
 from importlib import resources
 
@@ -31,7 +32,9 @@ def load_city_tiers() -> pd.DataFrame:
 
 
 def directory_version() -> str:
-    return str(indian_pincode._load()["version"])
+    """The directory's release, as its package says it (public metadata; the package is pinned exactly,
+    so one release is one directory)."""
+    return f"indian-pincode {importlib.metadata.version('indian-pincode')}"
 
 
 @cache

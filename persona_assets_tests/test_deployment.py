@@ -1,0 +1,124 @@
+"""What a deployment is made of works as shipped: ``pip install -e '.[production]'`` gives a Dagster
+instance on MySQL/MariaDB (``deploy/dagster.production.yaml``) that stores runs and enforces the
+``persona_compute`` pool; the dependency set is the one ``constraints.txt`` pins."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import production_services
+
+from persona_assets.stores.relational import create_mysql_database
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.services
+def test_the_production_instance_runs_on_mariadb_with_the_compute_pool(tmp_path, monkeypatch):
+    from dagster import DagsterInstance, asset, materialize
+
+    from persona_assets.jobs import COMPUTE_POOL
+
+    url = sa.engine.make_url(create_mysql_database(production_services()["db"], "persona_dagster_instance"))
+    for name, value in {
+        "DAGSTER_MYSQL_HOST": url.host,
+        "DAGSTER_MYSQL_PORT": str(url.port),
+        "DAGSTER_MYSQL_USER": url.username,
+        "DAGSTER_MYSQL_PASSWORD": url.password,
+        "DAGSTER_MYSQL_DB": url.database,
+        "DAGSTER_COMPUTE_LOGS_DIR": str(tmp_path / "compute-logs"),
+        "DAGSTER_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    home = tmp_path / "dagster-home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.production.yaml", home / "dagster.yaml")
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        assert type(instance.run_storage).__name__ == "MySQLRunStorage"
+        assert instance.event_log_storage.supports_global_concurrency_limits
+
+        seen = {}
+
+        @asset(pool=COMPUTE_POOL)
+        def pooled() -> int:
+            # while this step runs it holds the pool's one slot, in MySQL
+            info = instance.event_log_storage.get_concurrency_info(COMPUTE_POOL)
+            seen.update(slots=info.slot_count, active=info.active_slot_count)
+            return 1
+
+        result = materialize([pooled], instance=instance)
+        assert result.success
+        assert seen == {"slots": 1, "active": 1}
+        stored = instance.get_run_by_id(result.run_id)
+        assert stored is not None and stored.is_success
+    finally:
+        instance.dispose()
+
+
+def test_the_installed_dependencies_are_the_pinned_ones():
+    """constraints.txt (what CI installs with) pins every package of the environment; a drift fails here."""
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    assert pins["dagster"] == importlib.metadata.version("dagster") == "1.13.27"
+    for name in ("dagster-mysql", "dagster-postgres", "dagster-webserver", "duckdb", "pyarrow", "pandas"):
+        assert importlib.metadata.version(name) == pins[name], name
+
+
+def _private_uses(path: Path) -> list[str]:
+    """``from pkg._private import x``, ``import pkg._private`` and ``module._name`` of a third-party module,
+    outside ``if TYPE_CHECKING:`` blocks."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only |= {id(child) for child in ast.walk(node)}
+    third_party, found = set(), []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if not node.module.startswith("persona_assets") and re.search(r"(^|\.)_[a-z]", node.module):
+                found.append(f"{path.name}:{node.lineno} from {node.module}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if not alias.name.startswith("persona_assets"):
+                    third_party.add(alias.asname or alias.name.split(".")[0])
+                    if re.search(r"\._[a-z]", alias.name):
+                        found.append(f"{path.name}:{node.lineno} import {alias.name}")
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in third_party
+            and re.fullmatch(r"_[a-z]\w*", node.attr)
+        ):
+            found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_api_of_a_dependency_is_used_at_run_time():
+    """A private name (``indian_pincode._load``, ``dagster._core…``) may change in any patch release."""
+    found = [use for path in sorted((REPO / "persona_assets").rglob("*.py")) for use in _private_uses(path)]
+    assert found == []
+
+
+def test_the_private_use_finder_finds_them(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import indian_pincode\nfrom dagster._core.x import y\nfrom typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from dagster._utils.error import E\nv = indian_pincode._load()\n",
+        encoding="utf-8",
+    )
+    assert _private_uses(sample) == ["sample.py:2 from dagster._core.x", "sample.py:6 indian_pincode._load"]
