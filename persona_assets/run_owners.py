@@ -39,7 +39,13 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
     host = socket.gethostname()
     running = instance.get_runs(
         RunsFilter(
-            statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING],
+            # NOT_STARTED too: a command killed between creating its run and starting it
+            statuses=[
+                DagsterRunStatus.NOT_STARTED,
+                DagsterRunStatus.STARTING,
+                DagsterRunStatus.STARTED,
+                DagsterRunStatus.CANCELING,
+            ],
             tags={**CLI_TAG},
         )
     )

@@ -51,8 +51,8 @@ BLOCKING_CHECK_KEYS = sorted(
 _SETTINGS = PersonaSettings.from_env()
 REFRESH = _SETTINGS.refresh
 # PERSONA_AUTOMATION: whether a new instance starts the schedule and the sensors (the UI's switch wins after).
-SENSOR_STATUS = DefaultSensorStatus.RUNNING
-SCHEDULE_STATUS = DefaultScheduleStatus.RUNNING
+SENSOR_STATUS = DefaultSensorStatus.RUNNING if _SETTINGS.automation else DefaultSensorStatus.STOPPED
+SCHEDULE_STATUS = DefaultScheduleStatus.RUNNING if _SETTINGS.automation else DefaultScheduleStatus.STOPPED
 
 
 class RefreshConfig(Config):

@@ -122,3 +122,26 @@ def test_the_private_use_finder_finds_them(tmp_path):
         encoding="utf-8",
     )
     assert _private_uses(sample) == ["sample.py:2 from dagster._core.x", "sample.py:6 indian_pincode._load"]
+
+
+def test_the_schedule_and_sensors_start_stopped_unless_automation_is_on(tmp_path):
+    """A staging copy publishes nothing on its own; production sets PERSONA_AUTOMATION=on."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json, persona_assets.definitions as d\n"
+        "print(json.dumps({i.name: i.default_status.value for i in [*d.defs.sensors, *d.defs.schedules]}))"
+    )
+    statuses = {}
+    for automation in ("", "on", "off"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONA_", "DAGSTER_"))}
+        env |= {"PERSONA_HOME": str(tmp_path / "home"), "PERSONA_AUTOMATION": automation}
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        statuses[automation] = json.loads(out.stdout)
+    names = {"changed_users_sensor", "rebuild_after_ingest", "alert_on_run_failure", "daily_ingest_schedule"}
+    assert set(statuses["on"]) == names
+    assert set(statuses["on"].values()) == {"RUNNING"}
+    assert set(statuses[""].values()) == set(statuses["off"].values()) == {"STOPPED"}

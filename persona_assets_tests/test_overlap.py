@@ -251,3 +251,31 @@ def test_a_killed_rebuild_is_marked_failed_and_its_files_removed_by_the_next(sho
     assert builds == [latest_build(instance, "user_personas")]
     assert set(shop.flags().values()) == {0}
     assert puma_is_searchable_for_y(shop)
+
+
+@pytest.mark.parametrize("status", ["NOT_STARTED", "STARTING", "STARTED"])
+def test_a_command_run_whose_process_is_gone_is_marked_failed_whatever_state_it_died_in(status):
+    """Found by the soak: a command killed between creating its run and starting it left the run
+    *Not started* for ever (every wait for runs in flight waited on it)."""
+    import socket
+
+    from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+
+    from persona_assets.jobs import CLI_TAG
+    from persona_assets.run_owners import PROCESS_TAG, fail_abandoned_runs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    instance = DagsterInstance.ephemeral()
+    runs = {}
+    for owner, pid in (("gone", gone.pid), ("alive", os.getpid())):
+        run = DagsterRun(
+            job_name="__ephemeral_asset_job__",
+            status=DagsterRunStatus[status],
+            tags={**CLI_TAG, PROCESS_TAG: f"{socket.gethostname()}:{pid}"},
+        )
+        instance.add_run(run)
+        runs[owner] = run.run_id
+    assert fail_abandoned_runs(instance) == [runs["gone"]]
+    assert instance.get_run_by_id(runs["gone"]).status == DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(runs["alive"]).status == DagsterRunStatus[status]
