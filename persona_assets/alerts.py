@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import urllib.request
+import warnings
 
-from dagster import RunFailureSensorContext, run_failure_sensor
+from dagster import BetaWarning, RunFailureSensorContext, run_failure_sensor
 
 from persona_assets.run_errors import step_error
 from persona_assets.sensors import SENSOR_STATUS
@@ -43,12 +44,17 @@ def post_alert(url: str, text: str) -> None:
         response.read()
 
 
-@run_failure_sensor(
-    default_status=SENSOR_STATUS,
-    description="A failed run (a crashed step, or a blocking check that refused its data) → PERSONA_ALERT_WEBHOOK.",
-)
-def alert_on_run_failure(context: RunFailureSensorContext) -> None:
+def _alert_on_run_failure(context: RunFailureSensorContext) -> None:
     if not WEBHOOK:
         context.log.info("PERSONA_ALERT_WEBHOOK is not set: nobody to tell")
         return
     post_alert(WEBHOOK, failure_message(context))
+
+
+with warnings.catch_warnings():  # Dagster's own run_failure_sensor passes a beta parameter (owners) inside
+    warnings.simplefilter("ignore", BetaWarning)
+    alert_on_run_failure = run_failure_sensor(
+        name="alert_on_run_failure",
+        default_status=SENSOR_STATUS,
+        description="A failed run (a crashed step, or a blocking check that refused its data) → PERSONA_ALERT_WEBHOOK.",
+    )(_alert_on_run_failure)

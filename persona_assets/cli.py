@@ -239,9 +239,6 @@ def _interest_range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected LO-HI (e.g. 2-4), got {text!r}") from None
 
 
-DEMO_QUERY = {"gender": "men", "cityTier": "Tier1", "size": 5}
-
-
 def cmd_demo(args: argparse.Namespace, settings: PersonaSettings) -> int:
     directory = settings.home / "demo-data"
     for step in (
@@ -252,17 +249,15 @@ def cmd_demo(args: argparse.Namespace, settings: PersonaSettings) -> int:
         code = step()
         if code:
             return code
+    from persona_assets.demo import demo_segment, next_steps
     from persona_assets.stores import relational
+    from persona_assets.stores.backends import search_backend_for
 
-    top_brand = relational.read_frame(
-        relational.store_engine(settings.db_url),
-        relational.attribute_vocabulary.select().where(relational.attribute_vocabulary.c.kind == "brand").limit(1),
-    )
-    request = dict(DEMO_QUERY)
-    if len(top_brand):
-        request["brand"] = str(top_brand["name"].iloc[0])
+    request = demo_segment(relational.store_engine(settings.db_url), search_backend_for(settings), settings.weights)
     _progress(f"sample segment: {json.dumps(request)}")
-    return cmd_query(argparse.Namespace(request=json.dumps(request), pretty=True), settings)
+    code = cmd_query(argparse.Namespace(request=json.dumps(request), pretty=True), settings)
+    _progress(next_steps(request))
+    return code
 
 
 def cmd_ui(args: argparse.Namespace, settings: PersonaSettings) -> int:

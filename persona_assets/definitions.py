@@ -6,6 +6,7 @@ from dagster import Definitions
 
 from persona_assets.alerts import alert_on_run_failure
 from persona_assets.assets import all_assets
+from persona_assets.assets.described import describe
 from persona_assets.checks import asset_checks
 from persona_assets.jobs import full_rebuild_job, ingest_events_job, reference_job
 from persona_assets.resources import resources_from_settings
@@ -17,10 +18,12 @@ from persona_assets.sensors import (
 )
 from persona_assets.settings import PersonaSettings
 
+SETTINGS = PersonaSettings.from_env()
+
 defs = Definitions(
-    assets=all_assets,
+    assets=describe(all_assets, SETTINGS),
     asset_checks=asset_checks,
-    resources=resources_from_settings(PersonaSettings.from_env()),
+    resources=resources_from_settings(SETTINGS),
     jobs=[full_rebuild_job, reference_job, ingest_events_job, refresh_changed_users],
     schedules=[daily_ingest_schedule],
     sensors=[changed_users_sensor, rebuild_after_ingest, alert_on_run_failure],

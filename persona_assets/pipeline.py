@@ -109,7 +109,11 @@ def _run(
             and materialization.partition != tags.get("dagster/asset_partition_range_start")
         ):
             continue
-        shown = {k: v.value for k, v in materialization.metadata.items() if isinstance(v.value, int | float | str)}
+        shown = {
+            k: v.value
+            for k, v in materialization.metadata.items()
+            if isinstance(v.value, int | float | str) and not k.startswith("dagster/")  # said under its own name
+        }
         progress(f"  ✓ {key}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     progress(f"  {label} done in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
     return result

@@ -162,6 +162,14 @@ class HomeLayout:
 MIN_API_TOKEN_CHARS = 16
 
 
+def _owners(env: Mapping[str, str]) -> tuple[str, ...]:
+    owners = tuple(owner.strip() for owner in (env.get("PERSONA_ASSET_OWNERS") or "").split(",") if owner.strip())
+    for owner in owners:
+        if not (owner.startswith("team:") and len(owner) > 5) and "@" not in owner:
+            raise ValueError(f"PERSONA_ASSET_OWNERS: {owner!r} is neither an e-mail address nor team:<name>")
+    return owners
+
+
 def _webhook(env: Mapping[str, str]) -> str | None:
     url = (env.get("PERSONA_ALERT_WEBHOOK") or "").strip()
     if not url:
@@ -194,6 +202,8 @@ class PersonaSettings:
     # Whether the schedule and the sensors start running in a new instance (PERSONA_AUTOMATION, default off:
     # a staging copy publishes nothing until switched on; production sets it on).
     automation: bool = False
+    # Owners of every asset, shown in the UI (PERSONA_ASSET_OWNERS: e-mails or team:name, comma-separated).
+    asset_owners: tuple[str, ...] = ()
     # Where a failed run is posted (PERSONA_ALERT_WEBHOOK, a chat's incoming webhook; it carries a token).
     alert_webhook: str | None = field(default=None, repr=False)
     # The bearer token `persona serve` requires (PERSONA_API_TOKEN); None: no token (behind a proxy).
@@ -263,6 +273,7 @@ class PersonaSettings:
             api_token=api_token,
             automation=_flag(env, "PERSONA_AUTOMATION", False),
             alert_webhook=_webhook(env),
+            asset_owners=_owners(env),
             memory_limit=memory_limit,
             threads=threads,
             weights=ScoreWeights.from_env(env),

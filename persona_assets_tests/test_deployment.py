@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import production_services
+from conftest import Pipeline, production_services, write_import_dir
 
 from persona_assets.stores.relational import create_mysql_database
 
@@ -145,3 +145,99 @@ def test_the_schedule_and_sensors_start_stopped_unless_automation_is_on(tmp_path
     assert set(statuses["on"]) == names
     assert set(statuses["on"].values()) == {"RUNNING"}
     assert set(statuses[""].values()) == set(statuses["off"].values()) == {"STOPPED"}
+
+
+def test_each_asset_is_described_for_the_backend_it_runs_on(tmp_path):
+    from persona_assets.assets import all_assets
+    from persona_assets.assets.described import TABLES, describe
+    from persona_assets.settings import PersonaSettings
+
+    def graph(env):
+        settings = PersonaSettings.from_env({"PERSONA_HOME": str(tmp_path), **env})
+        specs = {spec.key.to_user_string(): spec for asset in describe(all_assets, settings) for spec in asset.specs}
+        return specs
+
+    embedded = graph({"PERSONA_ASSET_OWNERS": "team:data-platform, ravi@shop.in"})
+    production = graph(
+        {"PERSONA_DB_URL": "mysql+pymysql://u:p@db/persona", "PERSONA_OPENSEARCH_URL": "https://search:9200"}
+    )
+    assert set(embedded["user_personas"].kinds) == {"duckdb", "sqlite"}
+    assert set(production["user_personas"].kinds) == {"duckdb", "mysql"}
+    assert set(embedded["persona_index"].kinds) == {"parquet"}
+    assert set(production["persona_index"].kinds) == {"opensearch"}
+    assert production["persona_index"].metadata["dagster/table_name"] == "persona_personas"
+    assert embedded["persona_index"].metadata["dagster/uri"] == (tmp_path / "index").as_uri()
+    assert embedded["raw_visits"].metadata["dagster/uri"] == (tmp_path / "events" / "visits").as_uri()
+    for key, table in TABLES.items():
+        schema = embedded[key].metadata["dagster/column_schema"]
+        assert [column.name for column in schema.columns] == [column.name for column in table.columns]
+        assert embedded[key].metadata["dagster/table_name"] == table.name
+    assert all(spec.owners == ["team:data-platform", "ravi@shop.in"] for spec in embedded.values())
+    assert all(spec.owners == [] for spec in production.values())
+    assert embedded["raw_visits"].tags["domain"] == "events"
+    for key in ("raw_visits", "raw_checkouts", "raw_searches", "persona_index"):
+        assert embedded[key].freshness_policy is not None, key
+    with pytest.raises(ValueError, match="PERSONA_ASSET_OWNERS"):
+        graph({"PERSONA_ASSET_OWNERS": "just-a-name"})
+
+
+def test_each_materialisation_states_its_row_count(tmp_path):
+    from dagster import AssetKey
+
+    from persona_assets.pipeline import dagster_instance
+
+    pipeline = Pipeline(tmp_path / "shop")
+    day = "2026-11-02T10:00:00"
+    source = write_import_dir(
+        tmp_path / "import",
+        products=[("P1", "flipkart", "t", "boAt", "Earbuds", "men", "1", "", "", "1")],
+        categories=[("1", "Electronics", "")],
+        visits=[("u1", "P1", "560001", day), ("u2", "P1", "560001", day), ("u2", "P1", "400601", day)],
+    )
+    pipeline.import_dir(source)
+    pipeline.materialize()
+    with pipeline.env():
+        instance = dagster_instance(pipeline.settings)
+        counts = {
+            key: instance.get_latest_materialization_event(AssetKey(key))
+            .asset_materialization.metadata["dagster/row_count"]
+            .value
+            for key in ("product_catalog", "category_hierarchy", "user_personas", "persona_index", "user_activity")
+        }
+    assert counts == {
+        "product_catalog": 1,
+        "category_hierarchy": 1,
+        "user_personas": 2,
+        "persona_index": 2,
+        "user_activity": 2,
+    }
+
+
+def test_the_demo_shows_a_segment_whose_answer_is_a_ranking(tmp_path):
+    """The top brand's buyers all score 1.0 (each bought nothing else): the demo moves on to a brand
+    whose answer ranks, and says what to try next."""
+    from persona_assets.demo import demo_segment, next_steps
+    from persona_assets.stores import relational
+    from persona_assets.stores.backends import search_backend_for
+
+    day = "2026-11-02T10:00:00"
+    products = [
+        ("A1", "flipkart", "t", "Acme", "Earbuds", "men", "1", "", "", "1"),
+        ("Z1", "flipkart", "t", "Zed", "Watches", "men", "1", "", "", "1"),
+        ("N1", "flipkart", "t", "Nova", "Watches", "men", "1", "", "", "1"),
+    ]
+    visits = [(f"a{i}", "A1", "560001", day) for i in range(6) for _ in range(5)]
+    visits += [(f"z{i}", "Z1", "560001", day) for i in range(6) for _ in range(i + 1)]
+    visits += [(f"z{i}", "N1", "560001", day) for i in range(6) for _ in range(6 - i)]
+    pipeline = Pipeline(tmp_path / "shop")
+    pipeline.import_dir(
+        write_import_dir(tmp_path / "import", products=products, categories=[("1", "Gear", "")], visits=visits)
+    )
+    pipeline.materialize()
+    settings = pipeline.settings
+    with pipeline.env():
+        request = demo_segment(relational.store_engine(settings.db_url), search_backend_for(settings), settings.weights)
+    assert request["brand"] == "nova" and request["genericName"] == "watches", request  # acme ties, nova ranks
+    scores = [hit["score"] for hit in pipeline.query(request)["results"]]
+    assert len(set(scores)) > 1
+    assert "persona serve" in next_steps(request) and '"brand": "nova"' in next_steps(request)

@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from persona_assets.ingest.importer import latest_import_rejects
-from persona_assets.partitions import daily_events
+from persona_assets.partitions import RAW_DAY_FRESHNESS, daily_events
 from persona_assets.resources import EventStoreResource, RelationalStore
 from persona_assets.stores.changes import flag_users_changed
 from persona_assets.stores.events import EVENT_KINDS, EventKind
@@ -53,6 +53,7 @@ def build_raw_event_asset(kind: EventKind) -> AssetsDefinition:
         backfill_policy=BackfillPolicy.single_run(),
         group_name="events",
         kinds={"parquet"},
+        freshness_policy=RAW_DAY_FRESHNESS,
         description=f"{kind.name.capitalize()} of each UTC day, from {kind.csv_file} imports; "
         "materialising a day replaces it and flags its users (hasChanged = 1).",
         check_specs=[
@@ -107,6 +108,7 @@ def build_raw_event_asset(kind: EventKind) -> AssetsDefinition:
                 "days": len(days),
                 "rejected_in_last_import": sum(rejected.values()),
                 "rejected_by_reason": MetadataValue.json(rejected),
+                "dagster/row_count": rows,
                 "events": rows,
                 "users_flagged": flagged,
                 "seconds": round(time.perf_counter() - started, 3),

@@ -16,6 +16,7 @@ from persona_assets.assets.reference import load_pincode_tiers
 from persona_assets.builds import BUILD_METADATA_KEY, prune_builds, upstream_build
 from persona_assets.compute import affinities, persona_store
 from persona_assets.jobs import COMPUTE_POOL
+from persona_assets.partitions import INDEX_FRESHNESS
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
@@ -108,6 +109,7 @@ def user_raw_affinities(
         .iloc[0]
     )
     metadata: dict = {name: int(value) for name, value in stats.items()}
+    metadata["dagster/row_count"] = metadata["affinity_rows"]
     metadata[BUILD_METADATA_KEY] = build
     metadata["seconds"] = round(time.perf_counter() - started, 3)
     return MaterializeResult(metadata=metadata)
@@ -127,6 +129,7 @@ def user_activity(
     users = persona_store.write_activity(relational_store.engine, con)
     return MaterializeResult(
         metadata={
+            "dagster/row_count": users,
             "users": users,
             "seconds": round(time.perf_counter() - started, 3),
         }
@@ -162,6 +165,7 @@ def attribute_vocabulary(
     return MaterializeResult(
         metadata={
             BUILD_METADATA_KEY: build,
+            "dagster/row_count": len(vocabulary),
             "brands": int(counts.get("brand", 0)),
             "generic_names": int(counts.get("generic", 0)),
             "seconds": round(time.perf_counter() - started, 3),
@@ -217,6 +221,7 @@ def user_personas(
     return MaterializeResult(
         metadata={
             BUILD_METADATA_KEY: build,
+            "dagster/row_count": stored,
             "personas": stored,
             "by_gender": MetadataValue.json(genders),
             # Users at 2 unchanged since the snapshot (moved 1 → 2 by this write, or left at 2 by a refusal before):
@@ -227,7 +232,13 @@ def user_personas(
     )
 
 
-@asset(group_name="personas", deps=[user_personas], kinds={"parquet"}, pool=COMPUTE_POOL)
+@asset(
+    group_name="personas",
+    deps=[user_personas],
+    kinds={"parquet"},
+    pool=COMPUTE_POOL,
+    freshness_policy=INDEX_FRESHNESS,
+)
 def persona_index(
     context: AssetExecutionContext,
     event_store: EventStoreResource,
@@ -271,6 +282,7 @@ def persona_index(
             BUILD_METADATA_KEY: build,
             "backend": backend.name,
             "build_id": report.build_id,
+            "dagster/row_count": report.document_count,
             "documents": report.document_count,
             "failed_documents": len(report.failed),
             "failed_sample": MetadataValue.json(dict(list(report.failed.items())[:20])),

@@ -31,6 +31,7 @@ def product_catalog(event_store: EventStoreResource, relational_store: Relationa
     rejected = latest_import_rejects(relational_store.engine, "products.csv")
     return MaterializeResult(
         metadata={
+            "dagster/row_count": len(products),
             "products": len(products),
             "rejected_in_last_import": sum(rejected.values()),
             "rejected_by_reason": MetadataValue.json(rejected),
@@ -70,6 +71,7 @@ def category_hierarchy(event_store: EventStoreResource, relational_store: Relati
     rejected = latest_import_rejects(relational_store.engine, "categories.csv")
     return MaterializeResult(
         metadata={
+            "dagster/row_count": len(categories),
             "categories": len(categories),
             "rejected_in_last_import": sum(rejected.values()),
             "rejected_by_reason": MetadataValue.json(rejected),
@@ -91,6 +93,7 @@ def pincode_tiers(event_store: EventStoreResource) -> MaterializeResult:
     pq.write_table(pa.Table.from_pandas(table, preserve_index=False), path)
     return MaterializeResult(
         metadata={
+            "dagster/row_count": len(table),
             "pincodes": len(table),
             "by_tier": MetadataValue.json(table["tier"].value_counts().to_dict()),
             "directory_version": directory_version(),
