@@ -261,8 +261,12 @@ def cmd_demo(args: argparse.Namespace, settings: PersonaSettings) -> int:
 
 
 def cmd_ui(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    import importlib.util
+
     from persona_assets.pipeline import dagster_instance
 
+    if importlib.util.find_spec("dagster_webserver") is None:
+        return _fail("the Dagster UI is in the `ui` extra: pip install -c constraints.txt -e '.[ui]'")
     dagster_instance(settings)  # sets DAGSTER_HOME to the CLI's instance
     # The dagster of this interpreter's environment, whether or not its bin/ is on PATH.
     command = [sys.executable, "-m", "dagster", "dev", "-m", "persona_assets.definitions", "-p", str(args.port)]
