@@ -13,6 +13,7 @@ import socket
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from persona_assets.jobs import CLI_TAG
+from persona_assets.services._process import process_alive
 
 # The process running a command's in-process run, as host:pid: a run whose process is gone was killed.
 PROCESS_TAG = "persona/process"
@@ -20,16 +21,6 @@ PROCESS_TAG = "persona/process"
 
 def this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
@@ -52,7 +43,7 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
     abandoned = []
     for run in running:
         owner_host, _, pid = run.tags.get(PROCESS_TAG, "").rpartition(":")
-        if owner_host == host and pid.isdigit() and not _process_alive(int(pid)):
+        if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
             instance.report_run_failed(run, f"its process ({run.tags[PROCESS_TAG]}) ended without finishing the run")
             if instance.event_log_storage.supports_global_concurrency_limits:
                 instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)

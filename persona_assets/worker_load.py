@@ -24,6 +24,8 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from persona_assets.services._process import process_alive
+
 SLOTS = 64
 MARGIN = 2
 _RECORD = struct.Struct("<qq")  # pid, answers in flight
@@ -37,23 +39,11 @@ def create_load_file(path: Path) -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 def _live_records(data: bytes | mmap.mmap) -> Iterator[tuple[int, int]]:
     """(slot, answers in flight) of each record a live worker holds."""
     for slot in range(min(SLOTS, len(data) // _RECORD.size)):
         pid, in_flight = _RECORD.unpack_from(data, slot * _RECORD.size)
-        if pid != 0 and _alive(pid):
+        if pid != 0 and process_alive(pid):
             yield slot, in_flight
 
 
@@ -78,7 +68,7 @@ class WorkerLoad:
         try:
             for slot in range(SLOTS):
                 pid, _ = _RECORD.unpack_from(self._map, slot * _RECORD.size)
-                if pid == 0 or not _alive(pid):
+                if pid == 0 or not process_alive(pid):
                     _RECORD.pack_into(self._map, slot * _RECORD.size, os.getpid(), 0)
                     return slot
         finally:

@@ -85,15 +85,22 @@ def _reap(pid: int) -> None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    """True when ``pid`` is a live (not zombie) process."""
+    """True when ``pid`` is a live (not zombie) process; a child of this one that ended is reaped first."""
     if not pid or pid <= 0:
         return False
     _reap(pid)
+    return process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """True when ``pid`` is a live process (a zombie is not: it was killed and awaits its parent's wait)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # someone else's process: alive
         return True
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
