@@ -148,7 +148,7 @@ CASES = [
         "visits.csv",
         with_rows("visits.csv", [b"u\x005,P1,560001," + DAY.encode()]),
         kept=4,
-        reasons=("control character",),
+        reasons=("NUL character in ext_id",),
     ),
     Case(
         "latin1-header",
