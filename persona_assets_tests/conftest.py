@@ -188,7 +188,14 @@ def persona_env(
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+        # No compute-log capture: it runs `tail -F` helpers per step, and two in-process runs in threads
+        # of one test process (test_overlap) left them hanging until a 30 s time-out each in CI.
+        config.write_text(
+            "telemetry:\n  enabled: false\n"
+            "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager\n"
+            "  class: NoOpComputeLogManager\n",
+            encoding="utf-8",
+        )
     with pytest.MonkeyPatch.context() as mp:
         for name in PERSONA_ENV_VARS:
             mp.delenv(name, raising=False)
