@@ -51,10 +51,12 @@ def _alert_on_run_failure(context: RunFailureSensorContext) -> None:
     post_alert(WEBHOOK, failure_message(context))
 
 
-with warnings.catch_warnings():  # Dagster's own run_failure_sensor passes a beta parameter (owners) inside
-    warnings.simplefilter("ignore", BetaWarning)
-    alert_on_run_failure = run_failure_sensor(
-        name="alert_on_run_failure",
-        default_status=SENSOR_STATUS,
-        description="A failed run (a crashed step, or a blocking check that refused its data) → PERSONA_ALERT_WEBHOOK.",
-    )(_alert_on_run_failure)
+# Dagster's own run-status sensors pass a beta parameter (owners) to SensorDefinition whenever they are
+# built or copied (also when the definitions are resolved): not ours to act on.
+warnings.filterwarnings("ignore", message="Parameter `owners` of initializer `SensorDefinition", category=BetaWarning)
+
+alert_on_run_failure = run_failure_sensor(
+    name="alert_on_run_failure",
+    default_status=SENSOR_STATUS,
+    description="A failed run (a crashed step, or a blocking check that refused its data) → PERSONA_ALERT_WEBHOOK.",
+)(_alert_on_run_failure)

@@ -177,6 +177,10 @@ def test_each_asset_is_described_for_the_backend_it_runs_on(tmp_path):
     assert embedded["raw_visits"].tags["domain"] == "events"
     for key in ("raw_visits", "raw_checkouts", "raw_searches", "persona_index"):
         assert embedded[key].freshness_policy is not None, key
+    from persona_assets.compute.affinities import COMPUTATION_VERSION
+
+    rebuild = ("user_raw_affinities", "user_activity", "attribute_vocabulary", "user_personas", "persona_index")
+    assert {key: embedded[key].code_version for key in rebuild} == dict.fromkeys(rebuild, COMPUTATION_VERSION)
     with pytest.raises(ValueError, match="PERSONA_ASSET_OWNERS"):
         graph({"PERSONA_ASSET_OWNERS": "just-a-name"})
 

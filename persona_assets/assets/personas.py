@@ -66,6 +66,7 @@ def _connect_with_reference(
     deps=["product_catalog", "category_hierarchy", "pincode_tiers", *RAW_EVENT_DEPS],
     kinds={"duckdb", "sql"},
     pool=COMPUTE_POOL,
+    code_version=affinities.COMPUTATION_VERSION,
 )
 def user_raw_affinities(
     context: AssetExecutionContext,
@@ -115,7 +116,13 @@ def user_raw_affinities(
     return MaterializeResult(metadata=metadata)
 
 
-@asset(group_name="personas", deps=RAW_EVENT_DEPS, kinds={"duckdb", "sql"}, pool=COMPUTE_POOL)
+@asset(
+    group_name="personas",
+    deps=RAW_EVENT_DEPS,
+    kinds={"duckdb", "sql"},
+    pool=COMPUTE_POOL,
+    code_version=affinities.COMPUTATION_VERSION,
+)
 def user_activity(
     event_store: EventStoreResource, relational_store: RelationalStore, compute: ComputeResource
 ) -> MaterializeResult:
@@ -143,7 +150,13 @@ class VocabularyConfig(Config):
     generic_size: int = 500
 
 
-@asset(group_name="personas", deps=[user_raw_affinities], kinds={"duckdb", "sql"}, pool=COMPUTE_POOL)
+@asset(
+    group_name="personas",
+    deps=[user_raw_affinities],
+    kinds={"duckdb", "sql"},
+    pool=COMPUTE_POOL,
+    code_version=affinities.COMPUTATION_VERSION,
+)
 def attribute_vocabulary(
     context: AssetExecutionContext,
     config: VocabularyConfig,
@@ -181,6 +194,7 @@ def attribute_vocabulary(
     deps=[user_raw_affinities, attribute_vocabulary, "category_hierarchy"],
     kinds={"duckdb", "sql"},
     pool=COMPUTE_POOL,
+    code_version=affinities.COMPUTATION_VERSION,
 )
 def user_personas(
     context: AssetExecutionContext,
@@ -237,6 +251,7 @@ def user_personas(
     deps=[user_personas],
     kinds={"parquet"},
     pool=COMPUTE_POOL,
+    code_version=affinities.COMPUTATION_VERSION,
     freshness_policy=INDEX_FRESHNESS,
 )
 def persona_index(

@@ -16,6 +16,11 @@ from persona_assets.compute.duck import memory_limit_bytes
 from persona_assets.contract.tokens import token_key, token_regex_re2, tokenize
 from persona_assets.stores.events import EVENT_KINDS, EventStore
 
+# The version of what these functions compute, given to the rebuild's assets as their code_version: the
+# UI then marks a build made by another version as out of date. Bump it with any change of results
+# (weights, rules, the vocabulary), not with a faster way to the same results.
+COMPUTATION_VERSION = "contract-1"
+
 VISIT_WEIGHT = 1
 CHECKOUT_WEIGHT = 40
 SEARCH_WEIGHT = 5

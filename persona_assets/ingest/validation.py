@@ -110,8 +110,6 @@ def check_columns(file_name: str, header: list[str], required: tuple[str, ...]) 
             raise ImportFileError(f"{file_name}: required column '{column}' is missing (header: {header}){hint}")
 
 
-
-
 def _reject_long(reasons: _Reasons, values: pd.Series, column: str, limit: int) -> None:
     """Ids and names longer than the stores' key columns are rejected rows on every backend."""
     reasons.add(f"{column} longer than {limit} characters", values.str.len() > limit)
