@@ -29,12 +29,12 @@ def test_a_short_soak_with_kills_loses_no_update_and_never_sticks(tmp_path):
     env = {name: value for name, value in os.environ.items() if not name.startswith(("PERSONA_", "DAGSTER_"))}
     env |= backend_env(work / "home", "production")
     report_path = tmp_path / "report.json"
-    trials = 4
+    trials = 3
     result = subprocess.run(
         [
             sys.executable,
             "scripts/soak.py",
-            *("--trials", str(trials), "--users", "150", "--seed", "5", "--work", str(work)),
+            *("--trials", str(trials), "--users", "120", "--seed", "5", "--work", str(work)),
             *("--kill-share", "0.5", "--daemon-kill-share", "0.25", "--report", str(report_path)),
         ],
         cwd=REPO,

@@ -27,7 +27,6 @@ from sqlalchemy.engine import Engine
 from persona_assets.compute.duck import DuckDBLimits
 from persona_assets.ingest.csv_files import (
     DEFAULT_BLOCK_BYTES,
-    MALFORMED_REASON,
     CsvBatches,
     Unreadable,
     check_file,
@@ -211,6 +210,20 @@ def _stage_events(
     return report
 
 
+# Characters of a rejected row (and of its details) kept in import_rejects: enough to see what is wrong,
+# and within a MySQL TEXT column (64 KiB) at four bytes a character. A 6 MiB field stays a rejected row.
+MAX_REJECT_TEXT = 10_000
+
+
+def _bounded(texts: pd.Series) -> pd.Series:
+    texts = texts.astype(str)
+    long = texts.str.len() > MAX_REJECT_TEXT
+    if not long.any():
+        return texts
+    cut = texts[long].str.slice(0, MAX_REJECT_TEXT) + " … [" + texts[long].str.len().map("{:,}".format)
+    return texts.where(~long, cut + " characters in all]")
+
+
 def _stage_rejects(
     staging: ImportStaging,
     file_name: str,
@@ -224,20 +237,27 @@ def _stage_rejects(
         rejected = validated.rejected
         for reason, count in rejected["reason"].value_counts().items():
             counts[str(reason)] = counts.get(str(reason), 0) + int(count)
-        staging.rejects.append(rejected.assign(file=file_name, reason=rejected["reason"].str.slice(0, 255)))
+        staging.rejects.append(
+            rejected.assign(
+                file=file_name,
+                reason=rejected["reason"].str.slice(0, 255),
+                details=_bounded(rejected["details"]),
+                raw=_bounded(rejected["raw"]),
+            )
+        )
     if malformed:
         reasons, row_numbers, details, raw = zip(*malformed, strict=True)
         for reason in reasons:
             counts[reason] = counts.get(reason, 0) + 1
-        report.rows_read += sum(reason == MALFORMED_REASON for reason in reasons)  # the others were parsed
+        report.rows_read += sum(number == 0 for number in row_numbers)  # the others were parsed (not UTF-8)
         staging.rejects.append(
             pd.DataFrame(
                 {
                     "file": file_name,
                     "row_number": row_numbers,
                     "reason": reasons,
-                    "details": details,
-                    "raw": raw,
+                    "details": _bounded(pd.Series(details, dtype=object)),
+                    "raw": _bounded(pd.Series(raw, dtype=object)),
                 }
             )
         )
