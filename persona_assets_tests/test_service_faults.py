@@ -118,7 +118,8 @@ def test_opensearch_stopped_mid_publish_fails_clearly_keeps_the_previous_build_a
                 if set(builds or {}) - live:
                     break
             time.sleep(0.02)
-    os.kill(opensearch._running_pid(opensearch.service_dir(node_home)), signal.SIGKILL)
+    # The node and every process of its session (it was spawned as a session leader): nothing answers after.
+    os.killpg(opensearch._running_pid(opensearch.service_dir(node_home)), signal.SIGKILL)
     out, err = process.communicate(timeout=600)
     assert process.returncode != 0, out + err
     assert "Traceback" not in err, err

@@ -143,8 +143,12 @@ def terminate(pid: int, *, timeout: float, service: str) -> None:
             return
         time.sleep(0.2)
     say(service, f"pid {pid} still running {timeout:.0f}s after SIGTERM: sending SIGKILL")
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        # A server we spawned leads a session of its own: its helper processes go with it.
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
