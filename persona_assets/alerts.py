@@ -15,11 +15,10 @@ import warnings
 from dagster import BetaWarning, RunFailureSensorContext, run_failure_sensor
 
 from persona_assets.run_errors import step_error
-from persona_assets.sensors import SENSOR_STATUS
-from persona_assets.settings import PersonaSettings
+from persona_assets.sensors import AUTOMATION_SETTINGS, SENSOR_STATUS
 
 # Read once, with the rest of the configuration; a URL that carries its own token is never logged.
-WEBHOOK = PersonaSettings.from_env().alert_webhook
+WEBHOOK = AUTOMATION_SETTINGS.alert_webhook
 POST_TIMEOUT_SECONDS = 10
 
 

@@ -48,11 +48,12 @@ BLOCKING_CHECK_KEYS = sorted(
 
 
 # Read when the code location loads: the sensor's interval is fixed at definition time.
-_SETTINGS = PersonaSettings.from_env()
-REFRESH = _SETTINGS.refresh
+# Read once at import for the automation's knobs (interval, statuses, the alert webhook).
+AUTOMATION_SETTINGS = PersonaSettings.from_env()
+REFRESH = AUTOMATION_SETTINGS.refresh
 # PERSONA_AUTOMATION: whether a new instance starts the schedule and the sensors (the UI's switch wins after).
-SENSOR_STATUS = DefaultSensorStatus.RUNNING if _SETTINGS.automation else DefaultSensorStatus.STOPPED
-SCHEDULE_STATUS = DefaultScheduleStatus.RUNNING if _SETTINGS.automation else DefaultScheduleStatus.STOPPED
+SENSOR_STATUS = DefaultSensorStatus.RUNNING if AUTOMATION_SETTINGS.automation else DefaultSensorStatus.STOPPED
+SCHEDULE_STATUS = DefaultScheduleStatus.RUNNING if AUTOMATION_SETTINGS.automation else DefaultScheduleStatus.STOPPED
 
 
 class RefreshConfig(Config):
