@@ -17,20 +17,19 @@ from dagster import (
     OpExecutionContext,
     RunRequest,
     RunsFilter,
-    RunStatusSensorContext,
     ScheduleEvaluationContext,
     SensorEvaluationContext,
     SkipReason,
     in_process_executor,
     job,
     op,
-    run_status_sensor,
     schedule,
     sensor,
 )
 
+from persona_assets.automation import rebuild_after_ingest_sensor
 from persona_assets.checks import asset_checks
-from persona_assets.jobs import CLI_TAG, COMPUTE_POOL, REBUILD_TAG, full_rebuild_job, ingest_events_job
+from persona_assets.jobs import COMPUTE_POOL, REBUILD_TAG, ingest_events_job
 from persona_assets.refresh import refresh_users
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.run_owners import fail_abandoned_runs
@@ -38,7 +37,6 @@ from persona_assets.settings import PersonaSettings
 from persona_assets.stores.changes import claim_users, claimed_users, release_claim
 from persona_assets.stores.refusals import clear_refusals, record_refusals
 
-RAW_EVENT_KEYS = {AssetKey(f"raw_{kind}") for kind in ("visits", "checkouts", "searches")}
 PERSONA_INDEX_KEY = AssetKey("persona_index")
 # Every blocking check of the definitions: what one refuses must not reach the index by a refresh either.
 BLOCKING_CHECK_KEYS = sorted(
@@ -192,16 +190,4 @@ def daily_ingest_schedule(context: ScheduleEvaluationContext):
     return RunRequest(run_key=f"ingest-{day}", partition_key=day)
 
 
-@run_status_sensor(
-    run_status=DagsterRunStatus.SUCCESS,
-    request_job=full_rebuild_job,
-    default_status=SENSOR_STATUS,
-    description="After a run that published raw event days (the schedule, a backfill, a UI launch): the rebuild.",
-)
-def rebuild_after_ingest(context: RunStatusSensorContext):
-    run = context.dagster_run
-    if CLI_TAG.items() <= run.tags.items():
-        return SkipReason("runs of the command line materialise the rebuild themselves")
-    if not (set(run.asset_selection or ()) & RAW_EVENT_KEYS):
-        return SkipReason("the run published no raw event partition")
-    return RunRequest(run_key=f"rebuild-after-{run.run_id}")
+rebuild_after_ingest = rebuild_after_ingest_sensor(SENSOR_STATUS)

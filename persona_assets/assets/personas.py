@@ -13,6 +13,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 
 from persona_assets.assets.reference import load_pincode_tiers
+from persona_assets.automation import REBUILD_AFTER_INGEST, WITH_THE_REBUILD
 from persona_assets.builds import BUILD_METADATA_KEY, prune_builds, upstream_build
 from persona_assets.compute import affinities, persona_store
 from persona_assets.jobs import COMPUTE_POOL
@@ -67,6 +68,7 @@ def _connect_with_reference(
     kinds={"duckdb", "sql"},
     pool=COMPUTE_POOL,
     code_version=affinities.COMPUTATION_VERSION,
+    automation_condition=REBUILD_AFTER_INGEST,
 )
 def user_raw_affinities(
     context: AssetExecutionContext,
@@ -122,6 +124,7 @@ def user_raw_affinities(
     kinds={"duckdb", "sql"},
     pool=COMPUTE_POOL,
     code_version=affinities.COMPUTATION_VERSION,
+    automation_condition=REBUILD_AFTER_INGEST,
 )
 def user_activity(
     event_store: EventStoreResource, relational_store: RelationalStore, compute: ComputeResource
@@ -156,6 +159,7 @@ class VocabularyConfig(Config):
     kinds={"duckdb", "sql"},
     pool=COMPUTE_POOL,
     code_version=affinities.COMPUTATION_VERSION,
+    automation_condition=WITH_THE_REBUILD,
 )
 def attribute_vocabulary(
     context: AssetExecutionContext,
@@ -195,6 +199,7 @@ def attribute_vocabulary(
     kinds={"duckdb", "sql"},
     pool=COMPUTE_POOL,
     code_version=affinities.COMPUTATION_VERSION,
+    automation_condition=WITH_THE_REBUILD,
 )
 def user_personas(
     context: AssetExecutionContext,
@@ -253,6 +258,7 @@ def user_personas(
     pool=COMPUTE_POOL,
     code_version=affinities.COMPUTATION_VERSION,
     freshness_policy=INDEX_FRESHNESS,
+    automation_condition=WITH_THE_REBUILD,
 )
 def persona_index(
     context: AssetExecutionContext,

@@ -14,9 +14,9 @@ A blocking check that fails stops every asset downstream of its asset *in the sa
 skips them and the run fails, naming the check (the check also logs its finding at ERROR). So in
 ``full_rebuild`` a flood of unknown pincodes stops vocabulary, personas and index, and a bad map
 stops ``persona_index`` (the live build and the hasChanged = 2 flags stay); a flood of event rejects
-fails the ``ingest_events`` run, and ``rebuild_after_ingest``, which follows successful runs only,
-does not start the rebuild; in one run of everything (the UI) it stops the rebuild directly. What a
-check cannot undo is its own asset, already materialised when it runs. The checks of
+fails the ``ingest_events`` run, and the rebuild's automation condition (``automation.py``) requests no
+rebuild while a blocking check of a raw asset stands failed; in one run of everything (the UI) it stops
+the rebuild directly. What a check cannot undo is its own asset, already materialised when it runs. The checks of
 ``persona_index`` do not block: nothing is downstream of the index and a failed step would not take
 a published build back.
 
