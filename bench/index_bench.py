@@ -5,13 +5,13 @@ Usage: .venv/bin/python bench/index_bench.py --url "$PERSONA_OPENSEARCH_URL" [--
        [--backends opensearch,embedded] [--skip-baseline] [--out docs/bench/index-1m.json]
        [--compare-commit C --rounds N]
 
-Personas: ``WORK/persona_users.parquet`` + ``persona_affinity.parquet`` — the files ``user_personas``
+Personas: the hand-off files in ``WORK`` (``PersonaHandOff``: users, affinities as integers, keys) — what ``user_personas``
 leaves for ``persona_index`` — written by ``bench/persona_work.py`` when absent (~28 affinity rows per
 user, keys from the real catalog).
 
 For each backend, three phases, each in a process of its own so that its peak RSS is its own:
 
-* ``streamed`` (this checkout): what ``persona_index`` runs — ``persona_batches_from_parquet`` (DuckDB
+* ``streamed`` (this checkout): what ``persona_index`` runs — ``persona_batches_from_hand_off`` (DuckDB
   under ``--memory-limit``) into ``backend.publish``;
 * ``upsert`` (this checkout): what a refresh run does to that build — ``backend.upsert`` of
   ``--upsert`` personas (the first ones of the users file, every value halved), streamed from DuckDB;
@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 from _common import redact
+from persona_work import named_affinities_sql
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -94,15 +95,15 @@ def _query_digest(backend) -> str:
     return digest.hexdigest()[:16]
 
 
-def _changed_personas(args: argparse.Namespace, users_path: Path, affinity_path: Path):
+def _changed_personas(args: argparse.Namespace, hand_off):
     """A DuckDB connection holding what a refresh would upsert: the first users, every value halved."""
-    from persona_assets.compute.duck import DuckDBLimits, connect
+    from persona_assets.compute.duck import DuckDBLimits, connect, parquet_relation
 
     con = connect(DuckDBLimits(args.memory_limit, args.threads, Path(args.index_dir) / "spill"))
-    con.execute(f"CREATE TABLE changed_users AS SELECT * FROM read_parquet('{users_path}') LIMIT {args.upsert}")
+    con.execute(f"CREATE TABLE changed_users AS SELECT * FROM {parquet_relation(hand_off.users)} LIMIT {args.upsert}")
     con.execute(
         f"CREATE TABLE changed_affinity AS SELECT a.ext_id, a.dimension, a.key, a.value / 2 AS value "
-        f"FROM read_parquet('{affinity_path}') a SEMI JOIN changed_users u ON u.ext_id = a.ext_id"
+        f"FROM {named_affinities_sql(hand_off)} a SEMI JOIN changed_users u ON u.ext_id = a.ext_id"
     )
     return con
 
@@ -110,25 +111,29 @@ def _changed_personas(args: argparse.Namespace, users_path: Path, affinity_path:
 def phase(args: argparse.Namespace) -> dict:
     """One publish, in this process: streamed from the work files, or (baseline) read whole with pandas."""
     work = Path(args.work)
-    users_path, affinity_path = work / "persona_users.parquet", work / "persona_affinity.parquet"
+    from persona_assets.compute.duck import DuckDBLimits
+    from persona_assets.stores.search_backend import PersonaHandOff
+
+    limits = DuckDBLimits(args.memory_limit, args.threads, Path(args.index_dir) / "spill")
+    hand_off = PersonaHandOff.in_directory(work, limits)
     backend = _backend(args.backend, args.url, args.alias, Path(args.index_dir))
-    changed = _changed_personas(args, users_path, affinity_path) if args.phase == "upsert" else None
+    changed = _changed_personas(args, hand_off) if args.phase == "upsert" else None
     node_before = _node_cpu_seconds(args.url) if args.backend == "opensearch" else None
     cpu_before, started = _cpu_seconds(), time.perf_counter()
     if args.phase == "streamed":
-        from persona_assets.compute.duck import DuckDBLimits
-        from persona_assets.stores.persona_stream import persona_batches_from_parquet
+        from persona_assets.stores.persona_stream import persona_batches_from_hand_off
 
-        limits = DuckDBLimits(args.memory_limit, args.threads, Path(args.index_dir) / "spill")
-        report = backend.publish(persona_batches_from_parquet(users_path, affinity_path, limits))
+        report = backend.publish(persona_batches_from_hand_off(hand_off))
     elif args.phase == "upsert":
         from persona_assets.stores.persona_stream import persona_batches
 
         report = backend.upsert(persona_batches(changed, "changed_users", "changed_affinity"))
     else:
+        import duckdb
         import pandas as pd
 
-        report = backend.publish(pd.read_parquet(users_path), pd.read_parquet(affinity_path))
+        affinities = duckdb.sql(f"SELECT * FROM {named_affinities_sql(hand_off)}").df()
+        report = backend.publish(pd.read_parquet(hand_off.users)[["ext_id", "gender"]], affinities)
     seconds = time.perf_counter() - started
     sent = args.upsert if args.phase == "upsert" else report.document_count
     result = {
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     args.work = args.work or f"/tmp/persona-index-bench/work-{args.users}"
-    if not (Path(args.work) / "persona_affinity.parquet").exists():
+    if not (Path(args.work) / "persona_keys.parquet").exists():
         from persona_work import write_work_files
 
         print(f"writing {args.users:,} personas to {args.work} ...", file=sys.stderr, flush=True)

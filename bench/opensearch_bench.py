@@ -3,7 +3,7 @@
 Usage: .venv/bin/python bench/opensearch_bench.py [--users 100000] [--seed 7] [--queries 200]
        [--url http://127.0.0.1:9200 | --home /tmp/persona-os-bench] [--out docs/bench/opensearch-100k.json]
 
-Personas: the latest build's ``persona_users.parquet`` + ``persona_affinity.parquet`` when both
+Personas: the latest build's hand-off files (users, affinities, keys) when they
 exist (and ``--synthetic`` is not given), else ``--users`` synthetic personas built directly:
 ~30 keys per user across brand / generic / category / city / ecomm, Zipf-skewed key
 popularity, values = small integer counts normalised per dimension (so many exact ties).
@@ -35,8 +35,10 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
+from persona_work import named_affinities_sql
 
 from persona_assets.query import ScoreWeights, SegmentQuery
 from persona_assets.stores.opensearch_index import OpenSearchBackend
@@ -208,14 +210,15 @@ def load_personas(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame,
         from persona_assets.builds import latest_build
         from persona_assets.pipeline import dagster_instance
         from persona_assets.settings import PersonaSettings
+        from persona_assets.stores.search_backend import PersonaHandOff
 
         settings = PersonaSettings.from_env()
         work = settings.layout.build_dir(latest_build(dagster_instance(settings), "user_personas") or "none")
-        users_path, affinity_path = work / "persona_users.parquet", work / "persona_affinity.parquet"
-        if users_path.exists() and affinity_path.exists():
-            users = pd.read_parquet(users_path)[["ext_id", "gender"]]
-            affinity = pd.read_parquet(affinity_path)[["ext_id", "dimension", "key", "value"]]
-            return users, affinity, f"{work} (persona_users + persona_affinity)"
+        hand_off = PersonaHandOff.in_directory(work)
+        if all(path.exists() for path in hand_off.files):
+            users = pd.read_parquet(hand_off.users)[["ext_id", "gender"]]
+            affinity = duckdb.sql(f"SELECT * FROM {named_affinities_sql(hand_off)}").df()
+            return users, affinity, f"{work} (the hand-off files)"
     users, affinity = synthetic_personas(args.users, args.seed)
     return users, affinity, f"synthetic: {args.users} users, seed {args.seed}"
 

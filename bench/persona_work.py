@@ -1,7 +1,7 @@
-"""Synthetic persona work files (``persona_users.parquet`` + ``persona_affinity.parquet``) at any scale.
+"""Synthetic persona hand-off files (``PersonaHandOff``: users, affinities as integers, keys) at any scale.
 
 The index benchmarks need a million normalised personas without running import and the rebuild
-first. This writes the two files ``user_personas`` leaves in its build directory, with the
+first. This writes the three files ``user_personas`` leaves in its build directory, with the
 same columns, in chunks of users (memory stays flat whatever ``--users``):
 
 * ~30 affinity rows per user over the five dimensions (brand ~7, generic ~8, category ~14 — three
@@ -69,8 +69,24 @@ def ext_ids(first: int, count: int, users: int) -> pa.Array:
     return pa.array(np.char.add("C", np.char.zfill(numbers.astype(str), 10)), pa.string())
 
 
+def key_ids(vocabulary: dict[str, list[str]]) -> tuple[dict[str, int], pa.Table]:
+    """The first kid of each dimension's keys, and the keys table (kid, dimension, key)."""
+    first, dimensions, keys = {}, [], []
+    for dim in SHAPE:
+        first[dim] = len(keys)
+        dimensions += [dim] * len(vocabulary[dim])
+        keys += vocabulary[dim]
+    table = pa.table({"kid": pa.array(range(len(keys)), pa.int32()), "dimension": dimensions, "key": keys})
+    return first, table
+
+
 def chunk_tables(
-    rng: np.random.Generator, vocabulary: dict[str, list[str]], first: int, count: int, users: int
+    rng: np.random.Generator,
+    vocabulary: dict[str, list[str]],
+    first_kid: dict[str, int],
+    first: int,
+    count: int,
+    users: int,
 ) -> tuple[pa.Table, pa.Table]:
     ids = ext_ids(first, count, users)
     gender = rng.choice(np.array(["men", "women", "unisex"]), size=count, p=[0.42, 0.40, 0.18])
@@ -88,30 +104,35 @@ def chunk_tables(
         parts.append(
             pa.table(
                 {
-                    "ext_id": ids.take(pa.array(rows)),
-                    "dimension": pa.array(np.full(rows.size, dim)),
-                    "key": pa.array(keys, pa.string()).take(pa.array(picks)),
+                    "uid": pa.array(rows + first, pa.int32()),
+                    "kid": pa.array(picks + first_kid[dim], pa.int32()),
                     "value": pa.array(values, pa.float64()),
                 }
             )
         )
-    return pa.table({"ext_id": ids, "gender": pa.array(gender, pa.string())}), pa.concat_tables(parts)
+    uids = pa.array(np.arange(first, first + count), pa.int32())
+    return pa.table({"ext_id": ids, "uid": uids, "gender": pa.array(gender, pa.string())}), pa.concat_tables(parts)
 
 
 def write_work_files(work_dir: Path, users: int, seed: int = 7) -> dict[str, int]:
-    """Write both files into ``work_dir`` (replacing them); returns the row counts."""
+    """Write the hand-off files into ``work_dir`` (replacing them); returns the row counts."""
+    from persona_assets.stores.search_backend import PersonaHandOff
+
     work_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     vocabulary = catalog_vocabulary()
+    first_kid, keys = key_ids(vocabulary)
+    hand_off = PersonaHandOff.in_directory(work_dir)
+    pq.write_table(keys, hand_off.keys, compression="zstd")
     user_rows = affinity_rows = 0
-    users_path, affinity_path = work_dir / "persona_users.parquet", work_dir / "persona_affinity.parquet"
     users_writer = affinity_writer = None
     try:
         for first in range(0, users, CHUNK_USERS):
-            user_table, affinity_table = chunk_tables(rng, vocabulary, first, min(CHUNK_USERS, users - first), users)
+            count = min(CHUNK_USERS, users - first)
+            user_table, affinity_table = chunk_tables(rng, vocabulary, first_kid, first, count, users)
             if users_writer is None:
-                users_writer = pq.ParquetWriter(users_path, user_table.schema, compression="zstd")
-                affinity_writer = pq.ParquetWriter(affinity_path, affinity_table.schema, compression="zstd")
+                users_writer = pq.ParquetWriter(hand_off.users, user_table.schema, compression="zstd")
+                affinity_writer = pq.ParquetWriter(hand_off.affinities, affinity_table.schema, compression="zstd")
             users_writer.write_table(user_table)
             affinity_writer.write_table(affinity_table)
             user_rows += user_table.num_rows
@@ -121,6 +142,18 @@ def write_work_files(work_dir: Path, users: int, seed: int = 7) -> dict[str, int
             if writer is not None:
                 writer.close()
     return {"users": user_rows, "affinity_rows": affinity_rows}
+
+
+def named_affinities_sql(hand_off) -> str:
+    """The hand-off's affinities as a DuckDB relation with names, ``(ext_id, dimension, key, value)``: what
+    refreshes and code before the integer hand-off read."""
+    from persona_assets.compute.duck import parquet_relation
+
+    users, affinities, keys = (parquet_relation(path) for path in hand_off.files)
+    return (
+        f"(SELECT u.ext_id, k.dimension, k.key, a.value FROM {affinities} a JOIN {users} u USING (uid) "
+        f"JOIN {keys} k USING (kid))"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -440,3 +440,60 @@ def refresh_everything(pipeline: Pipeline, rounds: int = 5, settle: bool = True)
     if not settle:
         return outcomes
     raise AssertionError(f"the refresh did not settle in {rounds} rounds: {pipeline.flags()}")
+
+
+# --------------------------------------------------------------------------- hand-off files
+
+
+def write_hand_off(users: pd.DataFrame, affinities: pd.DataFrame, directory: Path, limits=None):
+    """The rebuild's hand-off files (``PersonaHandOff``: integers) of personas given as long named tables
+    (``users``: ext_id, gender; ``affinities``: ext_id, dimension, key, value), faults kept: an affinity
+    row whose ext_id is not a user gets a uid no user has, a key repeated in a map stays repeated."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from persona_assets.stores.search_backend import PersonaHandOff
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hand_off = PersonaHandOff.in_directory(directory, limits)
+    users = users.reset_index(drop=True).assign(uid=lambda frame: range(len(frame)))
+    uids = dict(zip(users["ext_id"], users["uid"], strict=False)) if "ext_id" in users else {}
+    keys = affinities[["dimension", "key"]].drop_duplicates().reset_index(drop=True)
+    keys["kid"] = range(len(keys))
+    kids = {(d, k): kid for d, k, kid in zip(keys["dimension"], keys["key"], keys["kid"], strict=True)}
+    orphans: dict[str, int] = {}
+
+    def uid_of(ext_id: str) -> int:
+        if ext_id in uids:
+            return uids[ext_id]
+        return orphans.setdefault(ext_id, len(users) + len(orphans))
+
+    ids = pd.DataFrame(
+        {
+            "uid": [uid_of(e) for e in affinities["ext_id"]],
+            "kid": [kids[(d, k)] for d, k in zip(affinities["dimension"], affinities["key"], strict=True)],
+            "value": affinities["value"].astype(float),
+        },
+        columns=["uid", "kid", "value"],
+    )
+    for frame, path in (
+        (users, hand_off.users),
+        (ids.astype({"uid": "int64", "kid": "int64"}), hand_off.affinities),
+        (keys[["kid", "dimension", "key"]], hand_off.keys),
+    ):
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    return hand_off
+
+
+def read_hand_off(hand_off) -> pd.DataFrame:
+    """A hand-off's affinities as the long named table (ext_id, dimension, key, value)."""
+    import duckdb
+
+    from persona_assets.compute.duck import parquet_relation
+
+    users, affinities, keys = (parquet_relation(path) for path in hand_off.files)
+    return duckdb.sql(
+        f"SELECT u.ext_id, k.dimension, k.key, a.value FROM {affinities} a JOIN {users} u USING (uid) "
+        f"JOIN {keys} k USING (kid) ORDER BY ALL"
+    ).df()

@@ -34,6 +34,7 @@ from persona_assets.resources import resources_from_settings
 from persona_assets.stores import relational
 from persona_assets.stores.changes import flag_users_changed
 from persona_assets.stores.events import EventStore
+from persona_assets.stores.search_backend import PersonaHandOff
 
 pytestmark = pytest.mark.contract
 
@@ -378,14 +379,17 @@ MAPS = check_key("user_personas", "maps_sum_to_one")
 
 
 def test_a_map_off_one_in_the_parquet_hand_off_fails(good: Pipeline):
-    path = good.build_dir() / "persona_affinity.parquet"
+    hand_off = PersonaHandOff.in_directory(good.build_dir())
+    path = hand_off.affinities
     original = path.read_bytes()
     try:
         frame = pd.read_parquet(path)
-        brand = (frame["ext_id"] == "u07") & (frame["dimension"] == "brand")
+        uid = pd.read_parquet(hand_off.users).set_index("ext_id")["uid"]
+        dimension = frame["kid"].map(pd.read_parquet(hand_off.keys).set_index("kid")["dimension"])
+        brand = (frame["uid"] == uid["u07"]) & (dimension == "brand")
         assert brand.any()
         frame.loc[brand, "value"] *= 2
-        city = (frame["ext_id"] == "u11") & (frame["dimension"] == "city")
+        city = (frame["uid"] == uid["u11"]) & (dimension == "city")
         frame.loc[city, "value"] = frame.loc[city, "value"] * (1 + 1e-6)  # off by 1e-6: beyond the 1e-9 allowed
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
 

@@ -339,9 +339,11 @@ def test_every_map_sums_to_one_and_has_no_zero_values(main_run):
 
 def test_the_export_holds_exactly_the_values_the_index_is_built_from(main_run):
     """The store keeps each map's weights and export divides them: bit for bit the rebuild's fractions."""
-    import pyarrow.parquet as pq
+    from conftest import read_hand_off
 
-    handed_over = pq.read_table(main_run.build_dir() / "persona_affinity.parquet").to_pylist()
+    from persona_assets.stores.search_backend import PersonaHandOff
+
+    handed_over = read_hand_off(PersonaHandOff.in_directory(main_run.build_dir())).to_dict("records")
     expected: dict[tuple[str, str], dict[str, float]] = {}
     for row in handed_over:
         column = row["dimension"] if row["dimension"] in ("city", "ecomm") else f"{row['dimension']}_affinity"

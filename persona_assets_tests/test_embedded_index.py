@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from conftest import write_hand_off
 
 from persona_assets.query import (
     ScoreWeights,
@@ -95,14 +95,9 @@ def build_index(users, affinities, directory: Path, *, rows_per_batch: int = 10_
 def build_from_hand_off(users, affinities, directory: Path, **options):
     """The same build through the rebuild's hand-off files (DuckDB groups the postings, no persona stream)."""
     directory = Path(directory)
-    files = directory.parent / f"{directory.name}-hand-off"
-    files.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("persona_users", users), ("persona_affinity", affinities)):
-        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-        pq.write_table(table, files / f"{name}.parquet")
-    return build_index_from_hand_off(
-        files / "persona_users.parquet", files / "persona_affinity.parquet", directory, **options
-    )
+    as_frame = [frame.to_pandas() if isinstance(frame, pa.Table) else frame for frame in (users, affinities)]
+    hand_off = write_hand_off(*as_frame, directory.parent / f"{directory.name}-hand-off")
+    return build_index_from_hand_off(hand_off, directory, **options)
 
 
 BUILDERS = {"stream": build_index, "hand-off": build_from_hand_off}
@@ -360,7 +355,7 @@ def test_accepts_pyarrow_tables(tmp_path, personas):
         (
             None,
             {"ext_id": ["zz"], "dimension": ["brand"], "key": ["nike"], "value": [1.0]},
-            "'zz' is not in users",
+            "is not in users",
         ),
         (
             None,

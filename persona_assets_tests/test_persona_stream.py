@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from conftest import write_hand_off
 
 from persona_assets.compute.duck import DuckDBLimits
 from persona_assets.stores.persona_stream import (
     checked_batches,
     map_entries,
     persona_batches_from_frames,
-    persona_batches_from_parquet,
+    persona_batches_from_hand_off,
 )
 from persona_assets.stores.search_backend import DIMENSIONS, PERSONA_SCHEMA
 
@@ -76,16 +77,31 @@ def test_whole_users_in_code_point_order_with_sorted_map_keys(rows_per_batch):
     assert list(checked_batches(batches))  # what the producer makes passes the backends' checks
 
 
-def test_from_the_work_files_within_a_memory_limit(tmp_path: Path):
-    pq.write_table(pa.Table.from_pandas(USERS, preserve_index=False), tmp_path / "persona_users.parquet")
-    pq.write_table(pa.Table.from_pandas(AFFINITIES, preserve_index=False), tmp_path / "persona_affinity.parquet")
+def test_from_the_hand_off_files_within_a_memory_limit(tmp_path: Path):
     limits = DuckDBLimits(memory_limit="64MiB", threads=1, temp_directory=tmp_path / "spill")
-    batches = persona_batches_from_parquet(
-        tmp_path / "persona_users.parquet", tmp_path / "persona_affinity.parquet", limits, rows_per_batch=4
-    )
-    assert _as_personas(batches) == _expected()
+    hand_off = write_hand_off(USERS, AFFINITIES, tmp_path / "work", limits)
+    assert _as_personas(persona_batches_from_hand_off(hand_off, rows_per_batch=4)) == _expected()
+    missing = replace(hand_off, users=tmp_path / "missing.parquet")
     with pytest.raises(FileNotFoundError, match="user_personas"):
-        list(persona_batches_from_parquet(tmp_path / "missing.parquet", tmp_path / "persona_affinity.parquet"))
+        list(persona_batches_from_hand_off(missing))
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda a, k: (pd.concat([a, a.head(1).assign(uid=999)]), k), "uid 999 is not in users"),
+        (lambda a, k: (pd.concat([a, a.head(1).assign(kid=999)]), k), "kid 999 is not in keys"),
+        (lambda a, k: (a, k.assign(dimension="colour")), "dimension 'colour'"),
+        (lambda a, k: (pd.concat([a, a.head(1)]), k), "duplicate"),
+    ],
+)
+def test_a_spoilt_hand_off_is_refused_naming_the_fault(tmp_path: Path, spoil, message):
+    hand_off = write_hand_off(USERS, AFFINITIES, tmp_path / "work")
+    affinities, keys = spoil(pd.read_parquet(hand_off.affinities), pd.read_parquet(hand_off.keys))
+    affinities.to_parquet(hand_off.affinities, index=False)
+    keys.to_parquet(hand_off.keys, index=False)
+    with pytest.raises(ValueError, match=message):
+        list(checked_batches(persona_batches_from_hand_off(hand_off)))
 
 
 def test_map_entries_of_a_sliced_batch_with_null_maps():

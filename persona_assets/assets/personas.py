@@ -43,6 +43,11 @@ def _work(event_store: EventStoreResource, build: str, name: str) -> Path:
     return event_store.layout.build_dir(build) / f"{name}.parquet"
 
 
+def _hand_off(event_store: EventStoreResource, build: str, compute: ComputeResource) -> PersonaHandOff:
+    """The files ``user_personas`` hands its personas to ``persona_index`` in (and the checks read)."""
+    return PersonaHandOff.in_directory(event_store.layout.build_dir(build), compute.limits)
+
+
 def _build_of(context: AssetExecutionContext, upstream: str) -> str:
     return upstream_build(context.instance, context.run.run_id, upstream)
 
@@ -227,8 +232,10 @@ def user_personas(
     affinities.register_categories(con, relational.read_frame(engine, relational.categories))
     vocabulary = pd.read_parquet(_work(event_store, build, "vocabulary"))
     affinities.compute_personas(con, vocabulary)
-    affinities.write_parquet(con, "persona_affinity", _work(event_store, build, "persona_affinity"))
-    affinities.write_parquet(con, "persona_users", _work(event_store, build, "persona_users"))
+    hand_off = _hand_off(event_store, build, compute)
+    affinities.write_parquet(con, "persona_users", hand_off.users)
+    affinities.write_parquet(con, "persona_affinity_ids", hand_off.affinities)
+    affinities.write_parquet(con, "persona_keys", hand_off.keys)
     stored = persona_store.write_personas(engine, con)
     persona_store.write_legacy_columns(engine, con, has_changed=calculated_since_rebuild_snapshot(engine, snapshot))
     # Users flagged with no event left have no row above and are calculated too (nothing to index): the
@@ -278,9 +285,7 @@ def persona_index(
     build = _build_of(context, "user_personas")
     snapshot = RebuildSnapshot(build)
     backend = search_index.backend()
-    hand_off = PersonaHandOff(
-        _work(event_store, build, "persona_users"), _work(event_store, build, "persona_affinity"), compute.limits
-    )
+    hand_off = _hand_off(event_store, build, compute)
     report = backend.publish_hand_off(hand_off)
     # Users the index refused stay at 2: out of the snapshot, their flags do not advance; the refresh
     # sensor retries them with back-off (stores.refusals). Everyone else was indexed.

@@ -17,10 +17,12 @@ from dagster import (
 
 from persona_assets.builds import upstream_build
 from persona_assets.checks._common import SAMPLE_SIZE, count_rows, report_failure
+from persona_assets.compute.duck import parquet_relation
 from persona_assets.jobs import COMPUTE_POOL
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
+from persona_assets.stores.search_backend import PersonaHandOff
 
 # Relational personas are streamed through DuckDB this many rows at a time (memory stays flat).
 RELATIONAL_CHUNK_ROWS = 20_000
@@ -49,10 +51,14 @@ IS_BAD_MAP = "(bad_values > 0 OR total IS NULL OR NOT isfinite(total) OR abs(tot
 
 PARQUET_MAPS_SQL = f"""
     CREATE OR REPLACE TEMP TABLE parquet_maps AS
-    SELECT ext_id, dimension, SUM(value) AS total, COUNT(*) AS keys,
-           COUNT(*) FILTER (WHERE {_bad_value("value")}) AS bad_values
-    FROM read_parquet($path) GROUP BY ext_id, dimension
+    WITH maps AS (
+        SELECT a.uid, k.dimension, SUM(a.value) AS total, COUNT(*) AS keys,
+               COUNT(*) FILTER (WHERE {_bad_value("a.value")}) AS bad_values
+        FROM {{affinities}} a JOIN {{keys}} k USING (kid) GROUP BY a.uid, k.dimension
+    )
+    SELECT u.ext_id, m.dimension, m.total, m.keys, m.bad_values FROM maps m JOIN {{users}} u USING (uid)
 """
+"""Each map of the hand-off (integers, :class:`PersonaHandOff`) summed; names joined to the sums only."""
 
 WORST_MAPS_SQL = """
     SELECT source, ext_id, dimension, total, keys, bad_values FROM bad_maps
@@ -158,7 +164,7 @@ def _relational_sample(con: duckdb.DuckDBPyConnection, users_path: Path, size: i
     description=(
         "Every normalised map (city, ecomm, brand, generic, category) of every persona sums to 1 within 1e-9, "
         "with every value a finite number in (0, 1]; an empty map is allowed. Checked on both copies the "
-        "asset writes: every map of its build's persona_affinity.parquet (what persona_index publishes), and of the "
+        "asset writes: every map of its build's Parquet hand-off (what persona_index publishes), and of the "
         "relational user_personas JSON (what export reads) the row count and the maps of a random sample "
         "of PERSONA_CHECK_RELATIONAL_SAMPLE personas (default 10,000; 0 = all). Blocking, ERROR: a bad map "
         "never reaches the search index (persona_index is skipped, the live build and the hasChanged = 2 "
@@ -174,8 +180,10 @@ def maps_sum_to_one(
     settings = PersonaSettings.from_env().checks
     tolerance = settings.map_sum_tolerance
     build_dir = event_store.layout.build_dir(upstream_build(context.instance, context.run.run_id, "user_personas"))
-    path = build_dir / "persona_affinity.parquet"
-    if not path.exists():
+    hand_off = PersonaHandOff.in_directory(build_dir)
+    missing = [path for path in hand_off.files if not path.exists()]
+    if missing:
+        path = missing[0]
         return report_failure(
             context,
             AssetCheckResult(
@@ -191,14 +199,15 @@ def maps_sum_to_one(
         "bad_values BIGINT)"
     )
     con.execute("CREATE TABLE bad_json (ext_id VARCHAR, dimension VARCHAR, json_text VARCHAR)")
-    con.execute(PARQUET_MAPS_SQL, {"path": str(path), "tol": tolerance})
+    users, affinities, keys = (parquet_relation(path) for path in hand_off.files)
+    con.execute(PARQUET_MAPS_SQL.format(users=users, affinities=affinities, keys=keys), {"tol": tolerance})
     con.execute(
         "INSERT INTO bad_maps SELECT 'parquet', ext_id, dimension, total, keys, bad_values FROM parquet_maps "
         f"WHERE {IS_BAD_MAP}",
         {"tol": tolerance},
     )
     checked_parquet = int(con.execute("SELECT COUNT(*) FROM parquet_maps").fetchall()[0][0])
-    sample, handed_over = _relational_sample(con, build_dir / "persona_users.parquet", settings.relational_sample)
+    sample, handed_over = _relational_sample(con, hand_off.users, settings.relational_sample)
     stored = count_rows(relational_store.engine, sa.select(sa.func.count()).select_from(relational.user_personas))
     personas, checked_relational = _relational_maps(con, relational_store.engine, tolerance, sample)
     offending = dict(con.execute("SELECT source, COUNT(*) FROM bad_maps GROUP BY source").fetchall())

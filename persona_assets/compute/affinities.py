@@ -294,8 +294,9 @@ def compute_vocabulary(con: duckdb.DuckDBPyConnection, brand_size: int, generic_
 
 def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -> None:
     """Tables ``persona_users(ext_id, uid, gender)`` and ``persona_affinity_ids(uid, kid, value)``, and the
-    views ``persona_affinity(ext_id, dimension, key, value)`` and ``persona_weight_ids(uid, kid, weight)`` (the
-    kept keys' raw weights), from the tables of :func:`compute_raw_affinities`.
+    views ``persona_affinity(ext_id, dimension, key, value)``, ``persona_keys(kid, dimension, key)`` (the
+    kept keys) and ``persona_weight_ids(uid, kid, weight)`` (their raw weights), from the tables of
+    :func:`compute_raw_affinities`.
 
     Each map is divided by its sum with a GROUP BY and a join on integers (no window over strings).
     """
@@ -338,6 +339,10 @@ def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -
         """,
     )
     _name_view(con, "persona_affinity", "persona_affinity_ids", "value")
+    con.execute(
+        "CREATE OR REPLACE VIEW persona_keys AS SELECT k.kid, k.dimension, k.key FROM kept_keys JOIN affinity_keys k "
+        "USING (kid)"
+    )
     # What user_personas stores: the kept keys' raw weights, from which each value above is one division.
     con.execute(
         "CREATE OR REPLACE VIEW persona_weight_ids AS SELECT r.uid, r.kid, r.weight "

@@ -70,3 +70,8 @@ def connect(limits: DuckDBLimits | None = None) -> duckdb.DuckDBPyConnection:
 def memory_limit_bytes(con: duckdb.DuckDBPyConnection) -> int:
     """The memory limit ``con`` runs under, in bytes (DuckDB reports it as e.g. ``2.7 GiB``)."""
     return size_in_bytes(str(con.execute("SELECT current_setting('memory_limit')").fetchone()[0]))
+
+
+def parquet_relation(path: Path) -> str:
+    """``read_parquet('…')`` of ``path``, quoted for SQL text (a path may hold a quote)."""
+    return "read_parquet('" + str(path).replace("'", "''") + "')"

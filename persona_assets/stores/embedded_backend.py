@@ -172,9 +172,7 @@ class EmbeddedBackend:
     def publish_hand_off(self, hand_off: PersonaHandOff) -> PublishReport:
         """The postings grouped by DuckDB straight from the files (``embedded_hand_off``), no persona stream."""
         with self._writer_lock():
-            return _published(
-                build_index_from_hand_off(hand_off.users, hand_off.affinities, self.index_dir, hand_off.limits)
-            )
+            return _published(build_index_from_hand_off(hand_off, self.index_dir))
 
     def upsert(self, personas: PersonaBatches, removed: Sequence[str] = ()) -> PublishReport:
         """A new delta over the live base: the live delta with these personas replaced (and ``removed``

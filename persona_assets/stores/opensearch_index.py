@@ -33,7 +33,7 @@ from persona_assets.query.scoring import ScoreWeights
 from persona_assets.stores.opensearch_bulk import BulkLoader, LoadReport
 from persona_assets.stores.opensearch_documents import BulkDocuments, KeyLiterals, encode_batch, index_mapping
 from persona_assets.stores.opensearch_search import IndexMissing, RankWindow, search_alias
-from persona_assets.stores.persona_stream import checked_batches, persona_batches_from_parquet
+from persona_assets.stores.persona_stream import checked_batches, persona_batches_from_hand_off
 from persona_assets.stores.search_backend import (
     IndexNotBuiltError,
     PersonaBatches,
@@ -171,7 +171,7 @@ class OpenSearchBackend:
 
     def publish_hand_off(self, hand_off: PersonaHandOff) -> PublishReport:
         """Documents are whole personas: the hand-off is streamed as such (``persona_stream``)."""
-        return self.publish(persona_batches_from_parquet(hand_off.users, hand_off.affinities, hand_off.limits))
+        return self.publish(persona_batches_from_hand_off(hand_off))
 
     def publish(self, personas: PersonaBatches) -> PublishReport:
         """Load every persona into a new physical index, swap the alias to it, delete the old builds."""

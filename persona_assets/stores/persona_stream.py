@@ -1,7 +1,8 @@
 """Personas as a stream of Arrow record batches (``search_backend.PERSONA_SCHEMA``): produced, checked, read.
 
-A rebuild leaves the normalised personas as two long tables (``persona_users``: ext_id, gender;
-``persona_affinity``: ext_id, dimension, key, value). :func:`persona_batches` turns them into whole
+A refresh leaves the normalised personas as two long tables (``persona_users``: ext_id, gender;
+``persona_affinity``: ext_id, dimension, key, value), a rebuild as the integer hand-off files
+(:func:`persona_batches_from_hand_off`). :func:`persona_batches` turns them into whole
 users in ext_id order without holding them in Python: DuckDB (under the configured memory limit,
 spilling to disk beyond it) numbers the users in code-point order, numbers the (dimension, key) pairs,
 and sorts the affinity rows by (user, key) as plain integers — sorting 30 M rows of strings would cost
@@ -24,8 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from persona_assets.compute.duck import DuckDBLimits, connect
-from persona_assets.stores.search_backend import DIMENSIONS, GENDERS, PERSONA_SCHEMA, PersonaBatches
+from persona_assets.compute.duck import connect, parquet_relation
+from persona_assets.stores.search_backend import DIMENSIONS, GENDERS, PERSONA_SCHEMA, PersonaBatches, PersonaHandOff
 
 __all__ = [
     "PERSONA_BATCH_ROWS",
@@ -34,7 +35,7 @@ __all__ = [
     "map_entries",
     "persona_batches",
     "persona_batches_from_frames",
-    "persona_batches_from_parquet",
+    "persona_batches_from_hand_off",
 ]
 
 #: Users per batch: large enough to amortise per-batch work, small enough to keep a batch a few MB.
@@ -192,8 +193,7 @@ def persona_batches(
     The connection's memory limit bounds the sort. An unknown dimension or a null key is refused before
     the first batch; an affinity row whose user is missing, when the stream reaches it.
     """
-    if rows_per_batch < 1:
-        raise ValueError(f"rows_per_batch must be at least 1, got {rows_per_batch}")
+    _check_rows_per_batch(rows_per_batch)
     con.execute(
         f"CREATE OR REPLACE TABLE {_USERS_TABLE} AS "
         f"SELECT ext_id, gender, row_number() OVER (ORDER BY ext_id) - 1 AS r FROM {users}"
@@ -203,17 +203,33 @@ def persona_batches(
         f"(row_number() OVER (ORDER BY dimension, key) - 1)::INTEGER AS kid "
         f"FROM (SELECT DISTINCT dimension, key FROM {affinities})"
     )
+    yield from _stream(
+        con,
+        f"SELECT u.r, k.kid, a.value FROM {affinities} a "
+        f"LEFT JOIN {_USERS_TABLE} u ON u.ext_id = a.ext_id "
+        f"JOIN {_KEYS_TABLE} k ON k.dimension = a.dimension AND k.key = a.key "
+        "ORDER BY u.r NULLS LAST, k.kid",
+        f"SELECT a.ext_id, count(*) OVER () FROM {affinities} a ANTI JOIN {_USERS_TABLE} u ON u.ext_id = a.ext_id "
+        "LIMIT 1",
+        "ext_id",
+        rows_per_batch,
+    )
+
+
+def _check_rows_per_batch(rows_per_batch: int) -> None:
+    if rows_per_batch < 1:
+        raise ValueError(f"rows_per_batch must be at least 1, got {rows_per_batch}")
+
+
+def _stream(
+    con: duckdb.DuckDBPyConnection, postings_sql: str, orphan_sql: str, user_column: str, rows_per_batch: int
+) -> Iterator[pa.RecordBatch]:
+    """Batches of whole users from ``_USERS_TABLE``/``_KEYS_TABLE`` and ``postings_sql`` (row, kid, value
+    sorted by row, rows of no user last); ``orphan_sql`` names one such orphan (its ``user_column``)."""
     postings, users_cursor, diagnostics = con.cursor(), con.cursor(), con.cursor()
     try:
         key_dimension, key_text = _key_table(con)
-        cursor = _PostingCursor(
-            postings.sql(
-                f"SELECT u.r, k.kid, a.value FROM {affinities} a "
-                f"LEFT JOIN {_USERS_TABLE} u ON u.ext_id = a.ext_id "
-                f"JOIN {_KEYS_TABLE} k ON k.dimension = a.dimension AND k.key = a.key "
-                "ORDER BY u.r NULLS LAST, k.kid"
-            ).to_arrow_reader(_POSTING_CHUNK_ROWS)
-        )
+        cursor = _PostingCursor(postings.sql(postings_sql).to_arrow_reader(_POSTING_CHUNK_ROWS))
         users_in_order = users_cursor.sql(f"SELECT ext_id, gender FROM {_USERS_TABLE} ORDER BY r").to_arrow_reader(
             rows_per_batch
         )
@@ -224,11 +240,10 @@ def persona_batches(
             yield _assemble(users_batch, rows - first_row, kids, values, key_dimension, key_text)
             first_row = end_row
         if cursor.has_orphans():
-            ext_id, count = diagnostics.execute(
-                f"SELECT a.ext_id, count(*) OVER () FROM {affinities} a ANTI JOIN {_USERS_TABLE} u "
-                "ON u.ext_id = a.ext_id LIMIT 1"
-            ).fetchone() or (None, 0)
-            raise ValueError(f"affinities: ext_id {ext_id!r} is not in users ({count} affinity row(s) without a user)")
+            user, count = diagnostics.execute(orphan_sql).fetchone() or (None, 0)
+            raise ValueError(
+                f"affinities: {user_column} {user!r} is not in users ({count} affinity row(s) without a user)"
+            )
     finally:
         for cursor_ in (postings, users_cursor, diagnostics):
             cursor_.close()
@@ -312,28 +327,39 @@ def _assemble(
     return pa.RecordBatch.from_arrays(columns, schema=PERSONA_SCHEMA)
 
 
-def _sql_path(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
-def persona_batches_from_parquet(
-    users_path: Path,
-    affinity_path: Path,
-    limits: DuckDBLimits | None = None,
-    *,
-    rows_per_batch: int = PERSONA_BATCH_ROWS,
+def persona_batches_from_hand_off(
+    hand_off: PersonaHandOff, *, rows_per_batch: int = PERSONA_BATCH_ROWS
 ) -> Iterator[pa.RecordBatch]:
-    """:func:`persona_batches` over the rebuild's work files, on a connection of its own bounded by ``limits``."""
-    for path in (users_path, affinity_path):
+    """:func:`persona_batches` over a rebuild's hand-off files, whose affinities are integers already: the
+    keys are renumbered in (dimension, key) order once, and the sort runs on integers alone. On a
+    connection of its own bounded by the hand-off's limits."""
+    _check_rows_per_batch(rows_per_batch)
+    for path in hand_off.files:
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: materialise user_personas first")
-    con = connect(limits)
+    users, affinities, keys = (parquet_relation(path) for path in hand_off.files)
+    con = connect(hand_off.limits)
     try:
-        yield from persona_batches(
+        con.execute(
+            f"CREATE OR REPLACE TABLE {_USERS_TABLE} AS "
+            f"SELECT ext_id, gender, uid, row_number() OVER (ORDER BY ext_id) - 1 AS r FROM {users}"
+        )
+        con.execute(
+            f"CREATE OR REPLACE TABLE {_KEYS_TABLE} AS SELECT dimension, key, kid AS hand_off_kid, "
+            f"(row_number() OVER (ORDER BY dimension, key) - 1)::INTEGER AS kid FROM {keys}"
+        )
+        unknown = con.execute(
+            f"SELECT a.kid FROM {affinities} a ANTI JOIN {_KEYS_TABLE} k ON k.hand_off_kid = a.kid LIMIT 1"
+        ).fetchone()
+        if unknown:
+            raise ValueError(f"affinities: kid {unknown[0]!r} is not in keys")
+        yield from _stream(
             con,
-            f"read_parquet({_sql_path(users_path)})",
-            f"read_parquet({_sql_path(affinity_path)})",
-            rows_per_batch=rows_per_batch,
+            f"SELECT u.r, k.kid, a.value FROM {affinities} a LEFT JOIN {_USERS_TABLE} u USING (uid) "
+            f"JOIN {_KEYS_TABLE} k ON k.hand_off_kid = a.kid ORDER BY u.r NULLS LAST, k.kid",
+            f"SELECT a.uid, count(*) OVER () FROM {affinities} a ANTI JOIN {_USERS_TABLE} u USING (uid) LIMIT 1",
+            "uid",
+            rows_per_batch,
         )
     finally:
         con.close()

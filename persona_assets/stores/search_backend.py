@@ -82,12 +82,35 @@ class SearchHits:
 
 @dataclass(frozen=True)
 class PersonaHandOff:
-    """The normalised personas a full rebuild hands over as two Parquet files (``persona_users``: ext_id,
-    gender; ``persona_affinity``: ext_id, dimension, key, value), and the DuckDB limits to read them in."""
+    """The normalised personas a full rebuild hands over as three Parquet files, and the DuckDB limits to
+    read them in. The long table is in integers, as the rebuild computes it (strings would cost the writer
+    and every reader a join on tens of millions of rows):
+
+    * ``users``: ``ext_id, uid, gender`` (``uid`` unique);
+    * ``affinities``: ``uid, kid, value`` (normalised maps; no (uid, kid) twice);
+    * ``keys``: ``kid, dimension, key`` (``kid`` unique; no (dimension, key) twice).
+    """
 
     users: Path
     affinities: Path
+    keys: Path
     limits: DuckDBLimits | None = None
+
+    @classmethod
+    def in_directory(cls, directory: Path, limits: DuckDBLimits | None = None) -> PersonaHandOff:
+        """The hand-off files of a build's directory (``persona_users``, ``persona_affinity``,
+        ``persona_keys`` ``.parquet``)."""
+        directory = Path(directory)
+        return cls(
+            directory / "persona_users.parquet",
+            directory / "persona_affinity.parquet",
+            directory / "persona_keys.parquet",
+            limits,
+        )
+
+    @property
+    def files(self) -> tuple[Path, Path, Path]:
+        return self.users, self.affinities, self.keys
 
 
 @dataclass(frozen=True)
