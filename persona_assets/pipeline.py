@@ -37,9 +37,22 @@ class _FailuresSaidOnce(logging.Filter):
         return record.levelno < logging.ERROR
 
 
-_CONSOLE = logging.getLogger("dagster")  # the logger Dagster's console writes to
-if not any(isinstance(f, _FailuresSaidOnce) for f in _CONSOLE.filters):
-    _CONSOLE.addFilter(_FailuresSaidOnce())
+class _RequestFailuresInOneLine(logging.Filter):
+    """opensearch-py logs each failed request as a warning with the exception's whole traceback (a node gone
+    mid-publish prints dozens of lines per request); the line naming the request stays, the step's own
+    failure says why, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _logger, _filter in (
+    (logging.getLogger("dagster"), _FailuresSaidOnce),
+    (logging.getLogger("opensearch"), _RequestFailuresInOneLine),
+):
+    if not any(isinstance(f, _filter) for f in _logger.filters):
+        _logger.addFilter(_filter())
 
 
 class MaterializationFailed(RuntimeError):

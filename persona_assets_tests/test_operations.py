@@ -313,3 +313,25 @@ def test_backfill_after_a_data_fix_equals_a_from_scratch_run_on_the_fixed_data(t
     assert pipeline.export() == scratch.export()
     for request in ({"brand": "nike"}, {"brand": "boat", "size": 3}, {"gender": "women"}, {}):
         assert pipeline.query(request) == scratch.query(request)
+
+
+def test_a_failed_opensearch_request_is_one_line_on_the_command_line(capsys):
+    """opensearch-py logs a failed request with its traceback; what the command line prints keeps the line
+    naming the request and drops the traceback (a node killed mid-publish printed dozens of lines)."""
+    import logging
+
+    import persona_assets.pipeline  # noqa: F401  (installs the filter, as the command line does)
+
+    handler = logging.StreamHandler()
+    logger = logging.getLogger("opensearch")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError:
+            logger.warning("PUT http://127.0.0.1:9200/personas-1 [status:N/A request:0.192s]", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "PUT http://127.0.0.1:9200/personas-1" in err
+    assert "Traceback" not in err and "ConnectionRefusedError" not in err
