@@ -49,18 +49,18 @@ def step_windows(pipeline: Pipeline, run_id: str) -> dict[str, tuple[float, floa
     return {step: (starts[step], ends[step]) for step in starts if step in ends}
 
 
-def latest_run(pipeline: Pipeline, after: float, rebuild: bool):
+def runs_since(instance, after: float, rebuild: bool) -> list:
+    """The runs created since ``after`` (the rebuild's only, when ``rebuild``), newest first."""
     from dagster import RunsFilter
 
     from persona_assets.jobs import REBUILD_TAG
-    from persona_assets.pipeline import dagster_instance
 
-    instance = dagster_instance(pipeline.settings)
     filters = RunsFilter(tags=REBUILD_TAG) if rebuild else RunsFilter()
-    for record in instance.get_run_records(filters=filters, limit=5):
-        if record.create_timestamp.timestamp() >= after:
-            return record.dagster_run
-    return None
+    return [
+        record.dagster_run
+        for record in instance.get_run_records(filters=filters, limit=5)
+        if record.create_timestamp.timestamp() >= after
+    ]
 
 
 def ranking(pipeline: Pipeline, query: dict) -> list[tuple[str, float]]:
@@ -88,15 +88,16 @@ def kill_at(pipeline: Pipeline, kind: str, step: str, delay: float, env: dict) -
         while True:
             assert process.poll() is None, f"persona materialize ended before {step} started"
             assert time.monotonic() < deadline, f"{step} never started"
-            run = latest_run(pipeline, launched, rebuild=kind == "rebuild")
-            if run is not None:
-                started = [
-                    record.event_log_entry
-                    for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_START).records
-                    if record.event_log_entry.step_key == step
-                ]
-                if started:
-                    break
+            # Every run since the launch, not the newest only: the reference run may be over, and the
+            # rebuild's created, between two looks on a busy machine.
+            started = [
+                record.event_log_entry
+                for run in runs_since(instance, launched, rebuild=kind == "rebuild")
+                for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_START).records
+                if record.event_log_entry.step_key == step
+            ]
+            if started:
+                break
             time.sleep(0.01)
         time.sleep(delay)
     finally:
@@ -123,7 +124,10 @@ def shops(tmp_path_factory):
     started = time.time()
     reference.materialize()
     with reference.env():
-        windows = step_windows(reference, latest_run(reference, started, rebuild=True).run_id)
+        from persona_assets.pipeline import dagster_instance
+
+        (rebuild, *_) = runs_since(dagster_instance(reference.settings), started, rebuild=True)
+        windows = step_windows(reference, rebuild.run_id)
     return reference, killed, query, before, windows
 
 

@@ -123,3 +123,24 @@ def test_services_up_round_trip_and_down(tmp_path: Path) -> None:
     assert services.down(home) == {"opensearch": False, "mariadb": False}
     assert (home / "services" / "opensearch" / "logs" / "opensearch.log").stat().st_size > 0
     assert (home / "services" / "mariadb" / "logs" / "mariadb.err").stat().st_size > 0
+
+
+def test_a_stopped_port_is_given_time_to_close() -> None:
+    """A server whose socket closes a moment after its process reads as gone is stopped, not an error; one
+    that keeps answering is reported."""
+    import threading
+
+    from persona_assets.services._process import port_closes
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    assert not port_closes(port, timeout=0.5)
+    closer = threading.Timer(0.6, listener.close)
+    closer.start()
+    try:
+        assert port_closes(port, timeout=10)
+    finally:
+        closer.cancel()
+        listener.close()

@@ -188,9 +188,27 @@ def stop_service(
         terminate(pid, timeout=timeout, service=service)
         pid_file.unlink(missing_ok=True)
         port = read_int(port_file)
-        if port and port_answers(port):
-            raise RuntimeError(f"{service}: port {port} still answers after stopping pid {pid}")
+        if port and not port_closes(port, timeout=_PORT_CLOSE_SECONDS):
+            raise RuntimeError(
+                f"{service}: port {port} still answers {_PORT_CLOSE_SECONDS:.0f}s after stopping pid {pid}"
+            )
         return True
+
+
+# A JVM's main thread can end (its /proc state then reads zombie) while its other threads still shut down and
+# hold the listening socket, a moment longer after a SIGKILL of a 1 GiB heap on a busy machine: the port is
+# given this long to close.
+_PORT_CLOSE_SECONDS = 15.0
+
+
+def port_closes(port: int, *, timeout: float) -> bool:
+    """True once nothing accepts connections on 127.0.0.1:port, waiting up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while port_answers(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def spawn(
