@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from persona_assets.compute.duck import memory_limit_bytes
+from persona_assets.compute.duck import memory_limit_bytes, parquet_relation
 from persona_assets.contract.tokens import token_key, token_regex_re2, tokenize
 from persona_assets.stores.events import EVENT_KINDS, EventStore
 
@@ -45,7 +45,7 @@ def register_events(con: duckdb.DuckDBPyConnection, store: EventStore, only_user
             con.register(f"{kind.name}_empty", kind.schema.empty_table())
             source = f"{kind.name}_empty"
         else:
-            source = f"read_parquet('{pattern}')"
+            source = parquet_relation(pattern)
         con.execute(f"CREATE OR REPLACE {relation} {kind.name} AS SELECT * FROM {source}{scope}")
 
 
@@ -257,7 +257,7 @@ def load_raw_affinities(con: duckdb.DuckDBPyConnection, work_dir: Path) -> None:
         path = work_dir / f"{table}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path}: materialise user_raw_affinities first")
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{path}')")
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {parquet_relation(path)}")
     _name_view(con, "raw_affinity", "raw_affinity_ids", "weight")
 
 

@@ -72,6 +72,6 @@ def memory_limit_bytes(con: duckdb.DuckDBPyConnection) -> int:
     return size_in_bytes(str(con.execute("SELECT current_setting('memory_limit')").fetchone()[0]))
 
 
-def parquet_relation(path: Path) -> str:
-    """``read_parquet('…')`` of ``path``, quoted for SQL text (a path may hold a quote)."""
+def parquet_relation(path: Path | str) -> str:
+    """``read_parquet('…')`` of ``path`` (or a glob), quoted for SQL text (a path may hold a quote)."""
     return "read_parquet('" + str(path).replace("'", "''") + "')"
