@@ -69,9 +69,8 @@ def refresh_users(
     affinities.compute_raw_affinities(con)
     affinities.compute_personas(con, vocabulary)
     present = [row[0] for row in con.execute("SELECT ext_id FROM users").fetchall()]
-    persona_store.write_legacy_columns(engine, con)
-    persona_store.write_activity(engine, con, only_users=ext_ids)
     persona_store.write_personas(engine, con, only_users=ext_ids)
+    persona_store.write_activity(engine, con, only_users=ext_ids)
     report.calculated = advance_flags(engine, snapshot, [NEEDS_CALCULATION], CALCULATED)
 
     # Users with no events left (a re-imported day removed them) have no persona any more.

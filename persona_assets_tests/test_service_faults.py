@@ -161,7 +161,7 @@ def refreshed_reference(tmp_path_factory, shop):
     return reference.export()
 
 
-RESTART_POINTS = ["write_legacy_columns", "write_activity", "advance_flags 1 → 2", "upsert", "advance_flags 2 → 0"]
+RESTART_POINTS = ["write_personas", "write_activity", "advance_flags 1 → 2", "upsert", "advance_flags 2 → 0"]
 
 
 @pytest.mark.parametrize("point", [*RESTART_POINTS, "during write_personas"])

@@ -236,8 +236,7 @@ def user_personas(
     affinities.write_parquet(con, "persona_users", hand_off.users)
     affinities.write_parquet(con, "persona_affinity_ids", hand_off.affinities)
     affinities.write_parquet(con, "persona_keys", hand_off.keys)
-    stored = persona_store.write_personas(engine, con)
-    persona_store.write_legacy_columns(engine, con, has_changed=calculated_since_rebuild_snapshot(engine, snapshot))
+    stored = persona_store.write_personas(engine, con, has_changed=calculated_since_rebuild_snapshot(engine, snapshot))
     # Users flagged with no event left have no row above and are calculated too (nothing to index): the
     # few still at 1 are found through the flag's index, so this no longer rewrites every row.
     advance_flags(engine, snapshot, [NEEDS_CALCULATION], CALCULATED)

@@ -293,9 +293,9 @@ def compute_vocabulary(con: duckdb.DuckDBPyConnection, brand_size: int, generic_
 
 
 def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -> None:
-    """Tables ``persona_users(ext_id, uid, gender)`` and ``persona_affinity_ids(uid, kid, value)``, and the
-    views ``persona_affinity(ext_id, dimension, key, value)``, ``persona_keys(kid, dimension, key)`` (the
-    kept keys) and ``persona_weight_ids(uid, kid, weight)`` (their raw weights), from the tables of
+    """Tables ``persona_users(ext_id, uid, gender)``, ``kept_keys(kid, dimension)`` and
+    ``persona_affinity_ids(uid, kid, value)``, and the views ``persona_affinity(ext_id, dimension, key,
+    value)`` and ``persona_keys(kid, dimension, key)`` (the kept keys), from the tables of
     :func:`compute_raw_affinities`.
 
     Each map is divided by its sum with a GROUP BY and a join on integers (no window over strings).
@@ -343,11 +343,6 @@ def compute_personas(con: duckdb.DuckDBPyConnection, vocabulary: pd.DataFrame) -
         "CREATE OR REPLACE VIEW persona_keys AS SELECT k.kid, k.dimension, k.key FROM kept_keys JOIN affinity_keys k "
         "USING (kid)"
     )
-    # What user_personas stores: the kept keys' raw weights, from which each value above is one division.
-    con.execute(
-        "CREATE OR REPLACE VIEW persona_weight_ids AS SELECT r.uid, r.kid, r.weight "
-        "FROM raw_affinity_ids r JOIN kept_keys k USING (kid) WHERE r.weight > 0"
-    )
 
 
 def user_ranges(con: duckdb.DuckDBPyConnection, users_per_range: int) -> list[tuple[int, int]]:
@@ -382,35 +377,71 @@ def create_by_user_range(con: duckdb.DuckDBPyConnection, table: str, sql: str) -
         con.execute(f"INSERT INTO {table} {ordered}", {"first": first, "last": last})
 
 
-def _json_maps(table: str, value: str, dimensions: tuple[str, ...]) -> str:
-    """SQL giving, for the users of one uid range, one row per user with one JSON object column per
-    dimension (NULL when empty).
+def persona_rows_sql(search_terms_limit: int = 100) -> str:
+    """Each user of one uid range with both rows the store keeps of them, from one GROUP BY: the
+    ``user_personas`` columns (the kept keys' weights as JSON, layout beside ``relational.user_personas``)
+    as :data:`PERSONA_COLUMNS` and the legacy ``user_persona`` columns (every raw map and the latest search
+    texts) as :data:`LEGACY_COLUMNS`, in uid order.
 
-    One GROUP BY over the id table, the objects spelled with ``string_agg`` from each key's JSON text
-    (quoted once per key in ``affinity_keys``, not once per row).
+    The kept maps are the raw ones filtered (``kept_keys``, weight > 0), so both come from one pass over
+    ``raw_affinity_ids``, each key's JSON text spelled once (quoted once per key in ``affinity_keys``); two
+    passes cost a 1M-user rebuild about 22 s of DuckDB, most of it aggregating the same 67M rows twice.
+    Needs the tables of :func:`compute_personas` and ``user_queries`` (:func:`create_user_queries`).
     """
-    columns = ",\n".join(
-        f"'{{' || string_agg(k.json_key || CAST(t.{value} AS VARCHAR), ',') "
-        f"FILTER (WHERE k.dimension = '{d}') || '}}' AS \"{d}\""
-        for d in dimensions
+
+    def json_object(dimension: str, kept: bool) -> str:
+        condition = f"dimension = '{dimension}'" + (" AND kept" if kept else "")
+        return f"'{{' || string_agg(pair, ',') FILTER (WHERE {condition}) || '}}'"
+
+    maps = ",\n".join(
+        [f'{json_object(d, False)} AS "raw_{d}"' for d in (*MAP_DIMENSIONS, "gender")]
+        + [f'{json_object(d, True)} AS "kept_{d}"' for d in MAP_DIMENSIONS]
     )
-    return f"SELECT t.uid,\n{columns}\nFROM {table} t JOIN affinity_keys k USING (kid) WHERE t.uid {IN_RANGE} GROUP BY t.uid"
-
-
-def persona_rows_sql() -> str:
-    """Rows of the ``user_personas`` table for one uid range: the kept keys' weights as JSON text (the
-    layout is beside ``relational.user_personas``)."""
+    persona = ", ".join([f"CAST(COALESCE(m.kept_{d}, '{{}}') AS VARCHAR) AS \"p_{d}\"" for d in MAP_DIMENSIONS])
+    legacy = ", ".join(
+        [f"CAST(COALESCE(m.raw_{d}, '{{}}') AS VARCHAR) AS \"l_{d}\"" for d in (*MAP_DIMENSIONS, "gender")]
+    )
     return f"""
-        WITH maps AS ({_json_maps("persona_weight_ids", "weight", MAP_DIMENSIONS)})
-        SELECT u.ext_id, u.gender,
-               CAST(COALESCE(m.city, '{{}}') AS VARCHAR) AS city,
-               CAST(COALESCE(m.ecomm, '{{}}') AS VARCHAR) AS ecomm,
-               CAST(COALESCE(m.brand, '{{}}') AS VARCHAR) AS brand_affinity,
-               CAST(COALESCE(m.generic, '{{}}') AS VARCHAR) AS generic_affinity,
-               CAST(COALESCE(m.category, '{{}}') AS VARCHAR) AS category_affinity
-        FROM persona_users u LEFT JOIN maps m ON m.uid = u.uid
+        WITH pairs AS (
+            SELECT t.uid, k.dimension, k.json_key || CAST(t.weight AS VARCHAR) AS pair,
+                   (kept.kid IS NOT NULL AND t.weight > 0) AS kept
+            FROM raw_affinity_ids t JOIN affinity_keys k USING (kid) LEFT JOIN kept_keys kept USING (kid)
+            WHERE t.uid {IN_RANGE}
+        ),
+        maps AS (SELECT uid,\n{maps}\nFROM pairs GROUP BY uid),
+        terms AS (
+            SELECT uid, to_json(list(query ORDER BY last_at DESC, query)[1:{int(search_terms_limit)}]) AS terms
+            FROM user_queries WHERE uid {IN_RANGE} GROUP BY uid
+        )
+        SELECT u.ext_id, u.gender AS p_gender, {persona},
+               CAST(COALESCE(t.terms, '[]') AS VARCHAR) AS l_search_terms, {legacy}
+        FROM persona_users u LEFT JOIN maps m ON m.uid = u.uid LEFT JOIN terms t ON t.uid = u.uid
         WHERE u.uid {IN_RANGE}
+        ORDER BY u.uid
         """
+
+
+#: ``user_personas`` column <- column of :func:`persona_rows_sql`.
+PERSONA_COLUMNS = {
+    "ext_id": "ext_id",
+    "gender": "p_gender",
+    "city": "p_city",
+    "ecomm": "p_ecomm",
+    "brand_affinity": "p_brand",
+    "generic_affinity": "p_generic",
+    "category_affinity": "p_category",
+}
+#: Legacy ``user_persona`` column <- column of :func:`persona_rows_sql`.
+LEGACY_COLUMNS = {
+    "extId": "ext_id",
+    "searchTerms": "l_search_terms",
+    "gender": "l_gender",
+    "city": "l_city",
+    "ecomm": "l_ecomm",
+    "brandAffinity": "l_brand",
+    "categoryAffinity": "l_category",
+    "genericAffinity": "l_generic",
+}
 
 
 def create_user_queries(con: duckdb.DuckDBPyConnection) -> None:
@@ -420,31 +451,6 @@ def create_user_queries(con: duckdb.DuckDBPyConnection) -> None:
         "SELECT u.uid, s.query, MAX(s.ts) AS last_at FROM searches s JOIN users u USING (ext_id) GROUP BY ALL "
         "ORDER BY uid"  # a uid range of the per-range queries is then a few row groups, not a scan of all
     )
-
-
-def legacy_rows_sql(search_terms_limit: int = 100) -> str:
-    """The legacy ``user_persona`` columns for one uid range: raw maps as JSON and the latest search texts.
-
-    Needs ``user_queries`` (:func:`create_user_queries`) beside the tables of ``compute_raw_affinities``.
-    """
-    dims = (*MAP_DIMENSIONS, "gender")
-    return f"""
-        WITH maps AS ({_json_maps("raw_affinity_ids", "weight", dims)}),
-        terms AS (
-            SELECT uid, to_json(list(query ORDER BY last_at DESC, query)[1:{int(search_terms_limit)}]) AS terms
-            FROM user_queries WHERE uid {IN_RANGE} GROUP BY uid
-        )
-        SELECT u.ext_id AS "extId",
-               CAST(COALESCE(t.terms, '[]') AS VARCHAR) AS "searchTerms",
-               CAST(COALESCE(m.gender, '{{}}') AS VARCHAR) AS gender,
-               CAST(COALESCE(m.city, '{{}}') AS VARCHAR) AS city,
-               CAST(COALESCE(m.ecomm, '{{}}') AS VARCHAR) AS ecomm,
-               CAST(COALESCE(m.brand, '{{}}') AS VARCHAR) AS "brandAffinity",
-               CAST(COALESCE(m.category, '{{}}') AS VARCHAR) AS "categoryAffinity",
-               CAST(COALESCE(m.generic, '{{}}') AS VARCHAR) AS "genericAffinity"
-        FROM users u LEFT JOIN maps m ON m.uid = u.uid LEFT JOIN terms t ON t.uid = u.uid
-        WHERE u.uid {IN_RANGE}
-        """
 
 
 def create_user_products(con: duckdb.DuckDBPyConnection) -> None:

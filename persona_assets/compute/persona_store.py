@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import duckdb
 import pandas as pd
@@ -91,6 +91,15 @@ def _ranges_in_background(
         thread.join()
 
 
+def _renamed(rows: pa.Table, columns: Mapping[str, str]) -> pa.Table:
+    """The ``columns`` of ``rows`` (table column <- column of ``rows``), under the table's names."""
+    return rows.select(list(columns.values())).rename_columns(list(columns))
+
+
+#: Writes the rows of one range into a table beside the replaced one, in the same transaction.
+BesideWrite = Callable[[Connection, pa.Table], object]
+
+
 def _write_ranges(
     conn: Connection,
     table: sa.Table,
@@ -98,34 +107,17 @@ def _write_ranges(
     sql: str,
     *,
     upsert_columns: Sequence[str] = (),
-    update: Mapping[str, sa.ColumnElement] | None = None,
+    columns: Mapping[str, str] | None = None,
+    beside: BesideWrite | None = None,
 ) -> int:
     ranges = affinities.user_ranges(con, users_per_range(con))
     written = 0
     for rows in _ranges_in_background(con, sql, ranges, threading.Event()):
-        written += relational.insert_arrow(conn, table, rows, upsert_columns=upsert_columns, update=update)
+        mine = rows if columns is None else _renamed(rows, columns)
+        written += relational.insert_arrow(conn, table, mine, upsert_columns=upsert_columns)
+        if beside is not None:
+            beside(conn, rows)
     return written
-
-
-def write_legacy_columns(
-    engine: Engine,
-    con: duckdb.DuckDBPyConnection,
-    *,
-    has_changed: sa.ColumnElement | None = None,
-) -> int:
-    """The raw maps and latest search texts into the legacy ``user_persona`` columns (upsert; needs the
-    tables of ``affinities.compute_raw_affinities``).
-
-    The flags are left alone, unless ``has_changed`` gives the value an existing row's flag takes in the
-    same write (the rebuild's 1 → 2, ``changes.calculated_since_rebuild_snapshot``): a second UPDATE of
-    every row would rewrite a table of kilobyte rows once more.
-    """
-    columns = [c.name for c in relational.user_persona.columns if c.name not in ("extId", "hasChanged", "change_seq")]
-    update = {} if has_changed is None else {"hasChanged": has_changed}
-    with engine.begin() as conn:
-        return _write_ranges(
-            conn, relational.user_persona, con, affinities.legacy_rows_sql(), upsert_columns=columns, update=update
-        )
 
 
 def _replace_rows(
@@ -134,8 +126,12 @@ def _replace_rows(
     con: duckdb.DuckDBPyConnection,
     sql: str,
     only_users: Sequence[str] | None,
+    *,
+    columns: Mapping[str, str] | None = None,
+    beside: BesideWrite | None = None,
 ) -> int:
-    """Replace the rows of ``only_users`` (or of everyone) with the rows ``sql`` gives, in one transaction.
+    """Replace the rows of ``only_users`` (or of everyone) with the rows ``sql`` gives (the ``columns`` named,
+    table column <- result column; all when None), in one transaction, which ``beside`` writes into too.
 
     Everyone: every row is upserted in key order, which rewrites a table in place (deleting a million rows
     of JSON first cost more than writing them), then the rows of users who have no events any more go.
@@ -144,9 +140,9 @@ def _replace_rows(
     with engine.begin() as conn:
         if only_users is not None:
             _delete_rows(conn, table, key, only_users)
-            return _write_ranges(conn, table, con, sql)
+            return _write_ranges(conn, table, con, sql, columns=columns, beside=beside)
         others = [column.name for column in table.columns if column.name != key]
-        written = _write_ranges(conn, table, con, sql, upsert_columns=others)
+        written = _write_ranges(conn, table, con, sql, upsert_columns=others, columns=columns, beside=beside)
         _delete_users_without_rows(conn, table, key, con, written)
         return written
 
@@ -173,8 +169,36 @@ def write_personas(
     engine: Engine,
     con: duckdb.DuckDBPyConnection,
     only_users: Sequence[str] | None = None,
+    *,
+    has_changed: sa.ColumnElement | None = None,
 ) -> int:
-    return _replace_rows(engine, relational.user_personas, con, affinities.persona_rows_sql(), only_users)
+    """Each user's normalised persona (``user_personas``) and legacy columns (``user_persona``: raw maps and
+    latest search texts), both from one DuckDB pass per uid range (``affinities.persona_rows_sql``), in one
+    transaction. Needs the tables of ``affinities.compute_personas`` and ``user_queries``.
+
+    ``user_personas`` is replaced as :func:`_replace_rows` does. The legacy rows are upserted and their
+    flags left alone, unless ``has_changed`` gives the value an existing row's flag takes in the same write
+    (the rebuild's 1 → 2, ``changes.calculated_since_rebuild_snapshot``): a second UPDATE of every row would
+    rewrite a table of kilobyte rows once more.
+    """
+    legacy_columns = affinities.LEGACY_COLUMNS
+    updated = [name for name in legacy_columns if name != "extId"]
+    update = {} if has_changed is None else {"hasChanged": has_changed}
+
+    def write_legacy(conn: Connection, rows: pa.Table) -> None:
+        relational.insert_arrow(
+            conn, relational.user_persona, _renamed(rows, legacy_columns), upsert_columns=updated, update=update
+        )
+
+    return _replace_rows(
+        engine,
+        relational.user_personas,
+        con,
+        affinities.persona_rows_sql(),
+        only_users,
+        columns=affinities.PERSONA_COLUMNS,
+        beside=write_legacy,
+    )
 
 
 def write_activity(
