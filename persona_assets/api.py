@@ -1,4 +1,5 @@
-"""The segment query over HTTP (``persona serve``): ``POST /fetchPersonas``, ``GET /health`` and the OpenAPI document.
+"""The segment query over HTTP (``persona serve``): ``POST /fetchPersonas``, ``GET /health``, the saved
+segments' ``/segments`` (``api_segments.py``) and the OpenAPI document.
 
 ``POST /fetchPersonas`` takes the legacy request body and answers the contract's response
 (``persona_assets.query.service.fetch_personas``). The body is read raw and validated by the
@@ -9,7 +10,8 @@ describes it. Answers:
 * 200 ``{"total": N, "results": [...]}``;
 * 422 ``{"detail": [{"loc": ["body", FIELD], "msg": ..., "type": "value_error"}], "field": FIELD}``
   for a contract violation, naming the field (``request`` when the body is not JSON or not an object);
-* 413 (same shape, field ``request``) for a body over ``MAX_BODY_BYTES``;
+* 413 (same shape, field ``request``) for a body over ``MAX_BODY_BYTES``
+  (these refusals, and reading the body, are shared with ``/segments``: ``api_common.py``);
 * 503 ``{"detail": ...}`` when no index has been built yet, a store cannot be reached, or the answer
   (its wait for a free answer thread included) took longer than ``PERSONA_QUERY_TIMEOUT`` seconds.
 
@@ -20,7 +22,6 @@ with ``{"status": "ok"|"unavailable", "store": {...}, "index": {...}}``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal, cast
@@ -33,6 +34,17 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
 from persona_assets.api_auth import BearerToken
+from persona_assets.api_common import (
+    CRITERIA_PROPERTIES,
+    MAX_BODY_BYTES,
+    InvalidRequestResponse,
+    UnavailableResponse,
+    int_field,
+    invalid_response,
+    read_json_body,
+    unavailable_response,
+)
+from persona_assets.api_segments import segment_routes
 from persona_assets.query.request import (
     DEFAULT_SIZE,
     MAX_SIZE,
@@ -42,7 +54,7 @@ from persona_assets.query.request import (
     parse_segment_request,
 )
 from persona_assets.query.scoring import ScoreWeights
-from persona_assets.query.service import MAX_MESSAGE_CHARS, describe_error, fetch_personas, unavailable_reason
+from persona_assets.query.service import describe_error, fetch_personas, unavailable_reason
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.backends import search_backend_for
@@ -54,27 +66,8 @@ __all__ = ["MAX_BODY_BYTES", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-#: A segment request is a few hundred bytes; anything past this is refused (413) before it is parsed.
-MAX_BODY_BYTES = 1 << 20
-
 
 # --------------------------------------------------------------------------- OpenAPI description
-
-
-def _int_field(description: str, **integer: Any) -> dict[str, Any]:
-    return {
-        "description": description,
-        "anyOf": [
-            {"type": "integer", **integer},
-            {"type": "string", "pattern": r"^\s*-?[0-9]+\s*$", "description": "a string holding an integer"},
-            {"type": "null"},
-        ],
-    }
-
-
-def _name_field(description: str) -> dict[str, Any]:
-    return {"description": description, "anyOf": [{"type": "string", "pattern": r"\S"}, {"type": "null"}]}
-
 
 #: The request body as the contract reads it (sections 4 and 6); descriptive only, see the module docstring.
 REQUEST_SCHEMA: dict[str, Any] = {
@@ -86,34 +79,11 @@ REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "gender": {
-            "description": "men/male/m or women/female/f (any case, trimmed) filter on the persona's gender; "
-            "unisex or any: no filter.",
-            "anyOf": [{"type": "string"}, {"type": "null"}],
-            "examples": ["men", "Female", "any"],
-        },
-        "cityTier": {
-            "description": "Tier 1-3: optional `tier`, an optional space, `-` or `_`, then 1-3 (any case); "
-            "or the integers 1-3.",
-            "anyOf": [
-                {"type": "string", "pattern": r"^\s*([Tt][Ii][Ee][Rr])?[ _-]?[1-3]\s*$"},
-                {"type": "integer", "minimum": 1, "maximum": 3},
-                {"type": "null"},
-            ],
-            "examples": ["Tier1", "tier 2", "TIER-3", 1],
-        },
-        "brand": _name_field("Brand name, case-insensitive (trimmed, lower-cased); must not be empty."),
-        "genericName": _name_field("Generic product name, case-insensitive (trimmed, lower-cased); must not be empty."),
-        **{
-            f"level{n}Cat": _int_field(
-                f"Level-{n} category id; -1 means not given. The most specific level given wins."
-            )
-            for n in (1, 2, 3)
-        },
-        "size": _int_field(
+        **CRITERIA_PROPERTIES,
+        "size": int_field(
             f"Page size, 0-{MAX_SIZE} (default {DEFAULT_SIZE}).", minimum=0, maximum=MAX_SIZE, default=DEFAULT_SIZE
         ),
-        "from": _int_field(
+        "from": int_field(
             f"Offset of the page, 0 or more (default 0); past the end gives no results. from + size is at most "
             f"{MAX_WINDOW:,} (whole audiences are for exports).",
             minimum=0,
@@ -161,21 +131,6 @@ class Persona(BaseModel):
 class FetchPersonasResponse(BaseModel):
     total: int = Field(description="personas passing the gender filter")
     results: list[Persona] = Field(description="by score descending, then ext_id ascending")
-
-
-class ErrorItem(BaseModel):
-    loc: list[str] = Field(description='["body", FIELD]')
-    msg: str
-    type: Literal["value_error"]
-
-
-class InvalidRequestResponse(BaseModel):
-    detail: list[ErrorItem]
-    field: str = Field(description="the offending request field; `request` when the body itself is at fault")
-
-
-class UnavailableResponse(BaseModel):
-    detail: str
 
 
 class StoreHealth(BaseModel):
@@ -259,16 +214,11 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
         openapi_extra={"requestBody": _REQUEST_BODY},
     )
     async def post_fetch_personas(request: Request) -> JSONResponse:
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_BODY_BYTES:
-                return _invalid("request", f"the body is larger than {MAX_BODY_BYTES} bytes", status_code=413)
         try:  # a bad request is a 422 however busy the service is: checked here, before any wait
-            payload = _decode(bytes(raw))
+            payload = await read_json_body(request)
             _validate(payload)
         except InvalidRequest as error:
-            return _invalid(error.field, error.message)
+            return invalid_response(error)
         if load is not None:
             load.started()
         try:
@@ -278,7 +228,7 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
                     _answer, payload, engine, backend, weights, limiter=answering, abandon_on_cancel=True
                 )
         except TimeoutError:
-            response = _unavailable(
+            response = unavailable_response(
                 f"no answer within {settings.query_timeout:g} s (PERSONA_QUERY_TIMEOUT); the service is busy, "
                 "try again later"
             )
@@ -300,6 +250,7 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
         ok = body["store"]["ok"] and body["index"]["ok"]
         return JSONResponse({"status": "ok" if ok else "unavailable", **body}, status_code=200 if ok else 503)
 
+    app.include_router(segment_routes(engine, weights))
     return app
 
 
@@ -318,24 +269,13 @@ def _answer(payload: object, engine: Engine, backend: SearchBackend, weights: Sc
     try:
         response = fetch_personas(payload, engine, backend, weights)
     except InvalidRequest as error:  # validated above; kept so a contract error can never become a 500
-        return _invalid(error.field, error.message)
+        return invalid_response(error)
     except Exception as error:
         reason = unavailable_reason(error)
         if reason is None:
             raise
-        return _unavailable(reason)
+        return unavailable_response(reason)
     return JSONResponse(response)
-
-
-def _decode(raw: bytes) -> object:
-    if not raw.strip():
-        raise InvalidRequest("request", "the request body is empty; expected a JSON object")
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise InvalidRequest("request", "the request body is nested too deeply") from None
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, integers past Python's digit limit
-        raise InvalidRequest("request", f"the request body is not valid JSON ({error})") from None
 
 
 def _validate(payload: object) -> None:
@@ -369,19 +309,6 @@ def _is_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _invalid(field: str, message: str, status_code: int = 422) -> JSONResponse:
-    # An unknown field's name is echoed: escape what UTF-8 cannot carry (unpaired surrogates).
-    field, message = (text.encode("utf-8", "backslashreplace").decode("utf-8") for text in (field, message))
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-    item = {"loc": ["body", field], "msg": f"{field}: {message}", "type": "value_error"}
-    return JSONResponse({"detail": [item], "field": field}, status_code=status_code)
-
-
-def _unavailable(message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=503)
 
 
 def _store_health(settings: PersonaSettings, engine: Engine) -> dict[str, Any]:

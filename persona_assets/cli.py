@@ -1,4 +1,4 @@
-"""``persona``: the command line door into the assets (import, materialise, export, query, serve, generate, demo)."""
+"""``persona``: the command line door into the assets (import, materialise, export, query, segment, serve, generate, demo)."""
 
 from __future__ import annotations
 
@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100, help="users listed (default 100)")
     p.add_argument("--retry", action="store_true", help="hand every dead-lettered user back to the refresh sensor")
     p.set_defaults(func=cmd_dead_letter)
+    from persona_assets.cli_segments import add_segment_parser  # here: it imports this module's helpers
+
+    add_segment_parser(sub)
     p = sub.add_parser("query", help="answer a segment query given as JSON (legacy field names)")
     p.add_argument("request")
     p.add_argument("--pretty", action="store_true")

@@ -15,6 +15,7 @@ from persona_assets.sensors import (
     daily_ingest_schedule,
     rebuild_after_ingest,
     refresh_changed_users,
+    segment_membership_sensor,
 )
 from persona_assets.settings import PersonaSettings
 
@@ -26,5 +27,5 @@ defs = Definitions(
     resources=resources_from_settings(SETTINGS),
     jobs=[full_rebuild_job, reference_job, ingest_events_job, refresh_changed_users],
     schedules=[daily_ingest_schedule],
-    sensors=[changed_users_sensor, rebuild_after_ingest, alert_on_run_failure],
+    sensors=[changed_users_sensor, segment_membership_sensor, rebuild_after_ingest, alert_on_run_failure],
 )

@@ -7,6 +7,7 @@ from dagster import AssetSelection, define_asset_job
 REFERENCE = AssetSelection.groups("reference")
 EVENTS = AssetSelection.groups("events")
 REBUILD = AssetSelection.groups("personas")
+SEGMENT_MEMBERS = AssetSelection.assets("segment_members")
 
 # Runs that rebuild (and swap) the whole index carry this tag, so the refresh sensor waits for them.
 REBUILD_TAG = {"persona/rebuild": "true"}

@@ -15,8 +15,9 @@ from pathlib import Path
 from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
 
 from persona_assets.assets import all_assets
+from persona_assets.assets.audiences import sync_segment_partitions
 from persona_assets.checks import asset_checks
-from persona_assets.jobs import CLI_TAG, REBUILD, REBUILD_TAG, REFERENCE
+from persona_assets.jobs import CLI_TAG, REBUILD, REBUILD_TAG, REFERENCE, SEGMENT_MEMBERS
 from persona_assets.resources import resources_from_settings
 from persona_assets.run_errors import step_error
 from persona_assets.run_owners import PROCESS_TAG, fail_abandoned_runs, this_process
@@ -88,6 +89,7 @@ def _run(
     progress: Progress,
     tags: dict[str, str] | None = None,
     run_config: dict | None = None,
+    partition_key: str | None = None,
 ) -> ExecuteInProcessResult:
     started = time.perf_counter()
     for run_id in fail_abandoned_runs(instance):
@@ -102,6 +104,7 @@ def _run(
             instance=instance,
             tags={**CLI_TAG, PROCESS_TAG: this_process(), **(tags or {})},
             run_config={**QUIET_LOGGERS, **(run_config or {})},
+            partition_key=partition_key,
             raise_on_error=False,
         )
     if not result.success:
@@ -176,7 +179,8 @@ def materialize_event_days(
 def materialize_rebuild(
     settings: PersonaSettings, instance: DagsterInstance, progress: Progress, run_config: dict | None = None
 ) -> ExecuteInProcessResult:
-    return _run(
+    """The full rebuild, then the members of every saved segment (:func:`materialize_segments`)."""
+    result = _run(
         settings,
         instance,
         REBUILD,
@@ -185,6 +189,24 @@ def materialize_rebuild(
         tags=REBUILD_TAG,
         run_config=run_config,
     )
+    materialize_segments(settings, instance, progress)
+    return result
+
+
+def materialize_segments(
+    settings: PersonaSettings, instance: DagsterInstance, progress: Progress, names: Iterable[str] | None = None
+) -> list[str]:
+    """The ``segment_members`` partitions made equal to the saved segments, then those of ``names`` (default:
+    every saved segment) materialised, one run each; the names done."""
+    from persona_assets.stores import relational
+    from persona_assets.stores.segments import list_segments
+
+    saved = [stored.segment.name for stored in list_segments(relational.store_engine(settings.db_url))]
+    sync_segment_partitions(instance, saved)
+    chosen = saved if names is None else [name for name in saved if name in set(names)]
+    for name in chosen:
+        _run(settings, instance, SEGMENT_MEMBERS, f"members of saved segment {name!r}", progress, partition_key=name)
+    return chosen
 
 
 def backfill_days(

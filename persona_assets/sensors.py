@@ -8,7 +8,9 @@ from dagster import (
     AssetCheckKey,
     AssetCheckSeverity,
     AssetKey,
+    AssetMaterialization,
     AssetObservation,
+    AssetRecordsFilter,
     Config,
     DagsterInstance,
     DagsterRunStatus,
@@ -19,6 +21,7 @@ from dagster import (
     RunsFilter,
     ScheduleEvaluationContext,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     in_process_executor,
     job,
@@ -27,6 +30,7 @@ from dagster import (
     sensor,
 )
 
+from persona_assets.assets.audiences import membership_metadata, sync_segment_partitions
 from persona_assets.automation import rebuild_after_ingest_sensor
 from persona_assets.checks import asset_checks
 from persona_assets.jobs import COMPUTE_POOL, REBUILD_TAG, ingest_events_job
@@ -34,10 +38,14 @@ from persona_assets.refresh import refresh_users
 from persona_assets.resources import ComputeResource, EventStoreResource, RelationalStore, SearchIndexResource
 from persona_assets.run_owners import fail_abandoned_runs
 from persona_assets.settings import PersonaSettings
+from persona_assets.stores.audience_tables import stamp
 from persona_assets.stores.changes import claim_users, claimed_users, release_claim
+from persona_assets.stores.membership import refresh_membership
 from persona_assets.stores.refusals import clear_refusals, record_refusals
+from persona_assets.stores.segments import SegmentUnreadable, list_segments
 
 PERSONA_INDEX_KEY = AssetKey("persona_index")
+SEGMENT_MEMBERS_KEY = AssetKey("segment_members")
 # Every blocking check of the definitions: what one refuses must not reach the index by a refresh either.
 BLOCKING_CHECK_KEYS = sorted(
     (spec.key for checks in asset_checks for spec in checks.check_specs if spec.blocking),
@@ -87,6 +95,19 @@ def refresh_claimed_users(
         f"{report.searchable:,} 2 → 0, {len(report.failed):,} not indexed"
     )
     yield AssetObservation(asset_key="persona_index", metadata={"refresh": config.claim, **report.as_metadata()})
+    # The saved segments' members move for the refreshed users only (stores.membership.refresh_membership).
+    # The users are searchable already: a saved segment that no longer reads is said, not a failed refresh.
+    try:
+        moved = refresh_membership(engine, ext_ids, PersonaSettings.from_env().weights)
+    except SegmentUnreadable as error:
+        context.log.warning(f"saved segments' members not updated: {error}")
+        moved = []
+    for run in moved:
+        yield AssetMaterialization(
+            asset_key=SEGMENT_MEMBERS_KEY,
+            partition=run.segment,
+            metadata={**membership_metadata(run), "refresh": config.claim},
+        )
 
 
 # In-process executor: one step, so no second process to start (the flag-to-searchable time is mostly start-up).
@@ -188,6 +209,43 @@ def changed_users_sensor(
 def daily_ingest_schedule(context: ScheduleEvaluationContext):
     day = (context.scheduled_execution_time.astimezone(UTC).date() - timedelta(days=1)).isoformat()
     return RunRequest(run_key=f"ingest-{day}", partition_key=day)
+
+
+def _latest_storage_id(instance: DagsterInstance, key: AssetKey, partition: str | None = None) -> int | None:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=None if partition is None else [partition]), limit=1
+    ).records
+    return records[0].storage_id if records else None
+
+
+@sensor(
+    asset_selection=[SEGMENT_MEMBERS_KEY],
+    minimum_interval_seconds=30,
+    default_status=SENSOR_STATUS,
+    description="Keeps one segment_members partition per saved segment; requests the members of each segment "
+    "not computed since the last rebuild's persona_index, or since its definition was saved.",
+)
+def segment_membership_sensor(context: SensorEvaluationContext, relational_store: RelationalStore):
+    # A sensor rather than declarative automation: the partitions follow rows of the relational store (saved
+    # segments), which no materialisation records, and a new or replaced definition needs its members too.
+    saved = {stored.segment.name: stored for stored in list_segments(relational_store.engine)}
+    added, deleted = sync_segment_partitions(context.instance, saved)
+    if added or deleted:
+        context.log.info(f"segment partitions added: {added or 'none'}; deleted: {deleted or 'none'}")
+    if _rebuild_in_progress(context):
+        return SkipReason("a full rebuild is running; the members follow it")
+    index = _latest_storage_id(context.instance, PERSONA_INDEX_KEY)
+    if index is None:
+        return SkipReason("no index yet: materialise the full rebuild first")
+    requests = []
+    for name, stored in sorted(saved.items()):
+        latest = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=SEGMENT_MEMBERS_KEY, asset_partitions=[name]), limit=1
+        ).records
+        fresh = latest and latest[0].storage_id > index and latest[0].timestamp >= stored.updated_at.timestamp()
+        if not fresh:
+            requests.append(RunRequest(run_key=f"{name}@{index}@{stamp(stored.updated_at)}", partition_key=name))
+    return SensorResult(run_requests=requests) if requests else SkipReason("every saved segment's members are current")
 
 
 rebuild_after_ingest = rebuild_after_ingest_sensor(SENSOR_STATUS)

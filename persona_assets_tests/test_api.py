@@ -69,6 +69,7 @@ class Answer:
     status: int
     headers: dict[str, str]
     text: str
+    raw: bytes = b""  # the body as sent (a Parquet export is not text)
 
     @property
     def json(self) -> Any:
@@ -93,8 +94,9 @@ class Http:
             headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})}
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
-            text = response.read().decode("utf-8")
-            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, text)
+            raw = response.read()
+            text = raw.decode("utf-8", errors="replace")
+            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, text, raw)
         finally:
             conn.close()
 

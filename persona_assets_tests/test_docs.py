@@ -25,6 +25,12 @@ def test_every_relative_link_resolves_inside_the_repository():
 def test_the_docs_the_readme_promises_exist():
     readme = REPO / "README.md"
     text = readme.read_text(encoding="utf-8")
-    for page in ("docs/data-format.md", "docs/deployment.md", "docs/operations.md", "docs/reliability.md"):
+    for page in (
+        "docs/data-format.md",
+        "docs/deployment.md",
+        "docs/operations.md",
+        "docs/reliability.md",
+        "docs/audiences.md",
+    ):
         assert f"]({page})" in text, page
         assert (REPO / page).is_file(), page

@@ -32,6 +32,8 @@ __all__ = [
     "MAX_WINDOW",
     "InvalidRequest",
     "SegmentQuery",
+    "json_type_name",
+    "parse_int",
     "parse_segment_request",
 ]
 
@@ -106,7 +108,8 @@ class SegmentQuery:
         return self.brand is not None or self.generic_name is not None or self.category_id is not None
 
 
-def _type_name(value: object) -> str:
+def json_type_name(value: object) -> str:
+    """The JSON name of a decoded value's type, for error messages (``boolean``, ``array``, ``object``...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -124,8 +127,8 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
-def _parse_int(field: str, value: object) -> int:
-    """A JSON integer or a string holding one; floats and booleans are errors."""
+def parse_int(field: str, value: object) -> int:
+    """A JSON integer or a string holding one; floats and booleans are errors (shared with saved segments)."""
     if isinstance(value, bool):
         raise InvalidRequest(field, f"must be an integer, got a boolean ({value!r})")
     if isinstance(value, int):
@@ -138,12 +141,12 @@ def _parse_int(field: str, value: object) -> int:
             except ValueError:  # past Python's integer-string conversion limit (4300 digits)
                 raise InvalidRequest(field, f"must be an integer of at most 4300 digits, got {len(text)}") from None
         raise InvalidRequest(field, f"must be an integer, got the string {value[:100]!r}")
-    raise InvalidRequest(field, f"must be an integer, got {_type_name(value)} {value!r}")
+    raise InvalidRequest(field, f"must be an integer, got {json_type_name(value)} {value!r}")
 
 
 def _parse_gender(value: object) -> str | None:
     if not isinstance(value, str):
-        raise InvalidRequest("gender", f"must be a string, got {_type_name(value)} {value!r}")
+        raise InvalidRequest("gender", f"must be a string, got {json_type_name(value)} {value!r}")
     key = value.strip().lower()
     if key not in _GENDERS:
         raise InvalidRequest(
@@ -165,12 +168,12 @@ def _parse_city_tier(value: object) -> str:
         if match:
             return f"Tier{match.group(1)}"
         raise InvalidRequest("cityTier", f"unknown tier {value!r}; expected e.g. Tier1, tier 2, TIER-3 or 1")
-    raise InvalidRequest("cityTier", f"must be a string or an integer 1-3, got {_type_name(value)} {value!r}")
+    raise InvalidRequest("cityTier", f"must be a string or an integer 1-3, got {json_type_name(value)} {value!r}")
 
 
 def _parse_name(field: str, value: object) -> str:
     if not isinstance(value, str):
-        raise InvalidRequest(field, f"must be a string, got {_type_name(value)} {value!r}")
+        raise InvalidRequest(field, f"must be a string, got {json_type_name(value)} {value!r}")
     name = value.strip().lower()
     if not name:
         raise InvalidRequest(field, "must not be empty")
@@ -187,7 +190,7 @@ def parse_segment_request(payload: object) -> SegmentQuery:
     Raises :class:`InvalidRequest` (a ``ValueError``) naming the first bad field.
     """
     if not isinstance(payload, Mapping):
-        raise InvalidRequest("request", f"the request body must be a JSON object, got {_type_name(payload)}")
+        raise InvalidRequest("request", f"the request body must be a JSON object, got {json_type_name(payload)}")
 
     for name in payload:
         if name not in FIELDS:
@@ -207,7 +210,7 @@ def parse_segment_request(payload: object) -> SegmentQuery:
         field = f"level{level}Cat"
         if field not in given:
             continue
-        cat = _parse_int(field, given[field])
+        cat = parse_int(field, given[field])
         if cat == -1:
             continue
         # Levels are read in ascending order, so the most specific level given wins.
@@ -216,13 +219,13 @@ def parse_segment_request(payload: object) -> SegmentQuery:
 
     size = DEFAULT_SIZE
     if "size" in given:
-        size = _parse_int("size", given["size"])
+        size = parse_int("size", given["size"])
         if not 0 <= size <= MAX_SIZE:
             raise InvalidRequest("size", f"must be between 0 and {MAX_SIZE}, got {size}")
 
     offset = 0
     if "from" in given:
-        offset = _parse_int("from", given["from"])
+        offset = parse_int("from", given["from"])
         if offset < 0:
             raise InvalidRequest("from", f"must be 0 or more, got {offset}")
     if offset + size > MAX_WINDOW:

@@ -258,6 +258,8 @@ def create_mysql_database(server_url: str, name: str) -> str:
 
 def create_schema(engine: Engine) -> None:
     """Create every table that is missing and drop retired ones (idempotent)."""
+    from persona_assets.stores import audience_tables  # noqa: F401  (its tables join this metadata)
+
     metadata.create_all(engine, checkfirst=True)
     retired = [name for name in RETIRED_TABLES if sa.inspect(engine).has_table(name)]
     if retired:
