@@ -67,6 +67,7 @@ UPSTREAM = {
     "attribute_vocabulary": {"user_raw_affinities"},
     "user_personas": {"user_raw_affinities", "attribute_vocabulary", "category_hierarchy"},
     "persona_index": {"user_personas"},
+    "segment_members": {"persona_index"},
 }
 ASSETS = RAW | REFERENCE | set(UPSTREAM)
 # Every asset on a path from raw_visits to persona_index.
@@ -447,3 +448,60 @@ def test_materialize_the_rebuild_from_the_ui(dagster_ui: DagsterUI, page):
     page.wait_for_timeout(1500)
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(DOCS_IMG / "materialization-run.png"))
+
+
+# ------------------------------------------------------------------------------------------ audiences
+
+
+def _persona(*argv: str) -> str:
+    """``persona ARGV`` in-process on the demo home (the fixture's environment); its stdout."""
+    from persona_assets.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    assert code == 0, f"persona {' '.join(argv)} exited {code}:\n{err.getvalue()[-3000:]}"
+    return out.getvalue()
+
+
+SEGMENT_SIZES = {"tier1-shoppers": [40, 80, 60], "men": [25, 50, 30]}
+
+
+def test_saved_segments_members_over_time_in_the_ui(dagster_ui: DagsterUI, page):
+    # Three computations of two segments, each with another top N: three points per partition to plot.
+    for round_ in range(3):
+        for name, sizes in SEGMENT_SIZES.items():
+            query = {"cityTier": "Tier1"} if name == "tier1-shoppers" else {"gender": "men"}
+            definition = json.dumps({"query": query, "membership": {"top": sizes[round_]}})
+            _persona("segment", "save", name, "--replace", "--definition", definition)
+        _persona("segment", "compute")
+
+    # What the UI plots, read through its own GraphQL: one partition per segment, members per materialisation.
+    data = dagster_ui.graphql(
+        """query($partitions: [String!]) { assetOrError(assetKey: {path: ["segment_members"]}) { ... on Asset {
+             assetMaterializations(partitions: $partitions) { partition metadataEntries { label
+               ... on IntMetadataEntry { intValue } } } } } }""",
+        {"partitions": sorted(SEGMENT_SIZES)},
+    )["assetOrError"]["assetMaterializations"]
+    members: dict[str, list[int]] = {}
+    for event in reversed(data):  # newest first
+        values = {entry["label"]: entry.get("intValue") for entry in event["metadataEntries"]}
+        members.setdefault(event["partition"], []).append(values["members"])
+    assert members == SEGMENT_SIZES
+
+    # The asset's overview plots its numeric metadata: per materialisation over time ("Events"), or the latest
+    # per partition ("Partitions").
+    _open(page, dagster_ui, "/assets/segment_members")
+    page.locator("button", has_text="Plots").first.click()  # (an icon in the name: not matched by role and name)
+    page.locator("button", has_text="Events").first.click()
+    plots = page.get_by_text("members", exact=True)
+    plots.first.wait_for()
+    page.get_by_role("button", name="Hide navigation").click()
+    page.get_by_text("Metadata", exact=True).first.scroll_into_view_if_needed()
+    page.mouse.wheel(0, 250)
+    page.wait_for_timeout(1500)  # the charts' animation
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(DOCS_IMG / "segment-members-plots.png"))
+    _open(page, dagster_ui, "/assets/segment_members?view=partitions")
+    for name in SEGMENT_SIZES:
+        page.get_by_text(name, exact=True).first.wait_for()
