@@ -280,41 +280,6 @@ def test_the_sensor_keeps_one_partition_per_saved_segment_and_requests_stale_one
     )
 
 
-@contract
-def test_history_over_http_and_refusals(tmp_path, shop):
-    from test_api import serving
-
-    from persona_assets.api import create_app
-
-    base, _ = shop
-    pipeline = rebuilt(tmp_path, base)
-    brand = commonest_brand(pipeline.export())
-    pipeline.check(
-        "segment",
-        "save",
-        "few",
-        "--definition",
-        json.dumps({"query": {"brand": brand}, "membership": {"top": 3}}),
-    )
-    pipeline.check("segment", "compute", "few")
-    with pipeline.env():
-        app = create_app(pipeline.settings)
-    with serving(app) as http_:
-        body = http_.request("GET", "/segments/few/history").json
-        assert body["segment"] == "few" and body["members"] == 3
-        assert [(c["kind"], c["members"], c["entered"]) for c in body["computations"]] == [("full", 3, 3)]
-        changes = http_.request("GET", "/segments/few/history?changes=true&limit=2").json["changes"]
-        assert len(changes) == 2 and all(c["change"] == "entered" for c in changes)
-        assert [c["ext_id"] for c in changes] == members_of(pipeline, "few")[:2]
-        assert http_.request("GET", "/segments/nope/history").status == 404
-        refused = http_.request("GET", "/segments/few/history?since=yesterday")
-        assert refused.status == 422 and "since" in refused.text
-    code, _, err = pipeline.cli("segment", "history", "few", "--limit", "0")
-    assert code == 2 and "limit" in err
-    code, _, err = pipeline.cli("segment", "compute", "nope")
-    assert code == 1 and "nope" in err
-
-
 # --------------------------------------------------------------------------- export and overlap
 
 
@@ -426,7 +391,7 @@ def test_export_writes_every_member_with_score_components_gender_and_tier(tmp_pa
 
 
 @contract
-def test_overlap_is_exact_and_export_and_overlap_over_http_match_the_command_line(tmp_path, computed):
+def test_overlap_export_and_history_over_http_match_the_command_line(tmp_path, computed):
     import pyarrow.parquet as pq
     from test_api import serving
 
@@ -458,10 +423,23 @@ def test_overlap_is_exact_and_export_and_overlap_over_http_match_the_command_lin
         lines = http_.request("GET", "/segments/men-tier1/members").raw.decode().splitlines()
         assert [json.loads(line)["ext_id"] for line in lines] == sorted(b)
         assert http_.request("GET", "/segments/top-brand/overlap/men-tier1").json == expected
+        body = http_.request("GET", "/segments/top-brand/history").json
+        assert body["segment"] == "top-brand" and body["members"] == 40
+        assert [(c["kind"], c["members"], c["entered"]) for c in body["computations"]] == [("full", 40, 40)]
+        changes = http_.request("GET", "/segments/top-brand/history?changes=true&limit=2").json["changes"]
+        assert len(changes) == 2 and all(c["change"] == "entered" for c in changes)
+        assert [c["ext_id"] for c in changes] == sorted(a)[:2]
+        assert http_.request("GET", "/segments/nope/history").status == 404
+        refused = http_.request("GET", "/segments/top-brand/history?since=yesterday")
+        assert refused.status == 422 and "since" in refused.text
         assert http_.request("GET", "/segments/uncomputed/members").status == 409
         assert http_.request("GET", "/segments/nope/overlap/top-brand").status == 404
         refused = http_.request("GET", "/segments/top-brand/members?format=xlsx")
         assert refused.status == 422 and "format" in refused.text
     code, _, err = pipeline.cli("segment", "export", "uncomputed", tmp_path / "x.csv")
     assert code == 1 and "not been computed" in err
+    code, _, err = pipeline.cli("segment", "history", "top-brand", "--limit", "0")
+    assert code == 2 and "limit" in err
+    code, _, err = pipeline.cli("segment", "compute", "nope")
+    assert code == 1 and "nope" in err
     pipeline.check("segment", "delete", "uncomputed")
