@@ -141,7 +141,13 @@ def test_the_schedule_and_sensors_start_stopped_unless_automation_is_on(tmp_path
         env |= {"PERSONA_HOME": str(tmp_path / "home"), "PERSONA_AUTOMATION": automation}
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
         statuses[automation] = json.loads(out.stdout)
-    names = {"changed_users_sensor", "rebuild_after_ingest", "alert_on_run_failure", "daily_ingest_schedule"}
+    names = {
+        "changed_users_sensor",
+        "segment_membership_sensor",
+        "rebuild_after_ingest",
+        "alert_on_run_failure",
+        "daily_ingest_schedule",
+    }
     assert set(statuses["on"]) == names
     assert set(statuses["on"].values()) == {"RUNNING"}
     assert set(statuses[""].values()) == set(statuses["off"].values()) == {"STOPPED"}

@@ -240,16 +240,16 @@ def test_members_follow_the_rebuild_and_a_refresh_moves_only_the_users_it_refres
 
 
 @contract
-def test_the_sensor_keeps_one_partition_per_saved_segment_and_requests_stale_ones(tmp_path, shop):
-    base, _ = shop
-    pipeline = rebuilt(tmp_path, base)
+def test_the_sensor_keeps_one_partition_per_saved_segment_and_requests_stale_ones(computed):
+    pipeline, _, queries = computed  # its segments are computed: the sensor leaves them alone
+    computed_names = sorted(queries)
     pipeline.check("segment", "save", "a", "--definition", json.dumps({"query": {}, "membership": {"top": 5}}))
     result, instance = membership_sensor_tick(pipeline)
     assert isinstance(result, SensorResult)
     assert [request.partition_key for request in result.run_requests] == ["a"]
-    assert instance.get_dynamic_partitions("saved_segments") == ["a"]
+    assert sorted(instance.get_dynamic_partitions("saved_segments")) == ["a", *computed_names]
 
-    pipeline.check("segment", "compute")
+    pipeline.check("segment", "compute", "a")
     result, _ = membership_sensor_tick(pipeline)
     assert isinstance(result, SkipReason), result
 
@@ -261,7 +261,7 @@ def test_the_sensor_keeps_one_partition_per_saved_segment_and_requests_stale_one
     pipeline.check("segment", "delete", "a")
     result, instance = membership_sensor_tick(pipeline)
     assert [request.partition_key for request in result.run_requests] == ["b"]
-    assert instance.get_dynamic_partitions("saved_segments") == ["b"]
+    assert sorted(instance.get_dynamic_partitions("saved_segments")) == ["b", *computed_names]
     pipeline.check("segment", "save", "a", "--definition", json.dumps({"query": {}, "membership": {"top": 6}}))
     result, _ = membership_sensor_tick(pipeline)
     assert sorted(request.partition_key for request in result.run_requests) == ["a", "b"]
@@ -278,6 +278,8 @@ def test_the_sensor_keeps_one_partition_per_saved_segment_and_requests_stale_one
         6,
         0,
     )
+    for name in ("a", "b"):  # the home is shared with the export tests
+        pipeline.check("segment", "delete", name)
 
 
 # --------------------------------------------------------------------------- export and overlap
