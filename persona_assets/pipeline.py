@@ -203,7 +203,8 @@ def materialize_segments(
 
     saved = [stored.segment.name for stored in list_segments(relational.store_engine(settings.db_url))]
     sync_segment_partitions(instance, saved)
-    chosen = saved if names is None else [name for name in saved if name in set(names)]
+    wanted = None if names is None else set(names)
+    chosen = saved if wanted is None else [name for name in saved if name in wanted]
     for name in chosen:
         _run(settings, instance, SEGMENT_MEMBERS, f"members of saved segment {name!r}", progress, partition_key=name)
     return chosen

@@ -211,11 +211,12 @@ def daily_ingest_schedule(context: ScheduleEvaluationContext):
     return RunRequest(run_key=f"ingest-{day}", partition_key=day)
 
 
-def _latest_storage_id(instance: DagsterInstance, key: AssetKey, partition: str | None = None) -> int | None:
+def _latest_materialization(instance: DagsterInstance, key: AssetKey, partition: str | None = None):
+    """The newest materialisation record of ``key`` (of one partition), or None."""
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=None if partition is None else [partition]), limit=1
     ).records
-    return records[0].storage_id if records else None
+    return records[0] if records else None
 
 
 @sensor(
@@ -234,15 +235,14 @@ def segment_membership_sensor(context: SensorEvaluationContext, relational_store
         context.log.info(f"segment partitions added: {added or 'none'}; deleted: {deleted or 'none'}")
     if _rebuild_in_progress(context):
         return SkipReason("a full rebuild is running; the members follow it")
-    index = _latest_storage_id(context.instance, PERSONA_INDEX_KEY)
-    if index is None:
+    index_record = _latest_materialization(context.instance, PERSONA_INDEX_KEY)
+    if index_record is None:
         return SkipReason("no index yet: materialise the full rebuild first")
+    index = index_record.storage_id
     requests = []
     for name, stored in sorted(saved.items()):
-        latest = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=SEGMENT_MEMBERS_KEY, asset_partitions=[name]), limit=1
-        ).records
-        fresh = latest and latest[0].storage_id > index and latest[0].timestamp >= stored.updated_at.timestamp()
+        latest = _latest_materialization(context.instance, SEGMENT_MEMBERS_KEY, name)
+        fresh = latest and latest.storage_id > index and latest.timestamp >= stored.updated_at.timestamp()
         if not fresh:
             requests.append(RunRequest(run_key=f"{name}@{index}@{stamp(stored.updated_at)}", partition_key=name))
     return SensorResult(run_requests=requests) if requests else SkipReason("every saved segment's members are current")

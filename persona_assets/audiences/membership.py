@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from persona_assets.audiences.definitions import SavedSegment
-from persona_assets.query.request import InvalidRequest
+from persona_assets.query.request import InvalidRequest, parse_int
 from persona_assets.query.scoring import ScoreWeights, gender_passes, score_persona
 from persona_assets.stores.relational import normalised_map
 
@@ -153,10 +153,7 @@ class MemberScan:
 def parse_history_window(since: str | None, limit: int | str) -> tuple[datetime | None, int]:
     """A history request's ``since`` (ISO-8601 with its zone) and ``limit`` (1 to
     :data:`MAX_HISTORY_LINES`), as the CLI and HTTP read them; :class:`InvalidRequest` names the bad one."""
-    try:
-        count = int(limit)
-    except ValueError:
-        raise InvalidRequest("limit", f"must be an integer, got {str(limit)[:100]!r}") from None
+    count = parse_int("limit", limit)
     if not 1 <= count <= MAX_HISTORY_LINES:
         raise InvalidRequest("limit", f"must be between 1 and {MAX_HISTORY_LINES:,}, got {count}")
     if since is None:

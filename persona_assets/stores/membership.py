@@ -233,21 +233,22 @@ def refresh_membership(
     if not ext_ids:
         return []
     computed_at = stamp(at)
+    users = sorted(set(ext_ids))
+    computed = []
+    with engine.connect() as conn:
+        for stored in list_segments(engine):
+            latest = _latest_full(conn, stored.segment.name)
+            if latest is not None:  # never computed in full: its first computation will see these users too
+                computed.append((stored.segment, Cutoff(latest.cutoff_score, latest.cutoff_ext_id)))
+    if not computed:
+        return []
+    # The refreshed users' personas are read once, with every map any of the segments reads.
+    rows = list(persona_rows(engine, columns_needed(segment for segment, _ in computed), only_users=users))
     runs = []
-    for stored in list_segments(engine):
-        segment = stored.segment
-        with engine.connect() as conn:
-            latest = _latest_full(conn, segment.name)
-        if latest is None:
-            continue  # never computed in full: its first computation will see these users too
-        cutoff = Cutoff(latest.cutoff_score, latest.cutoff_ext_id)
-        members = {
-            row[0]
-            for row in persona_rows(engine, columns_needed([segment]), only_users=ext_ids)
-            if is_member(segment, score_row(row, segment, weights), row[0], cutoff)
-        }
+    for segment, cutoff in computed:
+        members = {row[0] for row in rows if is_member(segment, score_row(row, segment, weights), row[0], cutoff)}
         with engine.begin() as conn:
-            current = _current_members(conn, segment.name, only_users=sorted(set(ext_ids)))
+            current = _current_members(conn, segment.name, only_users=users)
             entered = sorted(members - current)
             exited = sorted(current - members)
             if not entered and not exited:
