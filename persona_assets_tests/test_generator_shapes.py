@@ -187,3 +187,41 @@ def test_adversarial_ids_and_texts_round_trip_through_import_materialize_export(
         for query in json.loads(texts)
     }
     assert stored == wanted
+
+
+@pytest.mark.parametrize("draw", ["uniform", "popular"])
+def test_planted_groups_share_a_taste_and_say_who_joined(tmp_path: Path, draw: str) -> None:
+    """Members of a planted group visit its interests far more than other shoppers of its gender do; the
+    side file and shape.json say who joined which group and what its interests are."""
+    shape = dataclasses.replace(
+        DEFAULT_SHAPE, planted_groups=3, planted_share=0.3, planted_focus=0.5, planted_draw=draw
+    )
+    generate_dataset(tmp_path, 3000, 9, shape=shape)
+    described = json.loads((tmp_path / "shape.json").read_text(encoding="utf-8"))["planted_groups"]
+    joined = pd.read_csv(tmp_path / "planted_groups.csv", dtype=str, keep_default_na=False)
+    assert [g["members"] for g in described] == [int((joined["group"] == str(g)).sum()) for g in range(3)]
+    assert [g["gender"] for g in described] == ["men", "women", "men"]
+    assert 0.25 * 3000 < len(joined) < 0.35 * 3000
+    users = pd.read_csv(tmp_path / "users.csv", dtype=str, keep_default_na=False).set_index("ext_id")
+    assert (
+        users.loc[joined["ext_id"], "gender"].to_numpy() == [described[int(g)]["gender"] for g in joined["group"]]
+    ).all()
+    products = pd.read_csv(tmp_path / "products.csv", dtype=str, keep_default_na=False)
+    visits = read_as_imported(tmp_path, "visits.csv").merge(products, on="pid")
+    group_of = dict(zip(joined["ext_id"], joined["group"].astype(int), strict=True))
+    for group in described:
+        interests = set(group["interests"])
+        brand, generic = (visits[column].str.strip().str.lower() for column in ("brand", "generic_name"))
+        in_taste = brand.isin(interests) | generic.isin(interests)
+        members = visits["ext_id"].map(group_of).eq(group["group"])
+        others = ~visits["ext_id"].isin(group_of) & visits["ext_id"].map(users["gender"]).eq(group["gender"])
+        assert in_taste[members].mean() > 0.25, group
+        assert in_taste[members].mean() > 3 * in_taste[others].mean(), group
+
+
+def test_without_planted_groups_nothing_is_planted(tmp_path: Path) -> None:
+    generate_dataset(tmp_path, 200, 9, shape=DEFAULT_SHAPE)
+    assert not (tmp_path / "planted_groups.csv").exists()
+    assert "planted_groups" not in json.loads((tmp_path / "shape.json").read_text(encoding="utf-8"))
+    with pytest.raises(ValueError, match="planted draw"):
+        generate_dataset(tmp_path, 10, 9, shape=dataclasses.replace(DEFAULT_SHAPE, planted_draw="random"))

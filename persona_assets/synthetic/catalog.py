@@ -66,6 +66,8 @@ class Catalog:
         gen_gid = np.where(gen_ok, np.cumsum(gen_ok) - 1, -1)
         brand_gid = np.where(brand_ok, np.cumsum(brand_ok) - 1 + gen_ok.sum(), -1)
         self.n_groups = int(gen_ok.sum() + brand_ok.sum())
+        #: each interest group's name: the generic name or the brand
+        self.group_names = [*np.asarray(gen_names)[gen_ok].tolist(), *np.asarray(brand_names)[brand_ok].tolist()]
         prod = np.arange(len(df))
         g1 = np.where(gen_codes >= 0, gen_gid[np.maximum(gen_codes, 0)], -1)
         g2 = np.where(brand_codes >= 0, brand_gid[np.maximum(brand_codes, 0)], -1)
@@ -101,8 +103,14 @@ class Sampler:
             self.by_gender[user_gender] = (keys, lo, hi, prod, group_cdf, compat_cdf)
         self.any_cdf = cdf(self.weight)
 
-    def groups(self, rng: np.random.Generator, gender: int, size: tuple[int, ...]) -> np.ndarray:
+    def groups(
+        self, rng: np.random.Generator, gender: int, size: tuple[int, ...], *, uniform: bool = False
+    ) -> np.ndarray:
+        """Interest groups compatible with ``gender``: by popularity, or all equally likely (``uniform``)."""
         group_cdf = self.by_gender[gender][4]
+        if uniform:
+            compatible = np.diff(group_cdf, prepend=0.0) > 0
+            group_cdf = cdf(compatible.astype(np.float64))
         return draw_cdf(group_cdf, rng.random(size))
 
     def in_group(self, rng: np.random.Generator, gender: int, group: np.ndarray) -> np.ndarray:

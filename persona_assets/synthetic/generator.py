@@ -45,12 +45,18 @@ about a product never visited; 1% adversarial shoppers (:mod:`.adversarial`); 10
 block. Measured at 100k users through ``persona import`` + ``persona materialize``: 73.9 raw
 affinity rows, 4.41 searches and 29.7 events per shopper. ``shape.json`` in the output says which
 shape was drawn.
+
+Planted interest groups (``Shape.planted_groups``, ``persona generate --planted-groups N``): shoppers
+who share a taste, the ground truth of the lookalike benchmark (:mod:`.planted`); who joined which group
+is in ``planted_groups.csv`` and each group's interests in ``shape.json``. Without them the data is what
+it was, byte for byte.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import gzip
 import json
 from collections.abc import Callable
@@ -65,6 +71,7 @@ from persona_assets.synthetic.adversarial import decorate_queries, pick_adversar
 from persona_assets.synthetic.adversarial import ext_ids as adversarial_ext_ids
 from persona_assets.synthetic.catalog import DATA_PACKAGE, MEN, Catalog
 from persona_assets.synthetic.csv_output import Quoting, ids, iso, sorted_rows, write_csv
+from persona_assets.synthetic.planted import PlantedProfiles, assign_members, focus_products
 from persona_assets.synthetic.searches import SEARCH_MEAN, Searches, draw_searches, search_mean_for
 from persona_assets.synthetic.shoppers import (
     FRESH_MEAN,
@@ -85,6 +92,7 @@ CHECKOUT_COLUMNS = ["order_id", "ext_id", "pid", "pincode", "ordered_at"]
 SEARCH_COLUMNS = ["ext_id", "query", "searched_at"]
 USER_COLUMNS = ["ext_id", "name", "gender", "pincode"]
 SHAPE_FILE = "shape.json"
+PLANTED_FILE = "planted_groups.csv"
 EVENT_FILES = ("visits.csv", "checkouts.csv", "searches.csv")
 
 
@@ -101,6 +109,10 @@ class Shape:
     unvisited_search_share: float = 0.0  # share of searches about a product the shopper never visits
     adversarial_share: float = 0.0  # share of shoppers with adversarial ext_ids and search texts
     block_users: int | None = None  # users drawn at a time (bounds memory); None: all, from the original streams
+    planted_groups: int = 0  # interest groups planted among the shoppers (.planted); 0: none
+    planted_share: float = 0.05  # share of shoppers who join a planted group of their gender
+    planted_focus: float = 0.5  # share of a member's candidate products drawn from the group's interests
+    planted_draw: str = "uniform"  # a planted group's interests: "uniform" over interest groups, or "popular"
 
     @property
     def search_mean(self) -> float:
@@ -119,6 +131,10 @@ class Shape:
             "searches per user must be positive": self.searches_per_user is not None and not self.searches_per_user > 0,
             "adversarial share must be between 0 and 1": not 0.0 <= self.adversarial_share <= 1.0,
             "block_users must be at least 1": self.block_users is not None and self.block_users < 1,
+            "planted groups must not be negative": self.planted_groups < 0,
+            "planted share must be between 0 and 1": not 0.0 <= self.planted_share <= 1.0,
+            "planted focus must be between 0 and 1": not 0.0 <= self.planted_focus <= 1.0,
+            "planted draw must be uniform or popular": self.planted_draw not in ("uniform", "popular"),
         }
         for message, bad in problems.items():
             if bad:
@@ -183,11 +199,22 @@ def generate_dataset(
     window = (start, start + shape.days * 86400 - 1)  # inclusive bounds, in epoch seconds
 
     adversarial = pick_adversarial(seed, users, shape.adversarial_share)
-    world, drawn = _draw_in_blocks(seed, users, cat, window, shape, adversarial, say)
+    world, profiles, drawn = _draw_in_blocks(seed, users, cat, window, shape, adversarial, say)
     ext = adversarial_ext_ids(ids("U", np.arange(1, users + 1), 7), adversarial)
     _write_files(out_dir, ext, pa.array(world.pincodes), pa.array(cat.pid), drawn, counts, say)
     say(", ".join(f"{k}: {v:,}" for k, v in counts.items()))
     description = describe(users, seed, first_day, end_date, shape, counts, len(adversarial))
+    if profiles is not None:
+        members = np.flatnonzero(drawn.planted >= 0)
+        write_csv(
+            out_dir / PLANTED_FILE,
+            ["ext_id", "group"],
+            len(members),
+            lambda rows: [ext.take(pa.array(members[rows])), pa.array(drawn.planted[members[rows]]).cast(pa.string())],
+            Quoting.NEEDED,
+            say,
+        )
+        description["planted_groups"] = profiles.describe(cat, drawn.planted)
     (out_dir / SHAPE_FILE).write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return counts
 
@@ -230,6 +257,7 @@ class _Drawn:
     gender: np.ndarray
     home: np.ndarray
     name: pa.Array
+    planted: np.ndarray  # the planted group each user joined, -1 for none
     visit_user: np.ndarray
     visit_product: np.ndarray
     visit_pincode: np.ndarray
@@ -247,13 +275,21 @@ class _Drawn:
 
     @classmethod
     def of_block(
-        cls, user_offset: int, order_offset: int, people: People, visits: Visits, orders: Orders, searches: Searches
+        cls,
+        user_offset: int,
+        order_offset: int,
+        people: People,
+        planted: np.ndarray,
+        visits: Visits,
+        orders: Orders,
+        searches: Searches,
     ) -> _Drawn:
         """A block's draws with global user and order indices, in the narrowest integer types that hold them."""
         return cls(
             gender=people.gender,
             home=people.home.astype(np.int32),
             name=people.name,
+            planted=planted.astype(np.int32),
             visit_user=(visits.user + user_offset).astype(np.int32),
             visit_product=visits.product.astype(np.int32),
             visit_pincode=visits.pincode.astype(np.int32),
@@ -289,7 +325,7 @@ def _draw_in_blocks(
     shape: Shape,
     adversarial: np.ndarray,
     say: Callable[[str], None],
-) -> tuple[World, _Drawn]:
+) -> tuple[World, PlantedProfiles | None, _Drawn]:
     """Draw users ``shape.block_users`` at a time; each block keeps only the columns written later.
 
     ``adversarial``: sorted indices of the users whose search texts get adversarial decorations.
@@ -299,6 +335,10 @@ def _draw_in_blocks(
     streams = [np.random.default_rng([seed, stream]) for stream in range(4)]
     say("drawing what all users share (pincode weights, product popularity)")
     world = World(streams[0], streams[1], cat)
+    profiles = None
+    if shape.planted_groups:
+        uniform = shape.planted_draw == "uniform"
+        profiles = PlantedProfiles.draw(seed, shape.planted_groups, world.sampler, uniform=uniform)
     block = shape.block_users or users
     starts = range(0, users, block)
     blocks: list[_Drawn] = []
@@ -309,6 +349,13 @@ def _draw_in_blocks(
             streams = [np.random.default_rng([seed, stream, number]) for stream in range(4)]
         say(f"block {number + 1}/{len(starts)}: drawing users {lo + 1:,}-{lo + n:,} and their events")
         people = draw_people(streams[0], world, n)
+        planted = np.full(n, -1, np.int64)
+        focus = None
+        if profiles is not None:
+            planted = assign_members(seed, number, profiles, people.gender, shape.planted_share)
+            focus = functools.partial(
+                focus_products, seed, number, profiles, world.sampler, planted, people.gender, shape.planted_focus
+            )
         visits = draw_visits(
             streams[1],
             world,
@@ -318,6 +365,7 @@ def _draw_in_blocks(
             interest_share=shape.interest_share,
             fresh_mean=shape.fresh_mean,
             repeat_rate=shape.repeat_rate,
+            focus=focus,
         )
         orders = draw_checkouts(streams[2], world, people, visits, window)
         searches = draw_searches(
@@ -332,9 +380,9 @@ def _draw_in_blocks(
         )
         searches.query = decorate_queries(searches.query, is_adversarial[lo : lo + n][searches.user])
         say(f"  {len(visits.user):,} visits, {len(orders.user):,} checkout rows, {len(searches.user):,} searches")
-        blocks.append(_Drawn.of_block(lo, orders_before, people, visits, orders, searches))
+        blocks.append(_Drawn.of_block(lo, orders_before, people, planted, visits, orders, searches))
         orders_before += len(orders.order_t)
-    return world, _Drawn.concatenate(blocks)
+    return world, profiles, _Drawn.concatenate(blocks)
 
 
 def _write_files(

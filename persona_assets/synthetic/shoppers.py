@@ -7,6 +7,7 @@ then drawn in blocks, each block with its own random streams, so memory follows 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -131,8 +132,13 @@ def draw_visits(
     interest_share: float,
     fresh_mean: float,
     repeat_rate: float,
+    focus: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> Visits:
-    """Fresh visits, ``interest_share`` of them from ``interests`` (lo, hi) groups per user, then repeats."""
+    """Fresh visits, ``interest_share`` of them from ``interests`` (lo, hi) groups per user, then repeats.
+
+    ``focus(candidate_users, candidate_products)`` may replace candidate products in place before the
+    distinct ones are kept (planted groups, :mod:`.planted`).
+    """
     n = len(people.gender)
     sampler = world.sampler
     catalog_size = len(sampler.weight)
@@ -166,6 +172,8 @@ def draw_visits(
         b = sel & ~from_interest
         cp[b] = sampler.explore(rng, g, int(b.sum()))
     del group, from_interest
+    if focus is not None:
+        focus(cu, cp)
     _, first = np.unique(cu * catalog_size + cp, return_index=True)
     first.sort()
     fu, fp = cu[first], cp[first]
