@@ -44,7 +44,8 @@ from persona_assets.api_common import (
     read_json_body,
     unavailable_response,
 )
-from persona_assets.api_segments import segment_routes
+from persona_assets.api_lookalikes import lookalike_routes
+from persona_assets.api_segments import StoreAnswers, segment_routes
 from persona_assets.query.request import (
     DEFAULT_SIZE,
     MAX_SIZE,
@@ -250,7 +251,9 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
         ok = body["store"]["ok"] and body["index"]["ok"]
         return JSONResponse({"status": "ok" if ok else "unavailable", **body}, status_code=200 if ok else 503)
 
-    app.include_router(segment_routes(engine, weights))
+    store_answers = StoreAnswers(engine)
+    app.include_router(segment_routes(store_answers, weights))
+    app.include_router(lookalike_routes(store_answers, backend, weights))
     return app
 
 

@@ -105,20 +105,20 @@ class UnavailableResponse(BaseModel):
 
 
 class BodyTooLarge(InvalidRequest):
-    """A body past ``MAX_BODY_BYTES``: refused with 413, not 422."""
+    """A body past its limit: refused with 413, not 422."""
 
-    def __init__(self) -> None:
-        super().__init__("request", f"the body is larger than {MAX_BODY_BYTES} bytes")
+    def __init__(self, limit: int) -> None:
+        super().__init__("request", f"the body is larger than {limit} bytes")
 
 
-async def read_json_body(request: Request) -> object:
+async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> object:
     """The request's body as decoded JSON; :class:`InvalidRequest` on field ``request`` when it is not JSON,
-    :class:`BodyTooLarge` as soon as it passes ``MAX_BODY_BYTES`` (the rest is never read)."""
+    :class:`BodyTooLarge` as soon as it passes ``limit`` bytes (the rest is never read)."""
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise BodyTooLarge()
+        if len(raw) > limit:
+            raise BodyTooLarge(limit)
     return _decode(bytes(raw))
 
 

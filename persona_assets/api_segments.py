@@ -54,7 +54,7 @@ from persona_assets.stores import membership, segments
 from persona_assets.stores.membership import MembersNotComputed
 from persona_assets.stores.segments import SegmentExists, SegmentNotFound, SegmentUnreadable
 
-__all__ = ["segment_routes"]
+__all__ = ["StoreAnswers", "segment_routes"]
 
 
 # --------------------------------------------------------------------------- OpenAPI description
@@ -165,24 +165,24 @@ _STORE = {
 # --------------------------------------------------------------------------- the routes
 
 
-def segment_routes(engine: Engine, weights: ScoreWeights) -> APIRouter:
-    """The ``/segments`` routes over the relational store of ``engine`` (``weights`` score exported members)."""
-    router = APIRouter()
-    table_ready = False
+class StoreAnswers:
+    """Runs store operations in a thread (SQLAlchemy blocks) and turns what they cannot do into an answer,
+    never a 500 with a traceback. `persona serve` does not run create_schema (it starts even when the store is
+    down): the first operation creates the audience tables."""
 
-    def in_store(operation: Callable[[], Response]) -> Response:
-        # `persona serve` does not run create_schema (it starts even when the store is down): the first use does.
-        nonlocal table_ready
-        if not table_ready:
-            segments.create_tables(engine)
-            table_ready = True
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.tables_ready = False
+
+    def _in_store(self, operation: Callable[[], Response]) -> Response:
+        if not self.tables_ready:
+            segments.create_tables(self.engine)
+            self.tables_ready = True
         return operation()
 
-    async def answer(operation: Callable[[], Response]) -> Response:
-        """Run a store operation in a thread (SQLAlchemy blocks); what it cannot do is an answer, never a 500
-        with a traceback."""
+    async def __call__(self, operation: Callable[[], Response]) -> Response:
         try:
-            return await anyio.to_thread.run_sync(in_store, operation)
+            return await anyio.to_thread.run_sync(self._in_store, operation)
         except SegmentNotFound as error:
             return JSONResponse({"detail": str(error)}, status_code=404)
         except SegmentExists as error:
@@ -191,11 +191,19 @@ def segment_routes(engine: Engine, weights: ScoreWeights) -> APIRouter:
             return JSONResponse({"detail": str(error)}, status_code=500)
         except MembersNotComputed as error:
             return JSONResponse({"detail": str(error)}, status_code=409)
+        except InvalidRequest as error:  # found only by reading the store (a seed too large, or unknown)
+            return invalid_response(error)
         except Exception as error:
             reason = unavailable_reason(error)
             if reason is None:
                 raise
             return unavailable_response(reason)
+
+
+def segment_routes(answer: StoreAnswers, weights: ScoreWeights) -> APIRouter:
+    """The ``/segments`` routes over the relational store of ``answer`` (``weights`` score exported members)."""
+    router = APIRouter()
+    engine = answer.engine
 
     @router.get(
         "/segments",

@@ -216,6 +216,10 @@ def cmd_generate(args: argparse.Namespace, settings: PersonaSettings) -> int:
         "searches_per_user": getattr(args, "searches", None),
         "adversarial_share": getattr(args, "adversarial", None),
         "block_users": getattr(args, "block_users", None),
+        "planted_groups": getattr(args, "planted_groups", None),
+        "planted_share": getattr(args, "planted_share", None),
+        "planted_focus": getattr(args, "planted_focus", None),
+        "planted_draw": getattr(args, "planted_draw", None),
     }
     base = WIDE if getattr(args, "wide", False) else DEFAULT_SHAPE
     shape = dataclasses.replace(base, **{name: value for name, value in overrides.items() if value is not None})
@@ -361,9 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100, help="users listed (default 100)")
     p.add_argument("--retry", action="store_true", help="hand every dead-lettered user back to the refresh sensor")
     p.set_defaults(func=cmd_dead_letter)
-    from persona_assets.cli_segments import add_segment_parser  # here: it imports this module's helpers
+    from persona_assets.cli_segments import add_lookalike_parser, add_segment_parser  # imports this module's helpers
 
     add_segment_parser(sub)
+    add_lookalike_parser(sub)
     p = sub.add_parser("query", help="answer a segment query given as JSON (legacy field names)")
     p.add_argument("request")
     p.add_argument("--pretty", action="store_true")
@@ -395,6 +400,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="draw N users at a time so memory stays bounded; the data depends on N (default: all at once)",
+    )
+    p.add_argument(
+        "--planted-groups",
+        type=int,
+        metavar="N",
+        help="plant N interest groups (shoppers sharing a taste) and write who joined which to "
+        "planted_groups.csv: the ground truth of the lookalike benchmark (default 0)",
+    )
+    p.add_argument(
+        "--planted-share", type=float, metavar="SHARE", help="share of shoppers joining a planted group (default 0.05)"
+    )
+    p.add_argument(
+        "--planted-focus",
+        type=float,
+        metavar="SHARE",
+        help="share of a member's products drawn from the group's interests (default 0.5)",
+    )
+    p.add_argument(
+        "--planted-draw",
+        choices=("uniform", "popular"),
+        help="a planted group's interests: all interest groups equally likely (uniform, the default: mostly "
+        "niche tastes) or by popularity (popular: tastes that overlap with what everyone buys)",
     )
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("demo", help="generate, import, materialise and print a sample segment")

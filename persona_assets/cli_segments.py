@@ -1,5 +1,5 @@
-"""``persona segment save|list|show|delete|compute|history|export|overlap``: saved segments on the command
-line (docs/audiences.md).
+"""``persona segment save|list|show|delete|compute|history|export|overlap`` and ``persona lookalike``:
+audiences on the command line (docs/audiences.md).
 
 The same validator and store functions as ``/segments`` over HTTP. Exit status: 0 done; 2 an invalid name
 or definition, the error naming the field as ``persona query`` does; 1 a name that is taken (``save``
@@ -65,6 +65,60 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("first", metavar="A")
     p.add_argument("second", metavar="B")
     p.set_defaults(func=cmd_segment_overlap)
+
+
+def add_lookalike_parser(sub: argparse._SubParsersAction) -> None:
+    """``persona lookalike ...`` on the command line's subcommands."""
+    p = sub.add_parser(
+        "lookalike",
+        help="the shoppers most like a seed: a saved segment's members or a list of ext_ids (docs/audiences.md)",
+    )
+    seed = p.add_mutually_exclusive_group(required=True)
+    seed.add_argument("--seed-segment", metavar="NAME", help="the members of this saved segment")
+    seed.add_argument("--seed", metavar="EXT_ID", action="append", help="an ext_id of the seed (repeat it)")
+    seed.add_argument("--seed-file", metavar="FILE", help="the seed's ext_ids, one per line (UTF-8)")
+    p.add_argument("--size", type=int, help="lookalikes returned, 1-10,000 (default 100)")
+    p.add_argument("--min-similarity", type=float, metavar="S", help="only lookalikes at least this similar (0-1)")
+    p.add_argument("--include-seed", action="store_true", help="the seed's own shoppers may be returned")
+    p.add_argument("--gender", help="only men or women (as the segment query reads it)")
+    p.add_argument("--city-tier", help="only shoppers of this home tier (Tier1-Tier3)")
+    p.add_argument("--pretty", action="store_true")
+    p.set_defaults(func=cmd_lookalike)
+
+
+def cmd_lookalike(args: argparse.Namespace, settings: PersonaSettings) -> int:
+    """Answer a lookalike request as ``POST /lookalikes`` does; exit 2 naming the field of a bad one."""
+    from persona_assets.query.lookalikes import find_lookalikes
+    from persona_assets.stores.backends import search_backend_for
+
+    if args.seed_file is not None:
+        try:
+            ext_ids = Path(args.seed_file).read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as error:
+            return _fail(f"lookalike: cannot read the seed file {args.seed_file}: {error}")
+        seed: dict[str, object] = {"extIds": [ext_id for ext_id in ext_ids if ext_id]}
+    elif args.seed is not None:
+        seed = {"extIds": args.seed}
+    else:
+        seed = {"segment": args.seed_segment}
+    options = {
+        "size": args.size,
+        "minSimilarity": args.min_similarity,
+        "includeSeed": args.include_seed,
+        "gender": args.gender,
+        "cityTier": args.city_tier,
+    }
+    payload = {"seed": seed, **{name: value for name, value in options.items() if value is not None}}
+
+    def answer(engine: Engine) -> int:
+        try:
+            response = find_lookalikes(payload, engine, search_backend_for(settings), settings.weights)
+        except InvalidRequest as error:
+            return _fail(f"lookalike: {error}")
+        print(json.dumps(response, indent=2 if args.pretty else None, ensure_ascii=False))
+        return 0
+
+    return _in_store("lookalike", settings, answer)
 
 
 def cmd_segment_save(args: argparse.Namespace, settings: PersonaSettings) -> int:
@@ -250,12 +304,16 @@ def _in_store(action: str, settings: PersonaSettings, operation: Callable[[Engin
     except SegmentExists as error:
         return _fail(f"segment {action}: {error}; use --replace to replace it", code=1)
     except SegmentError as error:  # not saved, or a stored row that no longer reads
-        return _fail(f"segment {action}: {error}", code=1)
+        return _fail(f"{_command(action)}: {error}", code=1)
     except Exception as error:
         reason = unavailable_reason(error)
         if reason is None:
             raise
-        return _fail(f"segment {action}: {reason}", code=1)
+        return _fail(f"{_command(action)}: {reason}", code=1)
+
+
+def _command(action: str) -> str:
+    return action if action == "lookalike" else f"segment {action}"
 
 
 def _line(definition: dict) -> str:

@@ -285,12 +285,12 @@ def test_the_sensor_keeps_one_partition_per_saved_segment_and_requests_stale_one
 # --------------------------------------------------------------------------- export and overlap
 
 
-def test_city_tier_is_the_largest_share_and_the_better_tier_on_a_tie():
-    from persona_assets.audiences.export import city_tier
+def test_home_tier_is_the_largest_share_and_the_better_tier_on_a_tie():
+    from persona_assets.stores.search_backend import home_tier
 
-    assert city_tier({"Tier2": 0.6, "Tier1": 0.4}) == "Tier2"
-    assert city_tier({"Tier3": 0.5, "Tier2": 0.5}) == "Tier2"
-    assert city_tier({}) is None
+    assert home_tier({"Tier2": 0.6, "Tier1": 0.4}) == "Tier2"
+    assert home_tier({"Tier3": 0.5, "Tier2": 0.5}) == "Tier2"
+    assert home_tier({}) is None
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
@@ -368,7 +368,7 @@ def computed(tmp_path_factory, shop):
 @contract
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
 def test_export_writes_every_member_with_score_components_gender_and_tier(tmp_path, computed, fmt):
-    from persona_assets.audiences.export import city_tier
+    from persona_assets.stores.search_backend import home_tier
 
     pipeline, personas, queries = computed
     for name, query in queries.items():
@@ -383,7 +383,7 @@ def test_export_writes_every_member_with_score_components_gender_and_tier(tmp_pa
             assert row["score"] == pytest.approx(scores[row["ext_id"]], rel=1e-12, abs=0)
             assert row["C"] == pytest.approx(persona["city"].get("Tier1", 0.0), rel=1e-12, abs=0)
             assert (row["G"], row["K"], row["gender"]) == (1.0, 1.0, persona["gender"])
-            assert row["city_tier"] == city_tier(persona["city"])
+            assert row["city_tier"] == home_tier(persona["city"])
         if "brand" in query:
             assert all(
                 row["B"] == pytest.approx(personas[row["ext_id"]]["brand_affinity"].get(query["brand"], 0.0))

@@ -343,7 +343,7 @@ def test_mapping_field_count_does_not_grow_with_keys(backend: OpenSearchBackend)
     mapping = backend.client.indices.get_mapping(index=index)[index]["mappings"]
     assert mapping == small_mapping["mappings"]
     assert mapping["dynamic"] == "strict"
-    assert _count_fields(mapping["properties"]) == _count_fields(index_mapping()["properties"]) == 11
+    assert _count_fields(mapping["properties"]) == _count_fields(index_mapping()["properties"]) == 17
     settings = backend.client.indices.get_settings(index=index, include_defaults=True)[index]
     assert "total_fields" not in settings["settings"]["index"].get("mapping", {})
     assert settings["defaults"]["index"]["mapping"]["total_fields"]["limit"] == "1000"
@@ -704,3 +704,30 @@ def test_https_url_parts_configure_the_client(monkeypatch):
     assert "s%3Acret" not in repr(backend) and "***" in repr(backend)
     with pytest.raises(ValueError, match="alias"):
         OpenSearchBackend("http://localhost:9200", alias="Persona")
+
+
+def test_a_refresh_into_a_build_of_format_3_adds_the_new_fields_and_lookalikes_ask_for_a_rebuild(
+    backend: OpenSearchBackend,
+):
+    """Builds written before lookalikes (format 3) stay live after an upgrade: a refresh still writes into
+    them, and a lookalike search says to rebuild instead of ranking documents without inverse norms."""
+    from persona_assets.stores.opensearch_documents import lookalike_mapping
+    from persona_assets.stores.search_backend import Centroid, IndexTooOld, LookalikeSearch
+
+    mapping = index_mapping()
+    for name in lookalike_mapping()["properties"]:
+        del mapping["properties"][name]
+    mapping["_meta"] = {"persona_format": 3}
+    old = backend.index_name("20260101t000000000000z-abcdef")
+    backend.client.indices.create(index=old, body={"mappings": mapping})
+    backend.client.index(index=old, id="old", body={"ext_id": "old", "gender": "men", "brand": {"nike": 1.0}})
+    backend.client.indices.put_alias(index=old, name=backend.alias)
+    users = pd.DataFrame({"ext_id": ["new"], "gender": ["women"]})
+    affinities = pd.DataFrame({"ext_id": ["new"], "dimension": ["brand"], "key": ["nike"], "value": [1.0]})
+    report = backend.upsert(stream(users, affinities))
+    assert report.failed == {} and report.document_count == 2
+    fields = backend.client.indices.get_mapping(index=old)[old]["mappings"]
+    assert fields["_meta"] == {"persona_format": 3} and "inverse_norm" in fields["properties"]
+    centroid = Centroid(keys={"brand": ("nike",)}, weights={"brand": (1.0,)}, coefficients={"brand": (0.35,)})
+    with pytest.raises(IndexTooOld, match="persona materialize"):
+        backend.lookalikes(LookalikeSearch(centroid=centroid, size=5))

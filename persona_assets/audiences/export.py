@@ -22,11 +22,11 @@ from persona_assets.audiences.membership import MAP_COLUMNS, PersonaRow, columns
 from persona_assets.query.request import InvalidRequest
 from persona_assets.query.scoring import ScoreWeights, score_persona
 from persona_assets.stores.relational import normalised_map
+from persona_assets.stores.search_backend import home_tier
 
 __all__ = [
     "COLUMNS",
     "FORMATS",
-    "city_tier",
     "columns_for",
     "encode",
     "format_of_path",
@@ -51,7 +51,6 @@ _SCHEMA = pa.schema(
         pa.field("city_tier", pa.string()),
     ]
 )
-_TIERS = ("Tier1", "Tier2", "Tier3")
 
 Record = tuple[str, float, float, float, float, float, str, str | None]
 
@@ -71,13 +70,6 @@ def format_of_path(path: Path) -> str:
     return extension
 
 
-def city_tier(city: dict[str, float]) -> str | None:
-    """The shopper's city tier: the tier with the largest share of their city map (the better tier on a tie);
-    ``None`` with no city events."""
-    best = max(_TIERS, key=lambda tier: (city.get(tier, 0.0), -_TIERS.index(tier)))
-    return best if city.get(best, 0.0) > 0 else None
-
-
 def member_records(
     rows: Iterable[PersonaRow], segment: SavedSegment, weights: ScoreWeights, chunk_rows: int = 10_000
 ) -> Iterator[list[Record]]:
@@ -88,7 +80,7 @@ def member_records(
     for ext_id, gender, maps in rows:
         persona = {key: normalised_map(maps[column]) for key, column in MAP_COLUMNS.items() if column in maps}
         score, components = score_persona(persona, segment.query, weights)
-        chunk.append((ext_id, score, *(components[c] for c in "CBGK"), gender, city_tier(persona["city"])))
+        chunk.append((ext_id, score, *(components[c] for c in "CBGK"), gender, home_tier(persona["city"])))
         if len(chunk) >= chunk_rows:
             yield chunk
             chunk = []

@@ -33,6 +33,8 @@ __all__ = [
     "InvalidRequest",
     "SegmentQuery",
     "json_type_name",
+    "parse_city_tier",
+    "parse_gender",
     "parse_int",
     "parse_segment_request",
 ]
@@ -144,7 +146,7 @@ def parse_int(field: str, value: object) -> int:
     raise InvalidRequest(field, f"must be an integer, got {json_type_name(value)} {value!r}")
 
 
-def _parse_gender(value: object) -> str | None:
+def parse_gender(value: object) -> str | None:
     if not isinstance(value, str):
         raise InvalidRequest("gender", f"must be a string, got {json_type_name(value)} {value!r}")
     key = value.strip().lower()
@@ -156,7 +158,7 @@ def _parse_gender(value: object) -> str | None:
     return _GENDERS[key]
 
 
-def _parse_city_tier(value: object) -> str:
+def parse_city_tier(value: object) -> str:
     if isinstance(value, bool):
         raise InvalidRequest("cityTier", f"must be a tier 1-3, got a boolean ({value!r})")
     if isinstance(value, int):
@@ -199,8 +201,8 @@ def parse_segment_request(payload: object) -> SegmentQuery:
     # A JSON null is the same as absent.
     given: dict[str, Any] = {name: value for name, value in payload.items() if value is not None}
 
-    gender = _parse_gender(given["gender"]) if "gender" in given else None
-    city_tier = _parse_city_tier(given["cityTier"]) if "cityTier" in given else None
+    gender = parse_gender(given["gender"]) if "gender" in given else None
+    city_tier = parse_city_tier(given["cityTier"]) if "cityTier" in given else None
     brand = _parse_name("brand", given["brand"]) if "brand" in given else None
     generic_name = _parse_name("genericName", given["genericName"]) if "genericName" in given else None
 

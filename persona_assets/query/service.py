@@ -17,7 +17,7 @@ from persona_assets.contract.tokens import contains_name, tokenize
 from persona_assets.query.request import SegmentQuery, parse_segment_request
 from persona_assets.query.scoring import ScoreWeights
 from persona_assets.stores import relational
-from persona_assets.stores.search_backend import IndexNotBuiltError, SearchBackend
+from persona_assets.stores.search_backend import IndexNotBuiltError, IndexTooOld, SearchBackend
 
 MAX_PRODUCTS = 50
 MAX_SEARCH_TERMS = 20
@@ -39,6 +39,8 @@ def unavailable_reason(error: BaseException) -> str | None:
     ``error`` is not such a state. Both doors say the same: ``persona query`` as its error line, HTTP as a 503."""
     if isinstance(error, IndexNotBuiltError):
         return f"no search index has been built yet; run `persona materialize` ({error})"
+    if isinstance(error, IndexTooOld):
+        return str(error)
     if isinstance(error, _STORE_DOWN):
         return f"the relational store cannot be reached: {describe_error(error)}"
     if isinstance(error, OpenSearchConnectionError):

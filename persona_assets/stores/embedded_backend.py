@@ -17,7 +17,7 @@ import fcntl
 import functools
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,9 +42,13 @@ from persona_assets.stores.embedded_build import (
 )
 from persona_assets.stores.embedded_hand_off import build_index_from_hand_off
 from persona_assets.stores.embedded_index import EmbeddedIndex, IndexView, read_build
+from persona_assets.stores.embedded_lookalikes import lookalikes
 from persona_assets.stores.embedded_upsert import merged_with, personas_of
 from persona_assets.stores.search_backend import (
     IndexNotBuiltError,
+    KeyFrequencies,
+    Lookalike,
+    LookalikeSearch,
     PersonaBatches,
     PersonaHandOff,
     PublishReport,
@@ -228,6 +232,14 @@ class EmbeddedBackend:
 
     def search(self, query: SegmentQuery, weights: ScoreWeights) -> SearchHits:
         return open_index(self.index_dir).search(query, weights)
+
+    def key_frequencies(self, keys: Mapping[str, Sequence[str]]) -> KeyFrequencies:
+        view = open_index(self.index_dir)
+        counts = {dim: {key: view.key_frequency(dim, key) for key in wanted} for dim, wanted in keys.items()}
+        return KeyFrequencies(documents=view.document_count, counts=counts)
+
+    def lookalikes(self, search: LookalikeSearch) -> list[Lookalike]:
+        return lookalikes(open_index(self.index_dir), search)
 
     def document_count(self) -> int:
         """From the live build's manifest: a check or /health need not load a million personas' arrays."""

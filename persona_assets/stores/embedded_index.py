@@ -25,6 +25,7 @@ The score is computed in the same order of operations as
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from persona_assets.stores.embedded_build import (
     KeySlices,
     read_manifest,
 )
+from persona_assets.stores.embedded_lookalikes import SimilarityArrays
 from persona_assets.stores.embedded_ranking import TierOrder, best_outsiders, in_sorted, top_rows
 from persona_assets.stores.search_backend import DIMENSIONS, GENDERS, Hit, SearchHits
 
@@ -71,6 +73,10 @@ class EmbeddedIndex:
             self._slices[dim][key] = (start, end)
         self._gender_rows = {gender: np.flatnonzero(gender_codes == code) for code, gender in enumerate(GENDERS)}
         self._gender_masks = {gender: gender_codes == code for code, gender in enumerate(GENDERS)}
+        self._dimension_ranges = {
+            dim: (min(slices.values())[0], max(end for _, end in slices.values())) if slices else (0, 0)
+            for dim, slices in self._slices.items()
+        }
         self._tier_orders: dict[str, TierOrder] = {}
         for tier in self._slices["city"]:
             self._tier_order(tier)  # ready before the first query (an argsort of every row per tier)
@@ -88,20 +94,31 @@ class EmbeddedIndex:
         """The keys present in one dimension, sorted."""
         return sorted(self._slices[dimension])
 
-    def _postings(self, dimension: str, key: str | None) -> tuple[np.ndarray, np.ndarray]:
+    def postings(self, dimension: str, key: str | None) -> tuple[np.ndarray, np.ndarray]:
         """(rows ascending, values) of one key; empty when the index has no such key."""
         start, end = self._slices[dimension].get(key, (0, 0)) if key is not None else (0, 0)
         return self.rows[start:end], self.values[start:end]
 
-    def _component(self, dimension: str, key: str) -> np.ndarray:
+    def dimension_postings(self, dimension: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, values) of every key of one dimension: keys in order, rows ascending within a key."""
+        start, end = self._dimension_ranges.get(dimension, (0, 0))
+        return self.rows[start:end], self.values[start:end]
+
+    def component(self, dimension: str, key: str) -> np.ndarray:
+        """The value of ``key`` for every row (0 where absent)."""
         vector = np.zeros(self.document_count, dtype=np.float64)
-        rows, values = self._postings(dimension, key)
+        rows, values = self.postings(dimension, key)
         vector[rows] = values
         return vector
 
-    def _values_at(self, dimension: str, key: str, rows: np.ndarray) -> np.ndarray:
+    @cached_property
+    def similarity_arrays(self) -> SimilarityArrays:
+        """What a lookalike search needs beyond the postings, computed on its first use."""
+        return SimilarityArrays.of(self)
+
+    def values_at(self, dimension: str, key: str, rows: np.ndarray) -> np.ndarray:
         """The value of ``key`` for each of ``rows`` (0 where absent), by binary search in its postings."""
-        posting_rows, posting_values = self._postings(dimension, key)
+        posting_rows, posting_values = self.postings(dimension, key)
         if posting_rows.size == 0:
             return np.zeros(rows.size, dtype=np.float64)
         at = np.minimum(np.searchsorted(posting_rows, rows), posting_rows.size - 1)
@@ -110,7 +127,7 @@ class EmbeddedIndex:
     def _tier_order(self, tier: str) -> TierOrder:
         order = self._tier_orders.get(tier)
         if order is None:
-            order = self._tier_orders.setdefault(tier, TierOrder.of(self._component("city", tier)))
+            order = self._tier_orders.setdefault(tier, TierOrder.of(self.component("city", tier)))
         return order
 
     def gender_mask(self, gender: str) -> np.ndarray:
@@ -151,10 +168,10 @@ class EmbeddedIndex:
         self, query: SegmentQuery, w: ScoreWeights, rows: np.ndarray
     ) -> tuple[np.ndarray, dict[str, float | np.ndarray]]:
         """Scores and components of ``rows``, in the order of operations of ``score_persona``."""
-        c = NO_TIER_C if query.city_tier is None else self._values_at("city", query.city_tier, rows)
-        b = 1.0 if query.brand is None else self._values_at("brand", query.brand, rows)
-        g = 1.0 if query.generic_name is None else self._values_at("generic", query.generic_name, rows)
-        k = 1.0 if query.category_id is None else self._values_at("category", query.category_id, rows)
+        c = NO_TIER_C if query.city_tier is None else self.values_at("city", query.city_tier, rows)
+        b = 1.0 if query.brand is None else self.values_at("brand", query.brand, rows)
+        g = 1.0 if query.generic_name is None else self.values_at("generic", query.generic_name, rows)
+        k = 1.0 if query.category_id is None else self.values_at("category", query.category_id, rows)
         score = w.city * c + w.brand * b + w.generic * g + w.category * k
         return np.broadcast_to(score, rows.shape), {"C": c, "B": b, "G": g, "K": k}
 
@@ -169,7 +186,7 @@ class EmbeddedIndex:
         ``score_persona``: a persona without the key adds ``w·0.0``, which changes nothing).
         """
         asked = {"brand": query.brand, "generic": query.generic_name, "category": query.category_id}
-        postings = {dim: self._postings(dim, key) for dim, key in asked.items() if key is not None}
+        postings = {dim: self.postings(dim, key) for dim, key in asked.items() if key is not None}
         if len(postings) == 1:
             return self._single_key_candidates(query, w, passing, *postings.items())
         count = sum(rows.size for rows, _ in postings.values())
@@ -245,6 +262,7 @@ class IndexView:
         if delta is not None and masked is not None and len(masked):
             self._alive = ~pc.is_in(base.ext_ids, value_set=masked).to_numpy(zero_copy_only=False)
         self._passing: dict[str | None, tuple[np.ndarray | None, int]] = {}
+        self._frequencies: dict[tuple[str, str], int] = {}
         for gender in (None, *GENDERS):
             mask = None if gender is None else base.gender_mask(gender)
             if self._alive is not None:
@@ -260,11 +278,22 @@ class IndexView:
     def posting_count(self) -> int:
         return self.base.posting_count + (0 if self.delta is None else self.delta.posting_count)
 
+    def key_frequency(self, dimension: str, key: str) -> int:
+        """How many personas of the view hold ``key`` (counted once per view and key)."""
+        count = self._frequencies.get((dimension, key))
+        if count is None:
+            rows, _ = self.base.postings(dimension, key)
+            count = rows.size if self._alive is None else int(np.count_nonzero(self._alive[rows]))
+            if self.delta is not None:
+                count += self.delta.postings(dimension, key)[0].size
+            self._frequencies[(dimension, key)] = count
+        return count
+
     def keys(self, dimension: str) -> list[str]:
         """The keys present in one dimension, sorted (the base's and the delta's)."""
         return sorted(set(self.base.keys(dimension)) | set(() if self.delta is None else self.delta.keys(dimension)))
 
-    def _parts(self, gender: str | None) -> list[tuple[EmbeddedIndex, np.ndarray | None, int]]:
+    def parts(self, gender: str | None) -> list[tuple[EmbeddedIndex, np.ndarray | None, int]]:
         if gender is not None and gender not in GENDERS:
             raise ValueError(f"unknown gender filter {gender!r}")
         parts = [(self.base, *self._passing[gender])]
@@ -277,7 +306,7 @@ class IndexView:
     def search(self, query: SegmentQuery, weights: ScoreWeights | None = None) -> SearchHits:
         """Rank the personas passing the gender filter; return the ``[offset, offset+size)`` page."""
         w = weights or ScoreWeights()
-        parts = self._parts(query.gender)
+        parts = self.parts(query.gender)
         total = sum(count for _, _, count in parts)
         if query.size <= 0 or query.offset >= total:
             return SearchHits(total=total, hits=[])

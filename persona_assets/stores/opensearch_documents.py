@@ -10,8 +10,11 @@ Mapping (constant size, whatever the number of brands, generic names or categori
     exact                                      object, "enabled": false: {dimension: {escaped key: float64}}
                                                for what the rank features cannot hold: the ecomm map, and
                                                values too small to be a feature (0, below float32's normal range)
+    inverse_norm.city, .brand, .generic,       double: 1 / the Euclidean length of the map (absent when empty),
+      .category                                what a lookalike search multiplies each dimension's sum by
+    home_tier                                  keyword: the tier with the largest share of the city map
 
-Eleven fields, however many keys the personas carry: the legacy design (one numeric field per key)
+Seventeen fields, however many keys the personas carry: the legacy design (one numeric field per key)
 had to keep raising ``index.mapping.total_fields.limit``. ``_source`` is stored whole, so it holds each
 value exactly as sent: a search reads the exact float64 value of ``<dim>.<key>`` back from it (bit for
 bit what the embedded index scores), while Lucene indexes that value's float32, truncated. Builds of
@@ -54,12 +57,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from persona_assets.stores.persona_stream import map_entries
-from persona_assets.stores.search_backend import DIMENSIONS
+from persona_assets.stores.persona_stream import MapEntries, map_entries
+from persona_assets.stores.search_backend import DIMENSIONS, SIMILARITY_DIMENSIONS, TIERS, home_tier_codes
 
 __all__ = [
     "APPROX_RELATIVE_ERROR",
     "EXACT_FIELD",
+    "FORMAT",
+    "HOME_TIER_FIELD",
+    "INVERSE_NORM_FIELD",
     "LO_FROM",
     "LO_SUFFIX",
     "MAX_ID_BYTES",
@@ -71,6 +77,7 @@ __all__ = [
     "encode_batch",
     "escape_key",
     "index_mapping",
+    "lookalike_mapping",
     "lucene_feature_value",
     "unescape_key",
 ]
@@ -79,6 +86,10 @@ __all__ = [
 SCORED_DIMENSIONS = ("city", "brand", "generic", "category")
 LO_SUFFIX = "_lo"
 EXACT_FIELD = "exact"
+INVERSE_NORM_FIELD = "inverse_norm"
+HOME_TIER_FIELD = "home_tier"
+#: ``_meta.persona_format`` of new builds; 4 added the lookalike fields (inverse norms, home tier).
+FORMAT = 4
 #: Upper bound of (exact - approximate) / approximate for the variable part of a score: the hi/lo
 #: split leaves < 2^-16 per component, float32 products and sums a few 2^-24; 2^-14 is generous.
 APPROX_RELATIVE_ERROR = 2.0**-14
@@ -113,14 +124,21 @@ def unescape_key(name: str) -> str:
     return _UNESCAPE_RE.sub(lambda m: _UNESCAPES[m.group(1)], name)
 
 
+def lookalike_mapping() -> dict[str, Any]:
+    """The fields format 4 added for lookalikes; put into an older live build before upserting into it."""
+    norms = {dim: {"type": "double"} for dim in SCORED_DIMENSIONS}
+    return {"properties": {INVERSE_NORM_FIELD: {"properties": norms}, HOME_TIER_FIELD: {"type": "keyword"}}}
+
+
 def index_mapping() -> dict[str, Any]:
-    """The mapping of every build: the same eleven fields whatever the data."""
+    """The mapping of every build: the same seventeen fields whatever the data."""
     properties: dict[str, Any] = {"ext_id": {"type": "keyword"}, "gender": {"type": "keyword"}}
     for dim in SCORED_DIMENSIONS:
         properties[dim] = {"type": "rank_features"}
         properties[dim + LO_SUFFIX] = {"type": "rank_features"}
     properties[EXACT_FIELD] = {"type": "object", "enabled": False}
-    return {"dynamic": "strict", "_meta": {"persona_format": 3}, "properties": properties}
+    properties |= lookalike_mapping()["properties"]
+    return {"dynamic": "strict", "_meta": {"persona_format": FORMAT}, "properties": properties}
 
 
 # --------------------------------------------------------------------------- serialisation
@@ -292,5 +310,35 @@ def encode_batch(batch: pa.RecordBatch, key_literals: KeyLiterals | None = None)
         for suffix, part, present in (("", texts.exact, is_feature), (LO_SUFFIX, texts.lo, texts.has_lo[value_index])):
             body = _object(*members, part, value_index, keep=present)
             pieces += [f',"{dim}{suffix}":{{', body, "}"]
-    pieces += [f',"{EXACT_FIELD}":{{', *exact, "}}\n"]
+    pieces += [f',"{EXACT_FIELD}":{{', *exact, "}", *_similarity_fields(entries, len(batch)), "}\n"]
     return BulkDocuments(ext_ids=batch.column(0), lines=_concat(*pieces), refused=refused)
+
+
+def _similarity_fields(entries: dict[str, MapEntries], rows: int) -> list[Any]:
+    """The pieces of ``,"inverse_norm":{...}`` and ``,"home_tier":"TierN"`` (each row's members only).
+
+    A map's squares are summed in key order, as ``search_backend.inverse_norm`` and the embedded index do,
+    so every backend multiplies by the same float."""
+    names, name_index, texts, text_index = [], [], [], []
+    for dim in SIMILARITY_DIMENSIONS:
+        mine = entries[dim]
+        total = np.bincount(mine.parents, weights=mine.values * mine.values, minlength=rows)
+        inverse = np.zeros(rows, dtype=np.float64)
+        np.divide(1.0, np.sqrt(total), out=inverse, where=total > 0)
+        names.append(f'"{dim}":')
+        name_index.append(np.full(rows, len(names) - 1))
+        texts.append(inverse)
+        text_index.append(total > 0)
+    present = np.column_stack(text_index)  # rows x dims
+    offsets = np.concatenate(([0], np.cumsum(present.sum(axis=1))))
+    order = np.flatnonzero(present.ravel())  # row-major: each row's dimensions in order
+    inverse_texts = pa.array(np.column_stack(texts).ravel()[order]).cast(pa.string()).to_pylist()
+    members = _object(offsets, names, np.column_stack(name_index).ravel()[order], inverse_texts, np.arange(order.size))
+    city_entries = entries["city"]
+    tier = pc.index_in(city_entries.keys, value_set=pa.array(TIERS))
+    known = tier.is_valid().to_numpy(zero_copy_only=False)
+    city = np.zeros((rows, len(TIERS)))
+    city[city_entries.parents[known], tier.drop_null().to_numpy()] = city_entries.values[known]
+    labels = np.array([*(f',"{HOME_TIER_FIELD}":"{name}"' for name in TIERS), ""])  # code -1: the last, none
+    tier_text = pa.array(labels[home_tier_codes(city)])
+    return [f',"{INVERSE_NORM_FIELD}":{{', members, "}", tier_text]

@@ -24,18 +24,29 @@ import re
 import secrets
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from persona_assets.query.request import MAX_WINDOW, SegmentQuery
 from persona_assets.query.scoring import ScoreWeights
 from persona_assets.stores.opensearch_bulk import BulkLoader, LoadReport
-from persona_assets.stores.opensearch_documents import BulkDocuments, KeyLiterals, encode_batch, index_mapping
+from persona_assets.stores.opensearch_documents import (
+    FORMAT,
+    BulkDocuments,
+    KeyLiterals,
+    encode_batch,
+    index_mapping,
+    lookalike_mapping,
+)
+from persona_assets.stores.opensearch_lookalikes import key_frequencies, lookalike_search
 from persona_assets.stores.opensearch_search import IndexMissing, RankWindow, search_alias
 from persona_assets.stores.persona_stream import checked_batches, persona_batches_from_hand_off
 from persona_assets.stores.search_backend import (
     IndexNotBuiltError,
+    KeyFrequencies,
+    Lookalike,
+    LookalikeSearch,
     PersonaBatches,
     PersonaHandOff,
     PublishReport,
@@ -253,6 +264,7 @@ class OpenSearchBackend:
         """
         if self.live_index() is None:
             raise self._not_built()
+        self._add_new_fields()
         loaded = self._loader(self.alias, require_alias=True).load(_encoded(personas))
         if removed:
             from opensearchpy import helpers
@@ -275,6 +287,18 @@ class OpenSearchBackend:
             failed=loaded.failed,
             details=self._retry_details(loaded),
         )
+
+    def _add_new_fields(self) -> None:
+        """A build of an older format gets the fields documents now carry (its strict mapping would refuse
+        them); it keeps its format, so lookalikes still ask for a rebuild."""
+        from opensearchpy import NotFoundError
+
+        try:
+            for mapping in self.client.indices.get_mapping(index=self.alias).values():
+                if (mapping["mappings"].get("_meta") or {}).get("persona_format", 0) < FORMAT:
+                    self.client.indices.put_mapping(index=self.alias, body=lookalike_mapping())
+        except NotFoundError:
+            raise self._not_built() from None
 
     # ------------------------------------------------------------------ builds and the alias
 
@@ -353,6 +377,24 @@ class OpenSearchBackend:
         )
 
     # ------------------------------------------------------------------ search
+
+    def key_frequencies(self, keys: Mapping[str, Sequence[str]]) -> KeyFrequencies:
+        from opensearchpy import NotFoundError
+
+        documents = self.document_count()
+        try:
+            return key_frequencies(self.client, self.alias, keys, documents)
+        except NotFoundError:
+            raise self._not_built() from None
+
+    def lookalikes(self, search: LookalikeSearch) -> list[Lookalike]:
+        """Exact similarities in exact order (``opensearch_lookalikes``)."""
+        from opensearchpy import NotFoundError
+
+        try:
+            return lookalike_search(self.client, self.alias, search)
+        except NotFoundError:
+            raise self._not_built() from None
 
     def search(self, query: SegmentQuery, weights: ScoreWeights | None = None) -> SearchHits:
         """Rank the personas passing the gender filter; exact scores, a valid top-k within ``rank_tolerance``."""

@@ -12,11 +12,12 @@ configured memory limit, and a backend consumes them batch by batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from persona_assets.compute.duck import DuckDBLimits
@@ -27,19 +28,38 @@ __all__ = [
     "DIMENSIONS",
     "GENDERS",
     "PERSONA_SCHEMA",
+    "SHARED_ATTRIBUTES",
+    "SIMILARITY_DIMENSIONS",
+    "TIERS",
+    "Centroid",
     "Hit",
     "IndexNotBuiltError",
+    "IndexTooOld",
+    "KeyFrequencies",
+    "Lookalike",
+    "LookalikeSearch",
     "PersonaBatches",
     "PersonaHandOff",
     "PublishReport",
     "SearchBackend",
     "SearchHits",
+    "SharedAttribute",
+    "home_tier",
+    "home_tier_codes",
+    "inverse_norm",
+    "strongest",
 ]
 
 #: The persona maps, in the order every backend lays them out.
 DIMENSIONS = ("brand", "generic", "category", "city", "ecomm")
 #: The gender labels of a persona.
 GENDERS = ("men", "women", "unisex")
+#: The city tiers, best first.
+TIERS = ("Tier1", "Tier2", "Tier3")
+#: The maps a lookalike's similarity compares, in the order it sums them (the scored ones).
+SIMILARITY_DIMENSIONS = ("city", "brand", "generic", "category")
+#: Attributes a lookalike reports as shared with the seed, at most.
+SHARED_ATTRIBUTES = 5
 
 #: One row per persona, whole: its id, gender label and one map per dimension (key -> normalised value).
 #:
@@ -66,6 +86,10 @@ class IndexNotBuiltError(FileNotFoundError):
     """No build of the search index has been published yet."""
 
 
+class IndexTooOld(RuntimeError):
+    """The live build predates what was asked of it (lookalikes need OpenSearch builds of format 4)."""
+
+
 @dataclass(frozen=True)
 class Hit:
     ext_id: str
@@ -78,6 +102,114 @@ class Hit:
 class SearchHits:
     total: int
     hits: list[Hit] = field(default_factory=list)
+
+
+def home_tier(city: Mapping[str, float]) -> str | None:
+    """A shopper's city tier: the tier with the largest share of their city map (the better tier on a tie);
+    ``None`` with no city events."""
+    best = max(TIERS, key=lambda tier: (city.get(tier, 0.0), -TIERS.index(tier)))
+    return best if city.get(best, 0.0) > 0 else None
+
+
+def home_tier_codes(city: np.ndarray) -> np.ndarray:
+    """:func:`home_tier` of each row of a (personas x 3) matrix of city values in :data:`TIERS` order, as an
+    index into :data:`TIERS` (-1: none)."""
+    best = np.argmax(city, axis=1)  # the first maximum: the better tier on a tie
+    return np.where(city[np.arange(len(city)), best] > 0, best, -1).astype(np.int8)
+
+
+def inverse_norm(values: Iterable[float]) -> float:
+    """1 / the Euclidean length of a map's values, summed in the order given (key order), 0 for an empty map."""
+    total = 0.0
+    for value in values:
+        total += value * value
+    return 1.0 / float(np.sqrt(total)) if total > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class SharedAttribute:
+    """One key a lookalike shares with its seed, and what it adds to the similarity."""
+
+    dimension: str
+    key: str
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Centroid:
+    """A seed's mean persona cut to its largest keys, as the similarity's coefficients (docs/audiences.md).
+
+    For dimension d, ``keys[d]`` are the kept keys (heaviest first), ``weights[d]`` their weights in the
+    centroid c_d and ``coefficients[d]`` = (w_d / W) · c_d[k] / |c_d|. A persona p with maps p_d scores
+
+        similarity = Σ_d (Σ_k p_d[k] · coefficient_d[k]) · inverse_norm(p_d)
+
+    summed over :data:`SIMILARITY_DIMENSIONS` in that order, keys in ``keys[d]`` order: the weighted mean of
+    the cosines between the persona's maps and the centroid's. :meth:`score` is the reference both backends
+    reproduce float for float.
+    """
+
+    keys: Mapping[str, tuple[str, ...]]
+    weights: Mapping[str, tuple[float, ...]]
+    coefficients: Mapping[str, tuple[float, ...]]
+
+    def score(
+        self, values: Mapping[str, Mapping[str, float]], inverse_norms: Mapping[str, float]
+    ) -> tuple[float, tuple[SharedAttribute, ...]]:
+        """The similarity of a persona given its values at the centroid's keys (absent: 0) and the inverse
+        norms of its whole maps, and the attributes that contribute most to it."""
+        similarity = 0.0
+        shared: list[SharedAttribute] = []
+        for dim in SIMILARITY_DIMENSIONS:
+            mine, inverse = values.get(dim) or {}, inverse_norms.get(dim, 0.0)
+            dot = 0.0
+            for key, coefficient in zip(self.keys.get(dim, ()), self.coefficients.get(dim, ()), strict=True):
+                value = mine.get(key)
+                if value:
+                    dot += value * coefficient
+                    shared.append(SharedAttribute(dim, key, value * coefficient * inverse))
+            similarity += dot * inverse
+        return similarity, strongest(shared)
+
+
+def strongest(shared: Iterable[SharedAttribute]) -> tuple[SharedAttribute, ...]:
+    """The :data:`SHARED_ATTRIBUTES` largest contributions (ties: dimension order, then key)."""
+    order = {dim: i for i, dim in enumerate(SIMILARITY_DIMENSIONS)}
+    ranked = sorted(
+        (s for s in shared if s.contribution > 0), key=lambda s: (-s.contribution, order[s.dimension], s.key)
+    )
+    return tuple(ranked[:SHARED_ATTRIBUTES])
+
+
+@dataclass(frozen=True)
+class KeyFrequencies:
+    """How many personas a backend holds (``documents``), and per dimension and key how many hold that key."""
+
+    documents: int
+    counts: Mapping[str, Mapping[str, int]]
+
+
+@dataclass(frozen=True)
+class LookalikeSearch:
+    """What a backend ranks for a lookalike audience: the personas most similar to ``centroid``, best first
+    (ties: ext_id ascending), similarity > 0 and ≥ ``min_similarity``, at most ``size``, none of ``excluded``,
+    passing the gender and home-tier filters (``None``: no filter)."""
+
+    centroid: Centroid
+    size: int
+    min_similarity: float = 0.0
+    excluded: frozenset[str] = frozenset()
+    gender: str | None = None
+    city_tier: str | None = None
+
+
+@dataclass(frozen=True)
+class Lookalike:
+    ext_id: str
+    similarity: float
+    gender: str
+    city_tier: str | None
+    shared: tuple[SharedAttribute, ...]
 
 
 @dataclass(frozen=True)
@@ -147,6 +279,14 @@ class SearchBackend(Protocol):
 
     def search(self, query: SegmentQuery, weights: ScoreWeights) -> SearchHits:
         """Rank the personas passing the gender filter; ``total`` counts them."""
+        ...
+
+    def key_frequencies(self, keys: Mapping[str, Sequence[str]]) -> KeyFrequencies:
+        """The personas in the live build, and how many of them hold each of ``keys`` (per dimension)."""
+        ...
+
+    def lookalikes(self, search: LookalikeSearch) -> list[Lookalike]:
+        """The personas most similar to a seed's centroid (:class:`LookalikeSearch`), exactly ranked."""
         ...
 
     def document_count(self) -> int:
