@@ -12,7 +12,7 @@ pair answers is the environment's, as everywhere.
   lookalikes, the segment query (``fetch_personas``) of the seed's favourite brand (the heaviest brand of
   its centroid), its first 1,000 personas outside the seed, scored the same way.
 * **Speed.** ``--requests`` (100) lookalike requests with seeds of ``--speed-seed-size`` (1,000) members
-  of the groups, in-process through the service (``find_lookalikes``: seed read from the store, centroid,
+  of the groups, asking for ``--speed-size`` lookalikes (100, the default size, and 1,000), in-process through the service (``find_lookalikes``: seed read from the store, centroid,
   ranking, the answer built) and over HTTP (``persona serve``, one client); p50/p99. Baseline in the same
   run: the varied top-20 segment queries of ``bench/_common.query_latency``.
 * ``--mass`` re-runs the quality and in-process speed with another share of the centroid's squared length
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import http.client
 import json
 import os
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 from _common import _percentile, query_latency
+from http_load import _free_port, _wait_healthy
 
 
 def planted_groups(data: Path) -> dict[int, list[str]]:
@@ -63,10 +65,14 @@ def quality(groups: dict[int, list[str]], count: int, seed_size: int, size: int,
         seconds = time.perf_counter() - started
         found = [r["ext_id"] for r in answer["results"]]
         brand = next(iter(answer["seed"]["centroid"].get("brand", {})), None)
-        baseline = []
-        if brand is not None:
-            page = fetch_personas({"brand": brand, "size": size + seed_size}, engine, backend, settings.weights)
-            baseline = [r["ext_id"] for r in page["results"] if r["ext_id"] not in set(seed_ids)][:size]
+        baseline: list[str] = []
+        if brand is not None:  # pages of the query (at most 1,000 each) until `size` personas outside the seed
+            start, chosen = 0, set(seed_ids)
+            while len(baseline) < size and start + 1000 <= 10_000:
+                page = fetch_personas({"brand": brand, "size": 1000, "from": start}, engine, backend, settings.weights)
+                baseline += [r["ext_id"] for r in page["results"] if r["ext_id"] not in chosen]
+                start += 1000
+            baseline = baseline[:size]
         rows.append(
             {
                 "group": group,
@@ -100,6 +106,7 @@ def in_process_latency(requests: list[dict]) -> dict:
     engine, backend = relational.store_engine(settings.db_url), search_backend_for(settings)
     for request in requests[:5]:
         find_lookalikes(request, engine, backend, settings.weights)  # warm: the index and its arrays load
+    gc.freeze()  # as persona serve does once warm (api._warm)
     times = []
     for request in requests:
         started = time.perf_counter()
@@ -114,28 +121,13 @@ def in_process_latency(requests: list[dict]) -> dict:
 
 def http_latency(requests: list[dict]) -> dict:
     """The same requests over HTTP to ``persona serve`` (one worker, one client)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     persona = str(Path(sys.executable).with_name("persona"))
     server = subprocess.Popen(
         [persona, "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("persona serve did not come up")
-            time.sleep(0.5)
+        _wait_healthy(port, timeout=300)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         times = []
         for number, request in enumerate([*requests[:5], *requests]):
@@ -165,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-size", type=int, default=200)
     parser.add_argument("--size", type=int, default=1000)
     parser.add_argument("--speed-seed-size", type=int, default=1000)
+    parser.add_argument(
+        "--speed-size", type=int, action="append", help="lookalikes per timed request (default 100 and 1000)"
+    )
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--mass", type=float, action="append", default=[], help="also run with this centroid mass")
     parser.add_argument("--no-http", action="store_true")
@@ -177,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = PersonaSettings.from_env()
     groups = planted_groups(args.data)
     shape = json.loads((args.data / "shape.json").read_text(encoding="utf-8"))
-    requests = speed_requests(groups, args.requests, args.speed_seed_size, args.size, seed=7)
+    speed_sizes = args.speed_size or [100, 1000]
+    requests = {n: speed_requests(groups, args.requests, args.speed_seed_size, n, seed=7) for n in speed_sizes}
     report: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
@@ -194,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
             "precision_mean": round(sum(r["precision"] for r in rows) / len(rows), 4),
             "precision_min": min(r["precision"] for r in rows),
             "baseline_precision_mean": round(sum(r["baseline_precision"] for r in rows) / len(rows), 4),
-            "latency_in_process": in_process_latency(requests),
+            "latency_in_process": {f"size {n}": in_process_latency(r) for n, r in requests.items()},
         }
         report["runs"].append(run)
         print(json.dumps({k: v for k, v in run.items() if k != "quality"}), file=sys.stderr, flush=True)
     lookalikes.CENTROID_MASS = report["runs"][0]["centroid_mass"]
     if not args.no_http:
-        report["latency_http"] = http_latency(requests)
+        report["latency_http"] = {f"size {n}": http_latency(r) for n, r in requests.items()}
     report["baseline_segment_query"] = query_latency(200, seed=3)
     text = json.dumps(report, indent=2)
     if args.out:

@@ -22,6 +22,7 @@ with ``{"status": "ok"|"unavailable", "store": {...}, "index": {...}}``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal, cast
@@ -60,7 +61,7 @@ from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.backends import search_backend_for
 from persona_assets.stores.opensearch_index import redact_url
-from persona_assets.stores.search_backend import SearchBackend
+from persona_assets.stores.search_backend import Centroid, LookalikeSearch, SearchBackend
 from persona_assets.worker_load import WorkerLoad
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -258,13 +259,21 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
 
 
 def _warm(backend: SearchBackend, weights: ScoreWeights) -> None:
-    """Answer one query before the first request: loading a 1M-persona embedded build takes seconds,
-    which the first clients of each worker would otherwise wait (or time out) for. A service started
-    before the first build, or with the index unreachable, still starts and answers 503."""
+    """Answer one query and one lookalike search before the first request: loading a 1M-persona embedded
+    build takes seconds (and its lookalike arrays two more, and compiling the lookalike loop one), which the
+    first clients of each worker would otherwise wait (or time out) for. A service started before the first
+    build, or with the index unreachable, still starts and answers 503.
+
+    Then everything loaded so far is moved out of the garbage collector's sight (``gc.freeze``): it lives
+    as long as the process, and a full collection walking it every so often made one answer in twenty
+    take twice as long (a lookalike's p99 at 1M: 124 ms, 77 ms frozen; docs/benchmarks.md)."""
     try:
         backend.search(SegmentQuery(size=1), weights)
+        tier = Centroid(keys={"city": ("Tier1",)}, weights={"city": (1.0,)}, coefficients={"city": (1.0,)})
+        backend.lookalikes(LookalikeSearch(centroid=tier, size=1))
     except Exception as error:  # reported by /health and by each answer; not fatal here
         logger.warning("persona serve: the index could not be opened at start-up (%s)", describe_error(error))
+    gc.freeze()
 
 
 def _answer(payload: object, engine: Engine, backend: SearchBackend, weights: ScoreWeights) -> JSONResponse:

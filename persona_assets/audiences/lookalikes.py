@@ -17,12 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from persona_assets.audiences.definitions import parse_segment_name
 from persona_assets.query.request import (
     MAX_WINDOW,
     InvalidRequest,
+    given_fields,
     json_type_name,
     parse_city_tier,
     parse_gender,
@@ -116,12 +116,7 @@ def _parse_similarity(value: object) -> float:
 
 def parse_lookalike_request(payload: object) -> LookalikeRequest:
     """Validate a decoded JSON request; raises :class:`InvalidRequest` naming the first bad field."""
-    if not isinstance(payload, Mapping):
-        raise InvalidRequest("request", f"the request body must be a JSON object, got {json_type_name(payload)}")
-    for name in payload:
-        if name not in FIELDS:
-            raise InvalidRequest(str(name), f"unknown field; expected one of {', '.join(FIELDS)}")
-    given: dict[str, Any] = {name: value for name, value in payload.items() if value is not None}
+    given = given_fields(payload, FIELDS)
     if "seed" not in given:
         raise InvalidRequest("seed", 'is required: {"segment": NAME} or {"extIds": [...]}')
     segment, ext_ids = _parse_seed(given["seed"])
@@ -164,16 +159,21 @@ class SeedMeans:
 
 
 def seed_means(personas: Iterable[Mapping[str, Mapping[str, float]]]) -> SeedMeans:
-    """The mean of each key over the seed's normalised maps (``{dimension: {key: value}}`` each): its sum over
-    the seed divided by the seed's size (a member without the key adds 0)."""
+    """The mean of each key over the seed's maps (``{dimension: {key: weight}}`` each, as ``user_personas``
+    stores them): each map is divided by its sum, so it is the shopper's normalised map (contract section 3),
+    then each key's shares are summed over the seed and divided by the seed's size (a member without the key
+    adds 0). Maps already normalised divide by 1."""
     sums: dict[str, dict[str, float]] = {dim: {} for dim in SIMILARITY_DIMENSIONS}
     count = 0
     for persona in personas:
         count += 1
         for dim in SIMILARITY_DIMENSIONS:
-            total = sums[dim]
-            for key, value in (persona.get(dim) or {}).items():
-                total[key] = total.get(key, 0.0) + value
+            weights = persona.get(dim)
+            if not weights:
+                continue
+            total, whole = sums[dim], sum(weights.values())
+            for key, weight in weights.items():
+                total[key] = total.get(key, 0.0) + weight / whole
     means: dict[str, dict[str, float]] = {}
     for dim in SIMILARITY_DIMENSIONS:
         ranked = sorted(((total / count, key) for key, total in sums[dim].items() if total > 0), key=_largest_first)

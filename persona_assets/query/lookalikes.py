@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy.engine import Engine
 
 from persona_assets.audiences.lookalikes import (
@@ -22,7 +23,6 @@ from persona_assets.audiences.membership import MAP_COLUMNS
 from persona_assets.query.request import InvalidRequest
 from persona_assets.query.scoring import ScoreWeights
 from persona_assets.stores.membership import member_count, persona_rows, require_computed
-from persona_assets.stores.relational import normalised_map
 from persona_assets.stores.search_backend import SIMILARITY_DIMENSIONS, Lookalike, LookalikeSearch, SearchBackend
 from persona_assets.stores.segments import get_segment
 
@@ -30,11 +30,13 @@ __all__ = ["MISSING_LISTED", "find_lookalikes"]
 
 #: Seed ext_ids without a persona named in an answer, at most (all are counted).
 MISSING_LISTED = 20
-_COLUMNS = [MAP_COLUMNS[dim] for dim in SIMILARITY_DIMENSIONS]
+_MAP_OF = {dim: MAP_COLUMNS[dim] for dim in SIMILARITY_DIMENSIONS}
+_COLUMNS = list(_MAP_OF.values())
 
 
 def _seed_maps(engine: Engine, request: LookalikeRequest) -> tuple[list[str], list[dict[str, dict[str, float]]]]:
-    """The seed's shoppers that have a persona (ext_id order) and their normalised maps."""
+    """The seed's shoppers that have a persona (ext_id order) and their maps as stored (weights; ``seed_means``
+    normalises them)."""
     if request.seed_segment is not None:
         name = request.seed_segment
         get_segment(engine, name)  # SegmentNotFound names it
@@ -51,7 +53,7 @@ def _seed_maps(engine: Engine, request: LookalikeRequest) -> tuple[list[str], li
     maps: list[dict[str, dict[str, float]]] = []
     for ext_id, _gender, stored in rows:
         found.append(ext_id)
-        maps.append({dim: normalised_map(stored[MAP_COLUMNS[dim]]) for dim in SIMILARITY_DIMENSIONS})
+        maps.append({dim: orjson.loads(stored[column]) for dim, column in _MAP_OF.items()})
     return found, maps
 
 

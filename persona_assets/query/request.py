@@ -32,6 +32,7 @@ __all__ = [
     "MAX_WINDOW",
     "InvalidRequest",
     "SegmentQuery",
+    "given_fields",
     "json_type_name",
     "parse_city_tier",
     "parse_gender",
@@ -186,20 +187,23 @@ def _parse_name(field: str, value: object) -> str:
     return name
 
 
+def given_fields(payload: object, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of a request body that are given: it must be a JSON object of ``fields`` only (the first
+    other one is named); a JSON null is the same as absent."""
+    if not isinstance(payload, Mapping):
+        raise InvalidRequest("request", f"the request body must be a JSON object, got {json_type_name(payload)}")
+    for name in payload:
+        if name not in fields:
+            raise InvalidRequest(str(name), f"unknown field; expected one of {', '.join(fields)}")
+    return {name: value for name, value in payload.items() if value is not None}
+
+
 def parse_segment_request(payload: object) -> SegmentQuery:
     """Validate a decoded JSON request body and return the query it asks for.
 
     Raises :class:`InvalidRequest` (a ``ValueError``) naming the first bad field.
     """
-    if not isinstance(payload, Mapping):
-        raise InvalidRequest("request", f"the request body must be a JSON object, got {json_type_name(payload)}")
-
-    for name in payload:
-        if name not in FIELDS:
-            raise InvalidRequest(str(name), f"unknown field; expected one of {', '.join(FIELDS)}")
-
-    # A JSON null is the same as absent.
-    given: dict[str, Any] = {name: value for name, value in payload.items() if value is not None}
+    given = given_fields(payload, FIELDS)
 
     gender = parse_gender(given["gender"]) if "gender" in given else None
     city_tier = parse_city_tier(given["cityTier"]) if "cityTier" in given else None

@@ -99,6 +99,10 @@ class EmbeddedIndex:
         start, end = self._slices[dimension].get(key, (0, 0)) if key is not None else (0, 0)
         return self.rows[start:end], self.values[start:end]
 
+    def key_slice(self, dimension: str, key: str) -> tuple[int, int]:
+        """Where one key's postings are in ``rows``/``values``: ``[start, end)`` (empty when absent)."""
+        return self._slices[dimension].get(key, (0, 0))
+
     def dimension_postings(self, dimension: str) -> tuple[np.ndarray, np.ndarray]:
         """(rows, values) of every key of one dimension: keys in order, rows ascending within a key."""
         start, end = self._dimension_ranges.get(dimension, (0, 0))

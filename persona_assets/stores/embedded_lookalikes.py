@@ -13,9 +13,12 @@ then merges the two on (similarity descending, ext_id ascending), as a segment q
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 import pyarrow as pa
 
@@ -36,6 +39,10 @@ if TYPE_CHECKING:
     from persona_assets.stores.embedded_index import EmbeddedIndex, IndexView
 
 __all__ = ["SimilarityArrays", "lookalikes"]
+
+#: Threads that fill a search's similarities, each over its own range of rows.
+_THREADS = max(1, min(4, os.cpu_count() or 1))
+_POOL = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="lookalikes")
 
 
 @dataclass(frozen=True)
@@ -60,19 +67,57 @@ class SimilarityArrays:
         return cls(inverse_norms=inverse_norms, home_tiers=home_tier_codes(city))
 
 
+@numba.njit(nogil=True, cache=True)
+def _add_dimension(
+    similarity: np.ndarray,
+    dot: np.ndarray,
+    rows: np.ndarray,
+    values: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    coefficients: np.ndarray,
+    inverse_norms: np.ndarray,
+    lo: int,
+    hi: int,
+) -> None:  # pragma: no cover - compiled; its results are checked through _similarities
+    """Rows ``lo:hi``: each key's values times its coefficient into ``dot`` (keys in order), then
+    ``similarity += dot * inverse_norms``: the order of operations of ``Centroid.score``."""
+    for k in range(starts.size):
+        first = starts[k] + np.searchsorted(rows[starts[k] : ends[k]], lo)
+        last = starts[k] + np.searchsorted(rows[starts[k] : ends[k]], hi)
+        coefficient = coefficients[k]
+        for i in range(first, last):
+            dot[rows[i]] += values[i] * coefficient
+    for row in range(lo, hi):
+        similarity[row] += dot[row] * inverse_norms[row]
+
+
 def _similarities(index: EmbeddedIndex, arrays: SimilarityArrays, centroid: Centroid) -> np.ndarray:
-    """Every row's similarity, in the order of operations of ``Centroid.score``."""
+    """Every row's similarity, in the order of operations of ``Centroid.score``.
+
+    A compiled loop (Numba) scatters each key's postings: NumPy's fancy indexing made three passes and two
+    temporary arrays per key, four to five times the time. The rows are cut into one range per core, each
+    filled by a thread of its own (the loop lets go of the GIL); every row still gets its keys in the
+    centroid's order, so the floats do not depend on the cut."""
     n = index.document_count
     similarity = np.zeros(n, dtype=np.float64)
+    work = []
     for dim in SIMILARITY_DIMENSIONS:
         keys = centroid.keys.get(dim, ())
         if not keys:
             continue
-        dot = np.zeros(n, dtype=np.float64)
-        for key, coefficient in zip(keys, centroid.coefficients[dim], strict=True):
-            rows, values = index.postings(dim, key)
-            dot[rows] += values * coefficient  # a key's rows are distinct: no lost updates
-        similarity += dot * arrays.inverse_norms[dim]
+        slices = np.array([index.key_slice(dim, key) for key in keys], dtype=np.int64).reshape(-1, 2)
+        coefficients = np.array(centroid.coefficients[dim], dtype=np.float64)
+        work.append((np.zeros(n, dtype=np.float64), slices[:, 0].copy(), slices[:, 1].copy(), coefficients, dim))
+
+    def fill(lo: int, hi: int) -> None:
+        for dot, starts, ends, coefficients, dim in work:
+            _add_dimension(
+                similarity, dot, index.rows, index.values, starts, ends, coefficients, arrays.inverse_norms[dim], lo, hi
+            )
+
+    bounds = np.linspace(0, n, _THREADS + 1).astype(np.int64).tolist()
+    list(_POOL.map(fill, bounds[:-1], bounds[1:]))
     return similarity
 
 
@@ -102,15 +147,18 @@ def _shared(index: EmbeddedIndex, centroid: Centroid, rows: np.ndarray) -> list[
     arrays = index.similarity_arrays
     columns: list[tuple[str, str]] = []
     contributions: list[np.ndarray] = []
+    order = np.argsort(rows)  # ascending rows: each binary search starts where the last one ended
+    ascending = rows[order]
     for dim in SIMILARITY_DIMENSIONS:
-        inverse = arrays.inverse_norms[dim][rows]
+        inverse = arrays.inverse_norms[dim][ascending]
         pairs = sorted(zip(centroid.keys.get(dim, ()), centroid.coefficients.get(dim, ()), strict=True))
         for key, coefficient in pairs:
             columns.append((dim, key))
-            contributions.append(index.values_at(dim, key, rows) * coefficient * inverse)
+            contributions.append(index.values_at(dim, key, ascending) * coefficient * inverse)
     if not columns or rows.size == 0:
         return [() for _ in range(rows.size)]
-    matrix = np.column_stack(contributions)
+    matrix = np.empty((rows.size, len(columns)))
+    matrix[order] = np.column_stack(contributions)
     best = np.argsort(-matrix, axis=1, kind="stable")[:, :SHARED_ATTRIBUTES]
     picked = np.take_along_axis(matrix, best, axis=1)
     out = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -126,9 +126,9 @@ def inverse_norm(values: Iterable[float]) -> float:
     return 1.0 / float(np.sqrt(total)) if total > 0 else 0.0
 
 
-@dataclass(frozen=True)
-class SharedAttribute:
-    """One key a lookalike shares with its seed, and what it adds to the similarity."""
+class SharedAttribute(NamedTuple):
+    """One key a lookalike shares with its seed, and what it adds to the similarity (a tuple: an answer
+    holds thousands)."""
 
     dimension: str
     key: str
