@@ -524,3 +524,35 @@ def test_legacy_raw_maps_are_not_vocabulary_filtered(vocab_run):
     legacy = relational.read_frame(run.engine, relational.user_persona).set_index("extId")
     assert json.loads(legacy.loc["w3", "brandAffinity"]) == pytest.approx({"ab": 1})
     assert json.loads(legacy.loc["w1", "brandAffinity"]) == pytest.approx({"ab": 1, "a-b": 1, "a b": 1})
+
+
+def test_users_without_events_go_when_ids_differ_only_in_normalisation_or_case(tmp_path):
+    """A full rewrite deletes the rows of users who have no events any more through a temporary table of the
+    current ids; on MySQL it must compare ids byte for byte as the stored tables do. It once took the
+    database's default collation, where café and cafe + U+0301, or Café and café, are one key: a 1M rebuild
+    on a database made with the server's default (utf8mb4_unicode_ci) failed on a duplicate."""
+    import duckdb
+    import pyarrow as pa
+    import sqlalchemy as sa
+    from conftest import fresh_engine
+
+    from persona_assets.compute.persona_store import _delete_users_without_rows
+    from persona_assets.stores import relational
+
+    twins = ["caf\u00e9", "cafe\u0301", "Caf\u00e9"]
+    engine = fresh_engine(tmp_path)
+    relational.create_schema(engine)
+    with engine.begin() as conn:
+        if conn.dialect.name == "mysql":  # a database made with the server's default, as users' often are
+            name = conn.exec_driver_sql("SELECT DATABASE()").scalar_one()
+            conn.exec_driver_sql(f"ALTER DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    with engine.begin() as conn:
+        rows = [{"ext_id": ext_id, "products": "{}", "searches": "[]"} for ext_id in [*twins, "gone"]]
+        conn.execute(sa.insert(relational.user_activity), rows)
+    con = duckdb.connect()
+    con.register("current", pa.table({"ext_id": twins}))
+    con.execute("CREATE TABLE users AS SELECT ext_id FROM current")
+    with engine.begin() as conn:
+        _delete_users_without_rows(conn, relational.user_activity, "ext_id", con, len(twins))
+    stored = relational.read_frame(engine, relational.user_activity)["ext_id"].tolist()
+    assert sorted(stored) == sorted(twins)

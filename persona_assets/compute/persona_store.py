@@ -154,8 +154,14 @@ def _delete_users_without_rows(
     stored = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
     if stored == expected:
         return
+    # The stored tables' binary collation: under the server's default one, ids that differ only in Unicode
+    # normalisation or case (café / cafe + U+0301) are one key, and the insert fails on a duplicate.
     current = sa.Table(
-        "current_users", sa.MetaData(), sa.Column("ext_id", relational.ID, primary_key=True), prefixes=["TEMPORARY"]
+        "current_users",
+        sa.MetaData(),
+        sa.Column("ext_id", relational.ID, primary_key=True),
+        prefixes=["TEMPORARY"],
+        **relational.MYSQL_TABLE_OPTIONS,
     )
     current.create(conn)
     try:
