@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--mass", type=float, action="append", default=[], help="also run with this centroid mass")
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--quality-only", action="store_true", help="skip every latency measurement")
     parser.add_argument("--out", help="write OUT.json")
     args = parser.parse_args(argv)
 
@@ -190,14 +191,16 @@ def main(argv: list[str] | None = None) -> int:
             "precision_mean": round(sum(r["precision"] for r in rows) / len(rows), 4),
             "precision_min": min(r["precision"] for r in rows),
             "baseline_precision_mean": round(sum(r["baseline_precision"] for r in rows) / len(rows), 4),
-            "latency_in_process": {f"size {n}": in_process_latency(r) for n, r in requests.items()},
         }
+        if not args.quality_only:
+            run["latency_in_process"] = {f"size {n}": in_process_latency(r) for n, r in requests.items()}
         report["runs"].append(run)
         print(json.dumps({k: v for k, v in run.items() if k != "quality"}), file=sys.stderr, flush=True)
     lookalikes.CENTROID_MASS = report["runs"][0]["centroid_mass"]
-    if not args.no_http:
+    if not (args.no_http or args.quality_only):
         report["latency_http"] = {f"size {n}": http_latency(r) for n, r in requests.items()}
-    report["baseline_segment_query"] = query_latency(200, seed=3)
+    if not args.quality_only:
+        report["baseline_segment_query"] = query_latency(200, seed=3)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(f"{args.out}.json").write_text(text + "\n", encoding="utf-8")
