@@ -138,7 +138,7 @@ def cmd_segment_save(args: argparse.Namespace, settings: PersonaSettings) -> int
         _progress(f"{'saved' if created else 'replaced'} segment {segment.name!r}")
         return 0
 
-    return _in_store("save", settings, save)
+    return _in_store("segment save", settings, save)
 
 
 def cmd_segment_list(args: argparse.Namespace, settings: PersonaSettings) -> int:
@@ -152,7 +152,7 @@ def cmd_segment_list(args: argparse.Namespace, settings: PersonaSettings) -> int
             print(_line(saved.to_json()))
         return 0
 
-    return _in_store("list", settings, show_all)
+    return _in_store("segment list", settings, show_all)
 
 
 def cmd_segment_show(args: argparse.Namespace, settings: PersonaSettings) -> int:
@@ -167,7 +167,7 @@ def cmd_segment_show(args: argparse.Namespace, settings: PersonaSettings) -> int
         print(_line(get_segment(engine, name).to_json()))
         return 0
 
-    return _in_store("show", settings, show)
+    return _in_store("segment show", settings, show)
 
 
 def cmd_segment_delete(args: argparse.Namespace, settings: PersonaSettings) -> int:
@@ -183,7 +183,7 @@ def cmd_segment_delete(args: argparse.Namespace, settings: PersonaSettings) -> i
         _progress(f"deleted segment {name!r}")
         return 0
 
-    return _in_store("delete", settings, delete)
+    return _in_store("segment delete", settings, delete)
 
 
 def cmd_segment_compute(args: argparse.Namespace, settings: PersonaSettings) -> int:
@@ -203,7 +203,7 @@ def cmd_segment_compute(args: argparse.Namespace, settings: PersonaSettings) -> 
             _progress("no saved segments")
         return 0
 
-    return _in_store("compute", settings, compute)
+    return _in_store("segment compute", settings, compute)
 
 
 def cmd_segment_history(args: argparse.Namespace, settings: PersonaSettings) -> int:
@@ -231,7 +231,7 @@ def cmd_segment_history(args: argparse.Namespace, settings: PersonaSettings) -> 
             print(_line(line))
         return 0
 
-    return _in_store("history", settings, history)
+    return _in_store("segment history", settings, history)
 
 
 def cmd_segment_export(args: argparse.Namespace, settings: PersonaSettings) -> int:
@@ -261,7 +261,7 @@ def cmd_segment_export(args: argparse.Namespace, settings: PersonaSettings) -> i
         _progress(f"wrote {member_count(engine, name):,} members of {name!r} to {target} ({fmt})")
         return 0
 
-    return _in_store("export", settings, write)
+    return _in_store("segment export", settings, write)
 
 
 def cmd_segment_overlap(args: argparse.Namespace, settings: PersonaSettings) -> int:
@@ -276,7 +276,7 @@ def cmd_segment_overlap(args: argparse.Namespace, settings: PersonaSettings) -> 
         print(_line(overlap(engine, first, second).to_json()))
         return 0
 
-    return _in_store("overlap", settings, show)
+    return _in_store("segment overlap", settings, show)
 
 
 def _read_definition(text: str) -> object:
@@ -293,7 +293,7 @@ def _read_definition(text: str) -> object:
         raise InvalidRequest("definition", f"not valid JSON ({error})") from None
 
 
-def _in_store(action: str, settings: PersonaSettings, operation: Callable[[Engine], int]) -> int:
+def _in_store(command: str, settings: PersonaSettings, operation: Callable[[Engine], int]) -> int:
     """Run ``operation`` on the store; what it cannot do is one error line, never a traceback."""
     from persona_assets.query.service import unavailable_reason
     from persona_assets.stores import relational
@@ -302,18 +302,14 @@ def _in_store(action: str, settings: PersonaSettings, operation: Callable[[Engin
     try:
         return operation(relational.store_engine(settings.db_url))
     except SegmentExists as error:
-        return _fail(f"segment {action}: {error}; use --replace to replace it", code=1)
+        return _fail(f"{command}: {error}; use --replace to replace it", code=1)
     except SegmentError as error:  # not saved, or a stored row that no longer reads
-        return _fail(f"{_command(action)}: {error}", code=1)
+        return _fail(f"{command}: {error}", code=1)
     except Exception as error:
         reason = unavailable_reason(error)
         if reason is None:
             raise
-        return _fail(f"{_command(action)}: {reason}", code=1)
-
-
-def _command(action: str) -> str:
-    return action if action == "lookalike" else f"segment {action}"
+        return _fail(f"{command}: {reason}", code=1)
 
 
 def _line(definition: dict) -> str:
