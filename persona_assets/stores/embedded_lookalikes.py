@@ -33,6 +33,7 @@ from persona_assets.stores.search_backend import (
     LookalikeSearch,
     SharedAttribute,
     home_tier_codes,
+    inverse_norms_by_row,
 )
 
 if TYPE_CHECKING:
@@ -55,14 +56,8 @@ class SimilarityArrays:
     @classmethod
     def of(cls, index: EmbeddedIndex) -> SimilarityArrays:
         n = index.document_count
-        inverse_norms = {}
-        for dim in SIMILARITY_DIMENSIONS:
-            rows, values = index.dimension_postings(dim)
-            # Each row's squares are added in key order (the postings' order), as search_backend.inverse_norm does.
-            total = np.bincount(rows, weights=values * values, minlength=n)
-            inverse = np.zeros(n, dtype=np.float64)
-            np.divide(1.0, np.sqrt(total), out=inverse, where=total > 0)
-            inverse_norms[dim] = inverse
+        # the postings of a dimension are in key order: each row's squares are added in key order
+        inverse_norms = {dim: inverse_norms_by_row(*index.dimension_postings(dim), n) for dim in SIMILARITY_DIMENSIONS}
         city = np.column_stack([index.component("city", tier) for tier in TIERS])
         return cls(inverse_norms=inverse_norms, home_tiers=home_tier_codes(city))
 

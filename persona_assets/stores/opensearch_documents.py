@@ -58,7 +58,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from persona_assets.stores.persona_stream import MapEntries, map_entries
-from persona_assets.stores.search_backend import DIMENSIONS, SIMILARITY_DIMENSIONS, TIERS, home_tier_codes
+from persona_assets.stores.search_backend import (
+    DIMENSIONS,
+    SIMILARITY_DIMENSIONS,
+    TIERS,
+    home_tier_codes,
+    inverse_norms_by_row,
+)
 
 __all__ = [
     "APPROX_RELATIVE_ERROR",
@@ -317,18 +323,15 @@ def encode_batch(batch: pa.RecordBatch, key_literals: KeyLiterals | None = None)
 def _similarity_fields(entries: dict[str, MapEntries], rows: int) -> list[Any]:
     """The pieces of ``,"inverse_norm":{...}`` and ``,"home_tier":"TierN"`` (each row's members only).
 
-    A map's squares are summed in key order, as ``search_backend.inverse_norm`` and the embedded index do,
-    so every backend multiplies by the same float."""
+    ``search_backend.inverse_norms_by_row``, as the embedded index computes them: every backend multiplies by the
+    same float."""
     names, name_index, texts, text_index = [], [], [], []
     for dim in SIMILARITY_DIMENSIONS:
-        mine = entries[dim]
-        total = np.bincount(mine.parents, weights=mine.values * mine.values, minlength=rows)
-        inverse = np.zeros(rows, dtype=np.float64)
-        np.divide(1.0, np.sqrt(total), out=inverse, where=total > 0)
+        inverse = inverse_norms_by_row(entries[dim].parents, entries[dim].values, rows)
         names.append(f'"{dim}":')
         name_index.append(np.full(rows, len(names) - 1))
         texts.append(inverse)
-        text_index.append(total > 0)
+        text_index.append(inverse > 0)
     present = np.column_stack(text_index)  # rows x dims
     offsets = np.concatenate(([0], np.cumsum(present.sum(axis=1))))
     order = np.flatnonzero(present.ravel())  # row-major: each row's dimensions in order

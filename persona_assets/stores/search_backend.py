@@ -47,6 +47,7 @@ __all__ = [
     "home_tier",
     "home_tier_codes",
     "inverse_norm",
+    "inverse_norms_by_row",
     "strongest",
 ]
 
@@ -124,6 +125,15 @@ def inverse_norm(values: Iterable[float]) -> float:
     for value in values:
         total += value * value
     return 1.0 / float(np.sqrt(total)) if total > 0 else 0.0
+
+
+def inverse_norms_by_row(parents: np.ndarray, values: np.ndarray, rows: int) -> np.ndarray:
+    """:func:`inverse_norm` of every row's map from its entries (``parents[i]``: the row of ``values[i]``),
+    each row's squares summed in entry order: both backends call this, so they multiply by the same floats."""
+    total = np.bincount(parents, weights=values * values, minlength=rows)
+    inverse = np.zeros(rows, dtype=np.float64)
+    np.divide(1.0, np.sqrt(total), out=inverse, where=total > 0)
+    return inverse
 
 
 class SharedAttribute(NamedTuple):
