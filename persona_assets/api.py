@@ -61,7 +61,7 @@ from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.backends import search_backend_for
 from persona_assets.stores.opensearch_index import redact_url
-from persona_assets.stores.search_backend import Centroid, LookalikeSearch, SearchBackend
+from persona_assets.stores.search_backend import TIERS, Centroid, LookalikeSearch, SearchBackend
 from persona_assets.worker_load import WorkerLoad
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -259,16 +259,18 @@ def create_app(settings: PersonaSettings | None = None, *, weights: ScoreWeights
 
 
 def _warm(backend: SearchBackend, weights: ScoreWeights) -> None:
-    """Answer one query and one lookalike search before the first request: loading a 1M-persona embedded
-    build takes seconds (and its lookalike arrays two more, and compiling the lookalike loop one), which the
-    first clients of each worker would otherwise wait (or time out) for. A service started before the first
-    build, or with the index unreachable, still starts and answers 503.
+    """Answer a query per city tier and one lookalike search before the first request: loading a 1M-persona
+    embedded build takes seconds (and its lookalike arrays two more, and compiling the lookalike loop one),
+    and each tier's first query orders every persona by that tier (~0.1 s at 1M), which the first clients
+    of each worker would otherwise wait (or time out) for, with every answer queued behind them. A service
+    started before the first build, or with the index unreachable, still starts and answers 503.
 
     Then everything loaded so far is moved out of the garbage collector's sight (``gc.freeze``): it lives
     as long as the process, and a full collection walking it every so often made one answer in twenty
     take twice as long (a lookalike's p99 at 1M: 124 ms, 77 ms frozen; docs/benchmarks.md)."""
     try:
-        backend.search(SegmentQuery(size=1), weights)
+        for tier_name in (None, *TIERS):
+            backend.search(SegmentQuery(size=1, city_tier=tier_name, category_id="0"), weights)
         tier = Centroid(keys={"city": ("Tier1",)}, weights={"city": (1.0,)}, coefficients={"city": (1.0,)})
         backend.lookalikes(LookalikeSearch(centroid=tier, size=1))
     except Exception as error:  # reported by /health and by each answer; not fatal here

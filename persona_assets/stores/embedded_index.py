@@ -44,7 +44,13 @@ from persona_assets.stores.embedded_build import (
     read_manifest,
 )
 from persona_assets.stores.embedded_lookalikes import SimilarityArrays
-from persona_assets.stores.embedded_ranking import TierOrder, best_outsiders, in_sorted, top_rows
+from persona_assets.stores.embedded_ranking import (
+    AskedPostings,
+    TierOrder,
+    best_candidates,
+    best_outsiders,
+    top_rows,
+)
 from persona_assets.stores.search_backend import DIMENSIONS, GENDERS, Hit, SearchHits
 
 __all__ = ["EmbeddedIndex", "IndexView", "read_build"]
@@ -52,10 +58,6 @@ __all__ = ["EmbeddedIndex", "IndexView", "read_build"]
 
 class EmbeddedIndex:
     """One loaded build, fully in memory (the files may be pruned afterwards without harm)."""
-
-    #: Up to this share of the documents in postings of the keys asked for, candidates are looked up one
-    #: by one; above it, scored in one vector over every persona.
-    lookup_share = 1 / 128
 
     def __init__(self, build: BuildArrays) -> None:
         self.build_id = build.build_id
@@ -143,10 +145,16 @@ class EmbeddedIndex:
     def ranked(self, query: SegmentQuery, w: ScoreWeights, top: int, passing: np.ndarray | None) -> np.ndarray:
         """The best ``top`` rows of this build in contract order, among the rows ``passing`` (a mask:
         the gender filter, and for a delta's base the personas not masked; None = every row)."""
-        candidates, candidate_scores = self._candidates(query, w, passing)
+        asked = AskedPostings(
+            *(None if key is None else self.postings(dim, key) for dim, key in self._asked_keys(query))
+        )
+        city = NO_TIER_C if query.city_tier is None else self._tier_order(query.city_tier).dense
+        candidates, candidate_scores = best_candidates(
+            asked, (w.city, w.brand, w.generic, w.category), city, passing, top
+        )
 
         def accept(rows: np.ndarray) -> np.ndarray:
-            outside = ~in_sorted(rows, candidates)
+            outside = ~asked.holds(rows)
             return outside if passing is None else outside & passing[rows]
 
         if query.city_tier is None:
@@ -168,6 +176,10 @@ class EmbeddedIndex:
             top,
         )
 
+    @staticmethod
+    def _asked_keys(query: SegmentQuery) -> tuple[tuple[str, str | None], ...]:
+        return (("brand", query.brand), ("generic", query.generic_name), ("category", query.category_id))
+
     def scores_at(
         self, query: SegmentQuery, w: ScoreWeights, rows: np.ndarray
     ) -> tuple[np.ndarray, dict[str, float | np.ndarray]]:
@@ -178,65 +190,6 @@ class EmbeddedIndex:
         k = 1.0 if query.category_id is None else self.values_at("category", query.category_id, rows)
         score = w.city * c + w.brand * b + w.generic * g + w.category * k
         return np.broadcast_to(score, rows.shape), {"C": c, "B": b, "G": g, "K": k}
-
-    def _candidates(
-        self, query: SegmentQuery, w: ScoreWeights, passing: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(rows ascending, scores) of the ``passing`` personas with a posting of a brand, generic or
-        category asked for.
-
-        Few of them: looked up in the postings. Many: every persona's score is accumulated in one vector
-        (postings scattered onto the terms before them, in the formula's order, so the floats are those of
-        ``score_persona``: a persona without the key adds ``w·0.0``, which changes nothing).
-        """
-        asked = {"brand": query.brand, "generic": query.generic_name, "category": query.category_id}
-        postings = {dim: self.postings(dim, key) for dim, key in asked.items() if key is not None}
-        if len(postings) == 1:
-            return self._single_key_candidates(query, w, passing, *postings.items())
-        count = sum(rows.size for rows, _ in postings.values())
-        if not postings or count <= self.lookup_share * self.document_count:
-            candidates = np.unique(np.concatenate([rows for rows, _ in postings.values()] or [np.empty(0, np.int32)]))
-            if passing is not None:
-                candidates = candidates[passing[candidates]]
-            return candidates, self.scores_at(query, w, candidates)[0]
-        # A new array when a tier is asked for (the tier's vector stays as it is).
-        score: float | np.ndarray = w.city * (
-            NO_TIER_C if query.city_tier is None else self._tier_order(query.city_tier).dense
-        )
-        member = np.zeros(self.document_count, dtype=bool)
-        for dimension, weight in (("brand", w.brand), ("generic", w.generic), ("category", w.category)):
-            if dimension not in postings:
-                score = score + weight * 1.0 if np.ndim(score) == 0 else np.add(score, weight * 1.0, out=score)
-                continue
-            if np.ndim(score) == 0:
-                score = np.full(self.document_count, score, dtype=np.float64)
-            rows, values = postings[dimension]
-            score[rows] += weight * values
-            member[rows] = True
-        if passing is not None:
-            np.logical_and(member, passing, out=member)
-        candidates = np.flatnonzero(member)
-        return candidates, score[candidates]
-
-    def _single_key_candidates(
-        self,
-        query: SegmentQuery,
-        w: ScoreWeights,
-        passing: np.ndarray | None,
-        asked: tuple[str, tuple[np.ndarray, np.ndarray]],
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`_candidates` when one brand, generic name or category is asked for (most queries): its
-        postings are the candidates already (rows ascending, one each), with their values beside them, so
-        no vector over every persona is filled and scanned. Scored with the operands and order of
-        :meth:`scores_at`, so the floats are the same."""
-        dimension, (rows, values) = asked
-        if passing is not None:
-            keep = passing[rows]
-            rows, values = rows[keep], values[keep]
-        c = NO_TIER_C if query.city_tier is None else self._tier_order(query.city_tier).dense[rows]
-        b, g, k = (values if dimension == name else 1.0 for name in ("brand", "generic", "category"))
-        score = w.city * c + w.brand * b + w.generic * g + w.category * k
-        return rows, np.broadcast_to(score, rows.shape)
 
     def hits(self, query: SegmentQuery, w: ScoreWeights, rows: np.ndarray) -> list[Hit]:
         scores, parts = self.scores_at(query, w, rows)

@@ -15,7 +15,12 @@ addition is monotone), so no outsider further down can beat or tie the ones take
 k-th one's block of equal scores — settled below, including two different city values whose scores
 round to the same float. The cost grows with the candidates and ``k``, not with the index.
 
-Everything here is plain NumPy over the index's arrays, so tests call it directly.
+The candidates' best ``k`` come from one compiled pass (:func:`best_candidates`): the asked keys'
+postings (rows ascending) are merged, each candidate is scored as it is met and kept in a bounded heap.
+A dense query (a level-1 category held by most personas, with a tier) used to fill and scan vectors
+over every persona and select from a million scores: 15–25 ms at 1M, now a few.
+
+Everything here works on the index's arrays alone, so tests call it directly.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-__all__ = ["TierOrder", "best_outsiders", "in_sorted", "kth_largest", "top_rows"]
+__all__ = ["AskedPostings", "TierOrder", "best_candidates", "best_outsiders", "in_sorted", "kth_largest", "top_rows"]
 
 
 @dataclass(frozen=True)
@@ -145,3 +151,154 @@ def top_rows(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         kept = scores >= kth_largest(scores, k)
         rows, scores = rows[kept], scores[kept]
     return rows[np.lexsort((rows, -scores))][:k]
+
+
+@dataclass(frozen=True)
+class AskedPostings:
+    """What a query asks of the brand, generic and category dimensions, in the formula's order: per
+    dimension, the asked key's postings ``(rows ascending, values)``, or None when the query gives no key."""
+
+    brand: tuple[np.ndarray, np.ndarray] | None
+    generic: tuple[np.ndarray, np.ndarray] | None
+    category: tuple[np.ndarray, np.ndarray] | None
+
+    @property
+    def given(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [p for p in (self.brand, self.generic, self.category) if p is not None]
+
+    def holds(self, rows: np.ndarray) -> np.ndarray:
+        """A mask: which of ``rows`` hold a posting of a key asked for (the candidates)."""
+        held = np.zeros(rows.size, dtype=bool)
+        for posting_rows, _ in self.given:
+            held |= in_sorted(rows, posting_rows)
+        return held
+
+
+def best_candidates(
+    asked: AskedPostings,
+    weights: tuple[float, float, float, float],
+    city: np.ndarray | float,
+    passing: np.ndarray | None,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best candidates (rows, scores) in contract order (score descending, row ascending).
+
+    ``weights``: (city, brand, generic, category); ``city``: each row's value of the tier asked for, or
+    the one constant when no tier is asked; ``passing``: the rows allowed (None = all). Each score is
+    ``w_c·c + w_b·b + w_g·g + w_k·k`` added left to right, a dimension not asked counting 1 and an asked
+    key a candidate lacks 0, so the floats are those of ``score_persona``.
+    """
+    parts = []
+    for posting in (asked.brand, asked.generic, asked.category):
+        parts += posting if posting is not None else (_NO_ROWS, _NO_VALUES)
+    flags = np.array([posting is not None for posting in (asked.brand, asked.generic, asked.category)])
+    dense = city if isinstance(city, np.ndarray) else _NO_VALUES
+    constant = 0.0 if isinstance(city, np.ndarray) else float(city)
+    rows, scores = _best_candidates(
+        *parts,
+        flags,
+        np.array(weights, dtype=np.float64),
+        dense,
+        constant,
+        _NO_MASK if passing is None else passing,
+        max(k, 0),
+    )
+    order = np.lexsort((rows, -scores))
+    return rows[order], scores[order]
+
+
+_NO_ROWS = np.empty(0, dtype=np.int32)
+_NO_VALUES = np.empty(0, dtype=np.float64)
+_NO_MASK = np.empty(0, dtype=np.bool_)
+
+
+@numba.njit(nogil=True, cache=True)
+def _best_candidates(
+    brand_rows: np.ndarray,
+    brand_values: np.ndarray,
+    generic_rows: np.ndarray,
+    generic_values: np.ndarray,
+    category_rows: np.ndarray,
+    category_values: np.ndarray,
+    asked: np.ndarray,
+    weights: np.ndarray,
+    city: np.ndarray,
+    city_constant: float,
+    passing: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled; checked through best_candidates
+    """Merge the three ascending row lists; score each row met; keep the best ``k`` in a heap whose root
+    is the worst kept (lowest score, then highest row). Rows come in ascending order, so a later row
+    that only ties the root is worse than it: only a strictly higher score enters a full heap."""
+    heap_scores = np.empty(k, dtype=np.float64)
+    heap_rows = np.empty(k, dtype=np.int64)
+    size = 0
+    nb, ng, nk = brand_rows.size, generic_rows.size, category_rows.size
+    ib = ig = ik = 0
+    end = np.iinfo(np.int64).max
+    while k > 0:
+        row = end
+        if ib < nb and brand_rows[ib] < row:
+            row = brand_rows[ib]
+        if ig < ng and generic_rows[ig] < row:
+            row = generic_rows[ig]
+        if ik < nk and category_rows[ik] < row:
+            row = category_rows[ik]
+        if row == end:
+            break
+        b = 0.0 if asked[0] else 1.0
+        if ib < nb and brand_rows[ib] == row:
+            b = brand_values[ib]
+            ib += 1
+        g = 0.0 if asked[1] else 1.0
+        if ig < ng and generic_rows[ig] == row:
+            g = generic_values[ig]
+            ig += 1
+        c3 = 0.0 if asked[2] else 1.0
+        if ik < nk and category_rows[ik] == row:
+            c3 = category_values[ik]
+            ik += 1
+        c = city[row] if city.size else city_constant
+        score = weights[0] * c + weights[1] * b
+        score = score + weights[2] * g
+        score = score + weights[3] * c3
+        if size == k and score <= heap_scores[0]:
+            continue  # the common case once the heap is full: no better than the worst kept
+        if passing.size and not passing[row]:
+            continue
+        if size < k:
+            # push, then sift up while the new entry is worse than its parent
+            at = size
+            size += 1
+            while at > 0:
+                parent = (at - 1) // 2
+                if score < heap_scores[parent] or (score == heap_scores[parent] and row > heap_rows[parent]):
+                    heap_scores[at] = heap_scores[parent]
+                    heap_rows[at] = heap_rows[parent]
+                    at = parent
+                else:
+                    break
+            heap_scores[at] = score
+            heap_rows[at] = row
+        else:
+            # better than the root: replace it, then sift down toward the worse child
+            at = 0
+            while True:
+                child = 2 * at + 1
+                if child >= size:
+                    break
+                other = child + 1
+                if other < size and (
+                    heap_scores[other] < heap_scores[child]
+                    or (heap_scores[other] == heap_scores[child] and heap_rows[other] > heap_rows[child])
+                ):
+                    child = other
+                if heap_scores[child] < score or (heap_scores[child] == score and heap_rows[child] > row):
+                    heap_scores[at] = heap_scores[child]
+                    heap_rows[at] = heap_rows[child]
+                    at = child
+                else:
+                    break
+            heap_scores[at] = score
+            heap_rows[at] = row
+    return heap_rows[:size].copy(), heap_scores[:size].copy()
