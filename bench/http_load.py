@@ -165,12 +165,22 @@ end
 
 
 def load_with_wrk(port: int, requests: list[dict], clients: int, seconds: float) -> dict:
-    """The same closed loop as :func:`load`, driven by wrk (two threads, one connection per client)."""
+    """The same closed loop as :func:`load`, driven by wrk (two threads, or one for one client; a connection
+    per client)."""
     with tempfile.TemporaryDirectory() as tmp:
         bodies, script = Path(tmp) / "bodies.jsonl", Path(tmp) / "fetch.lua"
         bodies.write_text("".join(json.dumps(r) + "\n" for r in requests))
         script.write_text(_WRK_SCRIPT)
-        command = ["wrk", "-t2", f"-c{clients}", f"-d{seconds:.0f}s", "--timeout", "30s", "-s", str(script)]
+        command = [
+            "wrk",
+            f"-t{min(2, clients)}",
+            f"-c{clients}",
+            f"-d{seconds:.0f}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+        ]
         output = subprocess.run(
             [*command, f"http://127.0.0.1:{port}"],
             env={**os.environ, "PERSONA_BENCH_BODIES": str(bodies)},
