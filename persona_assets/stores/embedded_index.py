@@ -5,11 +5,10 @@ merged for upserts by :mod:`persona_assets.stores.embedded_upsert`; this module 
 
 Because users are sorted by ``ext_id`` once at build time, a row number orders the same way as the
 ``ext_id``; the contract's tie-break (``ext_id`` ascending) is then a sort on row numbers. A query never
-sorts every persona: the ones holding a posting of the brand, generic or category asked for are scored
-(looked up one by one when few, accumulated in one vector when many), every other persona's score
-depends on its city value alone, so the best of those are read off an order prepared per tier, and the
-page is the best of both (:mod:`persona_assets.stores.embedded_ranking`). There is no per-persona
-Python loop.
+sorts every persona: the best of the ones holding a posting of the brand, generic or category asked for
+come from one compiled pass over those postings, every other persona's score depends on its city value
+alone, so the best of those are read off an order prepared per tier, and the page is the best of both
+(:mod:`persona_assets.stores.embedded_ranking`). There is no per-persona Python loop.
 
 A published delta build (see :mod:`persona_assets.stores.embedded_build`) is read as an
 :class:`IndexView`: its base with the masked personas filtered out, plus the delta's own personas, the
