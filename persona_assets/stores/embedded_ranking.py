@@ -254,51 +254,52 @@ def _best_candidates(
         if ig < ng and generic_rows[ig] == row:
             g = generic_values[ig]
             ig += 1
-        c3 = 0.0 if asked[2] else 1.0
+        kv = 0.0 if asked[2] else 1.0
         if ik < nk and category_rows[ik] == row:
-            c3 = category_values[ik]
+            kv = category_values[ik]
             ik += 1
         c = city[row] if city.size else city_constant
         score = weights[0] * c + weights[1] * b
         score = score + weights[2] * g
-        score = score + weights[3] * c3
+        score = score + weights[3] * kv
         if size == k and score <= heap_scores[0]:
             continue  # the common case once the heap is full: no better than the worst kept
         if passing.size and not passing[row]:
             continue
-        if size < k:
-            # push, then sift up while the new entry is worse than its parent
-            at = size
-            size += 1
-            while at > 0:
-                parent = (at - 1) // 2
-                if score < heap_scores[parent] or (score == heap_scores[parent] and row > heap_rows[parent]):
-                    heap_scores[at] = heap_scores[parent]
-                    heap_rows[at] = heap_rows[parent]
-                    at = parent
-                else:
-                    break
-            heap_scores[at] = score
-            heap_rows[at] = row
-        else:
-            # better than the root: replace it, then sift down toward the worse child
-            at = 0
-            while True:
-                child = 2 * at + 1
-                if child >= size:
-                    break
-                other = child + 1
-                if other < size and (
-                    heap_scores[other] < heap_scores[child]
-                    or (heap_scores[other] == heap_scores[child] and heap_rows[other] > heap_rows[child])
-                ):
-                    child = other
-                if heap_scores[child] < score or (heap_scores[child] == score and heap_rows[child] > row):
-                    heap_scores[at] = heap_scores[child]
-                    heap_rows[at] = heap_rows[child]
-                    at = child
-                else:
-                    break
-            heap_scores[at] = score
-            heap_rows[at] = row
+        size = _keep(heap_scores, heap_rows, size, score, row)
     return heap_rows[:size].copy(), heap_scores[:size].copy()
+
+
+@numba.njit(inline="always")
+def _after(score_a: float, row_a: int, score_b: float, row_b: int) -> bool:  # pragma: no cover - compiled
+    """Whether (score_a, row_a) comes after (score_b, row_b) in contract order."""
+    return score_a < score_b or (score_a == score_b and row_a > row_b)
+
+
+@numba.njit(nogil=True, cache=True)
+def _keep(
+    heap_scores: np.ndarray, heap_rows: np.ndarray, size: int, score: float, row: int
+) -> int:  # pragma: no cover - compiled; checked through best_candidates
+    """Put (score, row) into the heap of the best ``heap_scores.size`` whose root is the worst kept: pushed
+    while there is room, else in place of the root (the caller knows it is better); the new size."""
+    if size < heap_scores.size:
+        at = size
+        size += 1
+        while at > 0 and _after(score, row, heap_scores[(at - 1) // 2], heap_rows[(at - 1) // 2]):
+            parent = (at - 1) // 2
+            heap_scores[at], heap_rows[at] = heap_scores[parent], heap_rows[parent]
+            at = parent
+    else:
+        at = 0
+        while 2 * at + 1 < size:
+            child = 2 * at + 1
+            if child + 1 < size and _after(
+                heap_scores[child + 1], heap_rows[child + 1], heap_scores[child], heap_rows[child]
+            ):
+                child += 1
+            if not _after(heap_scores[child], heap_rows[child], score, row):
+                break
+            heap_scores[at], heap_rows[at] = heap_scores[child], heap_rows[child]
+            at = child
+    heap_scores[at], heap_rows[at] = score, row
+    return size
