@@ -148,9 +148,12 @@ def test_publishing_survives_a_node_leaving_mid_load(cluster: Path, tmp_path: Pa
     backend.client.bulk = bulk_then_signal
     outcome: dict = {}
 
-    def paced():  # batches a little apart, so that the load outlasts a node's stopping
-        for batch in stream(*to_tables(personas), rows_per_batch=500):
-            time.sleep(0.1)
+    node_gone = threading.Event()
+
+    def paced():  # the first batches, then the rest of the load once the node has gone
+        for number, batch in enumerate(stream(*to_tables(personas), rows_per_batch=500)):
+            if number == 3:
+                node_gone.wait(120)
             yield batch
 
     def publish() -> None:
@@ -165,6 +168,7 @@ def test_publishing_survives_a_node_leaving_mid_load(cluster: Path, tmp_path: Pa
         assert loaded.wait(60)
         assert opensearch.stop_node(cluster, 3)  # a node leaves while the build loads
         assert publisher.is_alive()  # ... and the load was still going when it had gone
+        node_gone.set()
         publisher.join(300)
         assert "error" not in outcome, outcome.get("error")
         report = outcome["report"]
