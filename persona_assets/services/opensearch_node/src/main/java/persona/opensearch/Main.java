@@ -3,7 +3,6 @@ package persona.opensearch;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
-import java.util.ArrayList;
 import java.util.Collection;
 import java.util.Collections;
 import java.util.List;
@@ -24,10 +23,7 @@ import org.opensearch.transport.Netty4Plugin;
 /**
  * Runs one OpenSearch node in this JVM, bound to loopback only.
  *
- * <p>Usage: {@code Main HOME HTTP_PORT TRANSPORT_PORT [NODE_NAME CLUSTER_TRANSPORT_PORTS CLUSTER_NODE_NAMES]}.
- * Data goes to HOME/data, logs to HOME/logs. Alone, the node is a single-node cluster; with the three
- * extra arguments it is one node of a cluster on loopback: it finds the others on the comma-separated
- * transport ports, and the comma-separated names are the cluster-manager-eligible nodes that bootstrap it.
+ * <p>Usage: {@code Main HOME HTTP_PORT TRANSPORT_PORT}. Data goes to HOME/data, logs to HOME/logs.
  * The modules that a distribution would load from its modules/ folder are passed to the node as
  * classpath plugins instead. SIGTERM closes the node cleanly (the JVM runs the shutdown hook).
  */
@@ -43,9 +39,8 @@ public final class Main {
     private Main() {}
 
     public static void main(String[] args) throws Exception {
-        if (args.length != 3 && args.length != 6) {
-            System.err.println(
-                "usage: Main HOME HTTP_PORT TRANSPORT_PORT [NODE_NAME CLUSTER_TRANSPORT_PORTS CLUSTER_NODE_NAMES]");
+        if (args.length != 3) {
+            System.err.println("usage: Main HOME HTTP_PORT TRANSPORT_PORT");
             System.exit(2);
         }
         Path home = Paths.get(args[0]).toAbsolutePath();
@@ -56,7 +51,7 @@ public final class Main {
         Files.createDirectories(home.resolve("data"));
         Files.createDirectories(home.resolve("logs"));
 
-        Settings.Builder builder = Settings.builder()
+        Settings settings = Settings.builder()
             .put("path.home", home.toString())
             .put("path.data", home.resolve("data").toString())
             .put("path.logs", home.resolve("logs").toString())
@@ -67,23 +62,13 @@ public final class Main {
             .put("transport.port", transportPort)
             .put("http.type", "netty4")
             .put("transport.type", "netty4")
+            .put("discovery.type", "single-node")
             // A throwaway node: never refuse writes because the shared disk looks full.
-            .put("cluster.routing.allocation.disk.threshold_enabled", false);
-        if (args.length == 6) {
-            List<String> seeds = new ArrayList<>();
-            for (String port : args[4].split(",")) {
-                seeds.add("127.0.0.1:" + port.trim());
-            }
-            builder.put("node.name", args[3])
-                .putList("discovery.seed_hosts", seeds)
-                .putList("cluster.initial_cluster_manager_nodes", List.of(args[5].split(",")));
-        } else {
-            builder.put("discovery.type", "single-node");
-        }
-        Settings settings = builder.build();
+            .put("cluster.routing.allocation.disk.threshold_enabled", false)
+            .build();
 
         Environment environment = InternalSettingsPreparer.prepareEnvironment(
-            settings, Collections.emptyMap(), config, () -> settings.get("node.name"));
+            settings, Collections.emptyMap(), config, () -> "persona-node");
         List<Class<? extends Plugin>> plugins = List.of(
             Netty4Plugin.class, PainlessPlugin.class, CommonAnalysisPlugin.class, MapperExtrasPlugin.class,
             IngestCommonPlugin.class);
