@@ -269,7 +269,7 @@ def _warm(backend: SearchBackend, weights: ScoreWeights) -> None:
     as long as the process, and a full collection walking it every so often made one answer in twenty
     take twice as long (a lookalike's p99 at 1M: 124 ms, 77 ms frozen; docs/benchmarks.md)."""
     try:
-        for tier_name in (None, *TIERS):
+        for tier_name in (None, *TIERS):  # a category asked for, so the compiled candidates pass is loaded too
             backend.search(SegmentQuery(size=1, city_tier=tier_name, category_id="0"), weights)
         tier = Centroid(keys={"city": ("Tier1",)}, weights={"city": (1.0,)}, coefficients={"city": (1.0,)})
         backend.lookalikes(LookalikeSearch(centroid=tier, size=1))

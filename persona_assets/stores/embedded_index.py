@@ -144,9 +144,8 @@ class EmbeddedIndex:
     def ranked(self, query: SegmentQuery, w: ScoreWeights, top: int, passing: np.ndarray | None) -> np.ndarray:
         """The best ``top`` rows of this build in contract order, among the rows ``passing`` (a mask:
         the gender filter, and for a delta's base the personas not masked; None = every row)."""
-        asked = AskedPostings(
-            *(None if key is None else self.postings(dim, key) for dim, key in self._asked_keys(query))
-        )
+        keys = (("brand", query.brand), ("generic", query.generic_name), ("category", query.category_id))
+        asked = AskedPostings(*(None if key is None else self.postings(dim, key) for dim, key in keys))
         city = NO_TIER_C if query.city_tier is None else self._tier_order(query.city_tier).dense
         candidates, candidate_scores = best_candidates(
             asked, (w.city, w.brand, w.generic, w.category), city, passing, top
@@ -174,10 +173,6 @@ class EmbeddedIndex:
             np.concatenate((candidate_scores, outsider_scores)),
             top,
         )
-
-    @staticmethod
-    def _asked_keys(query: SegmentQuery) -> tuple[tuple[str, str | None], ...]:
-        return (("brand", query.brand), ("generic", query.generic_name), ("category", query.category_id))
 
     def scores_at(
         self, query: SegmentQuery, w: ScoreWeights, rows: np.ndarray

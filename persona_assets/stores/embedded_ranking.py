@@ -163,8 +163,13 @@ class AskedPostings:
     category: tuple[np.ndarray, np.ndarray] | None
 
     @property
+    def in_order(self) -> tuple[tuple[np.ndarray, np.ndarray] | None, ...]:
+        """Brand, generic, category: the formula's order."""
+        return (self.brand, self.generic, self.category)
+
+    @property
     def given(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [p for p in (self.brand, self.generic, self.category) if p is not None]
+        return [p for p in self.in_order if p is not None]
 
     def holds(self, rows: np.ndarray) -> np.ndarray:
         """A mask: which of ``rows`` hold a posting of a key asked for (the candidates)."""
@@ -189,9 +194,9 @@ def best_candidates(
     key a candidate lacks 0, so the floats are those of ``score_persona``.
     """
     parts = []
-    for posting in (asked.brand, asked.generic, asked.category):
+    for posting in asked.in_order:
         parts += posting if posting is not None else (_NO_ROWS, _NO_VALUES)
-    flags = np.array([posting is not None for posting in (asked.brand, asked.generic, asked.category)])
+    flags = np.array([posting is not None for posting in asked.in_order])
     dense = city if isinstance(city, np.ndarray) else _NO_VALUES
     constant = 0.0 if isinstance(city, np.ndarray) else float(city)
     rows, scores = _best_candidates(
