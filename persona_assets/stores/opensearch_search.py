@@ -1,13 +1,21 @@
 """Ranking a segment query in OpenSearch: approximate order from rank features, exact scores from ``_source``.
 
-A query is a ``bool`` with a ``filter`` (the gender term, or ``match_all``) and, for each component
-given (tier, brand, generic name, category) with a weight above 0, two ``should`` clauses
-``rank_feature`` (``linear``, boost = the weight) on ``<dim>`` and ``<dim>_lo``; the constants of the
-components not given (C = 1/3, B = G = K = 1) are the same for everyone and are added client-side.
+The ranking request's query is a pure disjunction: for each component given (tier, brand, generic name,
+category) with a weight above 0, two ``should`` clauses ``rank_feature`` (``linear``, boost = the weight)
+on ``<dim>`` and ``<dim>_lo``; the constants of the components not given (C = 1/3, B = G = K = 1) are
+the same for everyone and are added client-side. The gender is a ``post_filter``, not a ``filter``
+clause: a bool with a required clause makes Lucene 9 score every persona passing it, while a pure
+disjunction is scored by its max-score bulk scorer, which skips the personas that cannot enter the top
+k (at 1M, node ``took`` p50 15 → 3 ms; see docs/benchmarks.md). The post filter applies before the top
+k is collected, so the hits are the best of the personas passing it, and what the collector skips for
+its threshold could not have entered the page whatever their gender.
 Hits are sorted ``_score`` desc, ``ext_id`` asc. The ranking request does not count its matches
 (counting makes the node visit every persona passing the filter: a third of the time of a query at
 1M); ``total`` is a second, filter-only request on the same physical index, which Lucene answers from
-the filter's postings and the node caches per build.
+the filter's postings and the node caches per build. Personas holding none of the asked keys are not
+matched by the disjunction: they score the constants (plus, at most, values too small to be a rank
+feature), below everyone matched, so when fewer than ``from + size`` personas match, the page is filled
+from them in ``ext_id`` order (a third request).
 
 Reported scores never use the approximation: every fetched candidate is re-scored with
 :func:`~persona_assets.query.scoring.score_persona` from the exact float64 values in ``_source`` (a rank
@@ -81,8 +89,10 @@ class RankWindow:
 
 @dataclass(frozen=True)
 class _Plan:
-    body_query: dict[str, Any]
+    ranking_query: dict[str, Any]  # the disjunction of the rank features asked
+    gender_filter: dict[str, Any] | None  # the ranking's post filter; None: everyone passes
     count_query: dict[str, Any]  # the gender filter alone: what ``total`` counts
+    rest_query: dict[str, Any]  # personas passing the gender filter and holding no feature asked
     includes: list[str]
     given: list[tuple[str, str, str]]  # (dimension, key, escaped key)
     constant: float  # the constant components' share of every score
@@ -115,10 +125,13 @@ def _plan(query: SegmentQuery, w: ScoreWeights) -> _Plan:
         for field in (dim, dim + LO_SUFFIX):
             should.append({"rank_feature": {"field": f"{field}.{escaped}", "linear": {}, "boost": weight}})
         slack += weight * UNSPLIT_ERROR
-    gender_filter: dict[str, Any] = {"match_all": {}} if query.gender is None else {"term": {"gender": query.gender}}
+    gender_filter = None if query.gender is None else {"term": {"gender": query.gender}}
+    passes = [gender_filter or {"match_all": {}}]
     return _Plan(
-        body_query={"bool": {"filter": [gender_filter], "should": should}},
-        count_query={"bool": {"filter": [gender_filter]}},
+        ranking_query={"bool": {"should": should}},
+        gender_filter=gender_filter,
+        count_query={"bool": {"filter": passes}},
+        rest_query={"bool": {"filter": passes, "must_not": should}},
         includes=includes,
         given=given,
         constant=constant,
@@ -161,26 +174,37 @@ class _Search:
         if query.size <= 0:
             return SearchHits(total=self._total(self.alias, first=True))
         if not plan.has_variable:
-            return self._constant_page()
+            return self._rest_page()
         k = query.offset + query.size
-        body = {
-            "query": plan.body_query,
-            "sort": _SORT,
-            "_source": {"includes": plan.includes},
-            "size": min(math.ceil(self.window.overfetch * k) + 10, MAX_WINDOW),
-            "track_total_hits": False,
-        }
-        hits = self._request(self.alias, body, first=True)["hits"]["hits"]
+        size = min(math.ceil(self.window.overfetch * k) + 10, MAX_WINDOW)
+        hits = self._request(self.alias, self._ranking_body(size), first=True)["hits"]["hits"]
         if not hits:
-            return SearchHits(total=self._total(self.alias, first=True))
+            return self._rest_page()  # nobody passing the filter holds a key asked
         physical = hits[0]["_index"]
         total = self._total(physical, first=False)
         if query.offset >= total:
             return SearchHits(total=total)
         candidates: list[Candidate] = []
         self._score(hits, candidates)
-        self._widen(physical, hits[-1]["sort"], min(k, total), total, candidates)
+        if len(hits) == size:  # else every persona matched is fetched
+            self._widen(physical, hits[-1]["sort"], min(k, total), total, candidates)
+        if len(candidates) < min(k, total):  # fewer matched than the page needs: the rest follow
+            self._fill(physical, min(k, total) - len(candidates), candidates)
         return self._page(total, candidates)
+
+    def _ranking_body(self, size: int, search_after: list[Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "query": self.plan.ranking_query,
+            "sort": _SORT,
+            "_source": {"includes": self.plan.includes},
+            "size": size,
+            "track_total_hits": False,
+        }
+        if self.plan.gender_filter is not None:
+            body["post_filter"] = self.plan.gender_filter
+        if search_after is not None:
+            body["search_after"] = search_after
+        return body
 
     def _total(self, index: str, *, first: bool) -> int:
         """Personas passing the gender filter: counted apart from the ranking, so that the ranking need
@@ -210,26 +234,30 @@ class _Search:
                         self.window.tolerance,
                     )
                     return
-            size = min(MAX_WINDOW, cap - len(candidates), max(len(candidates), k - len(candidates)))
-            page = {
-                "query": plan.body_query,
-                "sort": _SORT,
-                "_source": {"includes": plan.includes},
-                "size": max(size, 1),
-                "search_after": last_sort,
-                "track_total_hits": False,
-            }
-            hits = self._request(physical, page, first=False)["hits"]["hits"]
-            if not hits:
-                return
+            size = max(1, min(MAX_WINDOW, cap - len(candidates), max(len(candidates), k - len(candidates))))
+            hits = self._request(physical, self._ranking_body(size, last_sort), first=False)["hits"]["hits"]
             self._score(hits, candidates)
+            if len(hits) < size:
+                return  # every persona matched is fetched
             last_sort = hits[-1]["sort"]
 
-    def _constant_page(self) -> SearchHits:
-        """Nothing to rank by: everyone passing the filter scores the same, so the page is the ext_id order."""
+    def _fill(self, physical: str, count: int, candidates: list[Candidate]) -> None:
+        """The first ``count`` personas holding no key asked, in ``ext_id`` order (they tie on the constants)."""
+        body = {
+            "query": self.plan.rest_query,
+            "sort": [{"ext_id": {"order": "asc"}}],
+            "size": count,
+            "_source": {"includes": self.plan.includes},
+            "track_total_hits": False,
+        }
+        self._score(self._request(physical, body, first=False)["hits"]["hits"], candidates)
+
+    def _rest_page(self) -> SearchHits:
+        """Nobody passing the filter is ranked by a feature (nothing asked to rank by, or nobody holds a key
+        asked): everyone scores the constants, so the page is the ``ext_id`` order."""
         query = self.query
         body = {
-            "query": self.plan.body_query,
+            "query": self.plan.rest_query,
             "sort": [{"ext_id": {"order": "asc"}}],
             "track_total_hits": True,
             "from": query.offset,
