@@ -69,7 +69,7 @@ def _cpu_seconds() -> float:
 def _node_cpu_seconds(url: str) -> float | None:
     from opensearchpy import OpenSearch
 
-    stats = OpenSearch(url).nodes.stats(metric="process")
+    stats = OpenSearch(url.split(",")).nodes.stats(metric="process")  # every node of a cluster
     return sum(node["process"]["cpu"]["total_in_millis"] for node in stats["nodes"].values()) / 1000
 
 
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             from opensearchpy import OpenSearch
 
-            OpenSearch(args.url).indices.delete(index=f"{args.alias}*", ignore_unavailable=True)
+            OpenSearch(args.url.split(",")).indices.delete(index=f"{args.alias}*", ignore_unavailable=True)
     embedded = results.get("embedded", {})
     digests = {embedded[phase_]["query_digest"] for phase_ in ("streamed", "baseline") if phase_ in embedded}
     output = {

@@ -243,6 +243,17 @@ def _interest_range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected LO-HI (e.g. 2-4), got {text!r}") from None
 
 
+def _at_least_one(text: str) -> int:
+    """A whole number of 1 or more."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return number
+
+
 def cmd_demo(args: argparse.Namespace, settings: PersonaSettings) -> int:
     directory = settings.home / "demo-data"
     for step in (
@@ -318,7 +329,11 @@ def cmd_services(args: argparse.Namespace, settings: PersonaSettings) -> int:
     from persona_assets import services
 
     if args.action == "up":
-        for name, value in services.up(settings.home).items():
+        try:
+            started = services.up(settings.home, opensearch_nodes=args.opensearch_nodes)
+        except (RuntimeError, TimeoutError) as error:  # a refusal, or a service that would not start: its reason
+            return _fail(str(error))
+        for name, value in started.items():
             print(f"export {name}={shlex.quote(value)}")
     elif args.action == "down":
         for name, was_running in services.down(settings.home).items():
@@ -437,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("services", help="start, stop or inspect a throwaway MariaDB + OpenSearch on loopback")
     p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument(
+        "--opensearch-nodes",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="up: run OpenSearch as a cluster of N nodes on loopback (default 1); its URL lists every node",
+    )
     p.set_defaults(func=cmd_services)
     p = sub.add_parser("ui", help="start the Dagster UI on the same instance the CLI uses")
     p.add_argument("--port", type=int, default=3000)

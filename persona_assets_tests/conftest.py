@@ -125,7 +125,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     engine.dispose()
     from opensearchpy import OpenSearch
 
-    client = OpenSearch(urls["opensearch"])
+    client = OpenSearch(urls["opensearch"].split(","))  # one node, or a cluster's nodes
     for env in _CREATED.values():
         if "PERSONA_OPENSEARCH_ALIAS" in env:
             client.indices.delete(index=f"{env['PERSONA_OPENSEARCH_ALIAS']}*", ignore_unavailable=True)

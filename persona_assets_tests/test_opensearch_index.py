@@ -706,6 +706,20 @@ def test_https_url_parts_configure_the_client(monkeypatch):
         OpenSearchBackend("http://localhost:9200", alias="Persona")
 
 
+def test_a_url_listing_several_nodes_gives_a_client_of_them_all():
+    backend = OpenSearchBackend(
+        "https://u:p%40ss@a.example:9201, https://u:p%40ss@b.example:9202", alias="persona_personas"
+    )
+    hosts = sorted(c.host for c in backend.client.transport.connection_pool.connections)
+    assert hosts == ["https://a.example:9201", "https://b.example:9202"]
+    assert backend.client.transport.max_retries == 2  # a request meeting a node gone goes to the other
+    assert "p%40ss" not in repr(backend) and repr(backend).count("***") == 2
+    with pytest.raises(ValueError, match="same scheme and credentials"):
+        OpenSearchBackend("http://a.example:9200,https://b.example:9200")
+    with pytest.raises(ValueError, match="several such URLs"):
+        OpenSearchBackend("http://a.example:9200,")
+
+
 def test_a_refresh_into_a_build_of_format_3_adds_the_new_fields_and_lookalikes_ask_for_a_rebuild(
     backend: OpenSearchBackend,
 ):

@@ -26,11 +26,14 @@ DB_URL_VARIABLE = "PERSONA_DB_URL"
 OPENSEARCH_URL_VARIABLE = "PERSONA_OPENSEARCH_URL"
 
 
-def up(home: str | os.PathLike[str]) -> dict[str, str]:
-    """Start both services (in parallel) or find them running; return the variables that point the product at them."""
+def up(home: str | os.PathLike[str], *, opensearch_nodes: int = 1) -> dict[str, str]:
+    """Start both services (in parallel) or find them running; return the variables that point the product at them.
+
+    ``opensearch_nodes`` > 1 runs OpenSearch as a cluster of that many nodes on loopback; its URL then lists
+    every node."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="persona-services") as pool:
         db = pool.submit(mariadb.start, home)
-        search = pool.submit(opensearch.start, home)
+        search = pool.submit(opensearch.start, home, nodes=opensearch_nodes)
         # Wait for both before raising, so that a failure of one doesn't leave the other half-started.
         errors = [future.exception() for future in (db, search)]
     for error in errors:

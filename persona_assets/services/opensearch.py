@@ -1,32 +1,30 @@
-"""A throwaway, real OpenSearch node (Lucene, Painless, REST API) in one JVM on loopback.
+"""A throwaway, real OpenSearch node (Lucene, Painless, REST API) in one JVM on loopback, or a cluster of them.
 
-The node is built from Maven Central artifacts: the OpenSearch server jar plus the modules
-``transport-netty4-client``, ``lang-painless``, ``analysis-common`` and ``mapper-extras-client``,
-started by the tiny Java class in ``opensearch_node/`` (see its ``pom.xml``). The first start
-runs ``mvn package`` in a cache directory (jars come from ``~/.m2`` or Maven Central); later
-starts reuse that build.
+The node is built once from Maven Central artifacts (``opensearch_build``). ``start(home)`` runs one node,
+a single-node cluster. ``start(home, nodes=3)`` runs three JVMs that find each other on their loopback
+transport ports and form one cluster (``persona services up --opensearch-nodes 3``): the index's shards
+and replicas spread over them, and a node can stop without losing a query or a publish.
 
-Layout under ``HOME/services/opensearch/``: ``data/``, ``logs/opensearch.log`` (the node's log),
-``config/``, ``tmp/``, ``opensearch.pid`` and ``opensearch.port``.
+Layout: node 1 under ``HOME/services/opensearch/``, node i > 1 under ``HOME/services/opensearch-<i>/``,
+each with ``data/``, ``logs/opensearch.log`` (the node's log), ``config/``, ``tmp/``, ``opensearch.pid``,
+``opensearch.port`` and ``opensearch.transport``; ``HOME/services/opensearch/cluster.json`` records how many
+nodes the cluster has. A cluster's URL lists every node, comma-separated (the client spreads requests
+over them and fails over).
 
 Environment knobs:
 
-- ``PERSONA_OPENSEARCH_HEAP``: ``MAX`` (e.g. ``2g``; ``-Xms`` stays at most 512m) or ``MIN:MAX``; default ``512m:1g``.
+- ``PERSONA_OPENSEARCH_HEAP``: ``MAX`` (e.g. ``2g``; ``-Xms`` stays at most 512m) or ``MIN:MAX``; default
+  ``512m:1g``, per node.
 - ``PERSONA_OPENSEARCH_JAVA_OPTS``: extra JVM options, split on whitespace.
-- ``PERSONA_JAVA_HOME``: the JDK to build and run with (default: ``JAVA_HOME``, the ``java`` on PATH, ``/usr/lib/jvm/*``).
-- ``PERSONA_SERVICES_CACHE``: where the built node lives (default ``~/.cache/persona/services``).
-- ``PERSONA_MAVEN_REPO``: a Maven local repository to use instead of ``~/.m2/repository``.
-- ``PERSONA_OPENSEARCH_START_TIMEOUT``: seconds to wait for the node (default 180).
+- ``PERSONA_OPENSEARCH_START_TIMEOUT``: seconds to wait for the node or the cluster (default 180).
+- and the build's (``opensearch_build``): ``PERSONA_JAVA_HOME``, ``PERSONA_SERVICES_CACHE``, ``PERSONA_MAVEN_REPO``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -34,15 +32,12 @@ from pathlib import Path
 
 from persona_assets.services._process import (
     ServiceStatus,
-    apt_install,
     file_lock,
     free_port,
-    is_root,
     pid_alive,
     pid_matches,
     port_is_free,
     read_int,
-    run_logged,
     say,
     spawn,
     stop_service,
@@ -50,14 +45,11 @@ from persona_assets.services._process import (
     terminate,
     write_text_atomic,
 )
+from persona_assets.services.opensearch_build import NAME, OPENSEARCH_VERSION, build, find_java_home
 
-NAME = "opensearch"
-OPENSEARCH_VERSION = "2.19.6"
 MAIN_CLASS = "persona.opensearch.Main"
-NODE_SOURCES = Path(__file__).with_name("opensearch_node")
 DEFAULT_HEAP = "512m:1g"
-# OpenSearch 2.19 supports Java 11-21 officially; our Main is compiled for 17.
-JAVA_MIN, JAVA_PREFERRED_MAX = 17, 21
+CLUSTER_FILE = "cluster.json"
 
 
 # --- layout -------------------------------------------------------------------------------------
@@ -75,159 +67,30 @@ def _port_file(sdir: Path) -> Path:
     return sdir / "opensearch.port"
 
 
+def _transport_file(sdir: Path) -> Path:
+    return sdir / "opensearch.transport"
+
+
+def node_dir(home: str | os.PathLike[str], number: int) -> Path:
+    """Where node ``number`` (1-based) of the cluster lives; node 1 is where the single node always lived."""
+    base = service_dir(home)
+    return base if number == 1 else base.with_name(f"{NAME}-{number}")
+
+
+def cluster_size(home: str | os.PathLike[str]) -> int:
+    """How many nodes the services under ``home`` were last started with (1 when never recorded)."""
+    try:
+        return int(json.loads((service_dir(home) / CLUSTER_FILE).read_text())["nodes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1
+
+
 def log_path(home: str | os.PathLike[str]) -> Path:
     return service_dir(home) / "logs" / "opensearch.log"
 
 
 def _url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
-
-
-# --- Java and Maven -------------------------------------------------------------------------------
-
-
-def _java_major(java_home: Path) -> int | None:
-    release = java_home / "release"
-    text = None
-    try:
-        text = release.read_text()
-    except OSError:
-        java = java_home / "bin" / "java"
-        if not java.exists():
-            return None
-        try:
-            text = subprocess.run(
-                [str(java), "-version"], capture_output=True, text=True, check=False, timeout=30
-            ).stderr
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-    match = re.search(r'version[ =]"?(\d+)(?:\.(\d+))?', text, re.IGNORECASE)
-    if not match:
-        return None
-    major = int(match.group(1))
-    if major == 1 and match.group(2):  # "1.8"
-        major = int(match.group(2))
-    return major
-
-
-def _java_home_candidates() -> list[Path]:
-    candidates: list[Path] = []
-    for variable in ("PERSONA_JAVA_HOME", "JAVA_HOME"):
-        if os.environ.get(variable):
-            candidates.append(Path(os.environ[variable]))
-    on_path = shutil.which("java")
-    if on_path:
-        candidates.append(Path(os.path.realpath(on_path)).parent.parent)
-    jvm_root = Path("/usr/lib/jvm")
-    if jvm_root.is_dir():
-        candidates.extend(sorted(p for p in jvm_root.iterdir() if p.is_dir() and not p.is_symlink()))
-    unique: list[Path] = []
-    for candidate in candidates:
-        if candidate not in unique and (candidate / "bin" / "java").exists():
-            unique.append(candidate)
-    return unique
-
-
-def find_java_home() -> Path:
-    """A JDK able to build and run the node: PERSONA_JAVA_HOME wins; otherwise Java 17-21 first, then newer."""
-    forced = os.environ.get("PERSONA_JAVA_HOME")
-    if forced:
-        return Path(forced)
-    found = [(home, _java_major(home)) for home in _java_home_candidates()]
-    for home, major in found:
-        if major is not None and JAVA_MIN <= major <= JAVA_PREFERRED_MAX and (home / "bin" / "javac").exists():
-            return home
-    for home, major in found:
-        if major is not None and major >= JAVA_MIN and (home / "bin" / "javac").exists():
-            say(
-                NAME,
-                f"no JDK 17-21 found; using {home} (Java {major}), which OpenSearch {OPENSEARCH_VERSION} does not officially support",
-            )
-            return home
-    if is_root() and shutil.which("apt-get"):
-        say(NAME, "no JDK 17+ found: installing openjdk-17-jdk-headless")
-        apt_install(["openjdk-17-jdk-headless"], service=NAME)
-        return find_java_home()
-    raise RuntimeError(f"{NAME}: no JDK {JAVA_MIN}+ found; set PERSONA_JAVA_HOME")
-
-
-def _maven() -> str:
-    mvn = shutil.which("mvn")
-    if mvn:
-        return mvn
-    say(NAME, "Maven (mvn) not found: installing it")
-    apt_install(["maven"], service=NAME)
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise RuntimeError(f"{NAME}: mvn still not on PATH after installing maven")
-    return mvn
-
-
-def _sources_digest() -> str:
-    digest = hashlib.sha256(OPENSEARCH_VERSION.encode())
-    for path in sorted(NODE_SOURCES.rglob("*")):
-        relative = path.relative_to(NODE_SOURCES)
-        if path.is_file() and relative.parts[0] != "target":
-            digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-def cache_dir() -> Path:
-    configured = os.environ.get("PERSONA_SERVICES_CACHE")
-    if configured:
-        return Path(configured).expanduser().resolve()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "persona" / "services"
-
-
-def build_dir() -> Path:
-    return cache_dir() / f"opensearch-node-{OPENSEARCH_VERSION}-{_sources_digest()}"
-
-
-def _build_is_complete(directory: Path) -> bool:
-    return (directory / "BUILD_OK").exists()
-
-
-def build() -> Path:
-    """Build the node with Maven once (idempotent); return the build directory.
-
-    The sources are copied into a fresh folder under the cache and ``mvn -B package`` runs there,
-    downloading what ``~/.m2`` lacks from Maven Central. The folder is named after a digest of the
-    sources, so an edited ``pom.xml`` or ``Main.java`` gets a new build.
-    """
-    target = build_dir()
-    if _build_is_complete(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(target.parent / ".build.lock"):
-        if _build_is_complete(target):
-            return target
-        java_home = find_java_home()
-        mvn = _maven()
-        staging = target.with_name(target.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(NODE_SOURCES, staging, ignore=shutil.ignore_patterns("target"))
-        command = [mvn, "-B", "-Dstyle.color=never", "package"]
-        repo = os.environ.get("PERSONA_MAVEN_REPO")
-        if repo:
-            command.insert(1, f"-Dmaven.repo.local={Path(repo).expanduser().resolve()}")
-        say(
-            NAME,
-            f"building the OpenSearch {OPENSEARCH_VERSION} node in {target} with {java_home} (first time: ~50 MB of jars)",
-        )
-        started = time.monotonic()
-        env = dict(os.environ, JAVA_HOME=str(java_home))
-        run_logged(command, service=NAME, env=env, cwd=staging)
-        if not (staging / "target" / "lib" / f"opensearch-{OPENSEARCH_VERSION}.jar").exists():
-            raise RuntimeError(
-                f"{NAME}: Maven finished but {staging}/target/lib lacks opensearch-{OPENSEARCH_VERSION}.jar"
-            )
-        (staging / "JAVA_HOME").write_text(str(java_home) + "\n")
-        (staging / "BUILD_OK").write_text(f"built in {time.monotonic() - started:.1f}s\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-        say(NAME, f"build done in {time.monotonic() - started:.1f}s")
-    return target
 
 
 # --- HTTP probes ----------------------------------------------------------------------------------
@@ -284,7 +147,10 @@ def _bytes(size: str) -> int:
     return int(size)
 
 
-def _java_command(build: Path, sdir: Path, http_port: int, transport_port: int) -> list[str]:
+def _java_command(
+    build: Path, sdir: Path, http_port: int, transport_port: int, cluster: tuple[str, str, str] | None = None
+) -> list[str]:
+    """``cluster``: (this node's name, every node's transport port, every node's name), comma-separated."""
     java_home_file = build / "JAVA_HOME"
     java_home = Path(java_home_file.read_text().strip()) if java_home_file.exists() else find_java_home()
     if os.environ.get("PERSONA_JAVA_HOME"):
@@ -313,6 +179,7 @@ def _java_command(build: Path, sdir: Path, http_port: int, transport_port: int) 
         str(sdir),
         str(http_port),
         str(transport_port),
+        *(cluster or ()),
     ]
 
 
@@ -336,10 +203,40 @@ def _wait_ready(pid: int, port: int, sdir: Path, timeout: float) -> None:
     )
 
 
-def start(home: str | os.PathLike[str], *, timeout: float | None = None) -> str:
-    """Start the node (or find it running) and return its URL once it answers with health yellow or green."""
-    sdir = service_dir(home)
+def start(home: str | os.PathLike[str], *, nodes: int = 1, timeout: float | None = None) -> str:
+    """Start the node, or a cluster of ``nodes`` (or find it running); return its URL (a cluster's: every
+    node's, comma-separated) once it answers with health yellow or green and, for a cluster, every node
+    has joined.
+
+    A home whose nodes hold data of a cluster of another size is refused: the nodes' state names their
+    cluster, so starting them with another size would not form one (``persona services down``, then
+    remove ``HOME/services/opensearch*/``, or use another ``PERSONA_HOME``)."""
+    if nodes < 1:
+        raise ValueError(f"an OpenSearch cluster needs at least 1 node, got {nodes}")
     timeout = float(os.environ.get("PERSONA_OPENSEARCH_START_TIMEOUT", "180")) if timeout is None else timeout
+    recorded = cluster_size(home)
+    if recorded != nodes and _holds_data(home, recorded):
+        raise RuntimeError(
+            f"{NAME}: the nodes under {service_dir(home).parent} hold a {recorded}-node cluster's data; to run "
+            f"{nodes} node(s), stop them (persona services down) and remove {service_dir(home)}* (their indices "
+            "are lost), or use another PERSONA_HOME"
+        )
+    if nodes == 1:
+        url = _start_single(home, timeout)
+        (service_dir(home) / CLUSTER_FILE).unlink(missing_ok=True)
+        return url
+    return _start_cluster(home, nodes, timeout)
+
+
+def _holds_data(home: str | os.PathLike[str], nodes: int) -> bool:
+    return any(
+        (node_dir(home, number) / "data").is_dir() and any((node_dir(home, number) / "data").iterdir())
+        for number in range(1, nodes + 1)
+    )
+
+
+def _start_single(home: str | os.PathLike[str], timeout: float) -> str:
+    sdir = service_dir(home)
     with file_lock(sdir / ".lock"):
         pid = _running_pid(sdir)
         port = read_int(_port_file(sdir))
@@ -388,19 +285,104 @@ def start(home: str | os.PathLike[str], *, timeout: float | None = None) -> str:
         raise last_error
 
 
+def _start_cluster(home: str | os.PathLike[str], nodes: int, timeout: float) -> str:
+    """Start ``nodes`` JVMs that form one cluster (or find them all running in it)."""
+    dirs = [node_dir(home, number) for number in range(1, nodes + 1)]
+    with file_lock(dirs[0] / ".lock"):
+        pids = [_running_pid(d) for d in dirs]
+        ports = [port for port in (read_int(_port_file(d)) for d in dirs) if port]
+        if all(pids) and len(ports) == nodes and _cluster_nodes(ports[0]) == nodes:
+            say(NAME, f"a {nodes}-node cluster is already running at {_urls(ports)}")
+            return _urls(ports)
+        for pid in pids:  # some are missing: start them all again, on their data
+            if pid:
+                terminate(pid, timeout=30, service=NAME)
+        built = build()
+        taken: set[int] = set()
+        http_ports = [_port(read_int(_port_file(d)), taken) for d in dirs]
+        transport_ports = [_port(read_int(_transport_file(d)), taken) for d in dirs]
+        names = [f"persona-node-{number}" for number in range(1, nodes + 1)]
+        write_text_atomic(dirs[0] / CLUSTER_FILE, json.dumps({"nodes": nodes}) + "\n")
+        say(NAME, f"starting a {nodes}-node OpenSearch {OPENSEARCH_VERSION} cluster ({' '.join(_heap_options())} each)")
+        started = time.monotonic()
+        processes = []
+        for number, sdir in enumerate(dirs):
+            for directory in ("data", "logs", "config", "tmp"):
+                (sdir / directory).mkdir(parents=True, exist_ok=True)
+            membership = (names[number], ",".join(map(str, transport_ports)), ",".join(names))
+            command = _java_command(built, sdir, http_ports[number], transport_ports[number], membership)
+            process = spawn(command, log_path=sdir / "logs" / "opensearch.log", cwd=sdir)
+            write_text_atomic(_pid_file(sdir), f"{process.pid}\n")
+            write_text_atomic(_port_file(sdir), f"{http_ports[number]}\n")
+            write_text_atomic(_transport_file(sdir), f"{transport_ports[number]}\n")
+            processes.append(process)
+        try:
+            for sdir, process, port in zip(dirs, processes, http_ports, strict=True):
+                _wait_ready(process.pid, port, sdir, max(1.0, timeout - (time.monotonic() - started)))
+            _wait_joined(http_ports[0], nodes, dirs[0], max(1.0, timeout - (time.monotonic() - started)))
+        except (RuntimeError, TimeoutError):
+            for process in processes:
+                terminate(process.pid, timeout=30, service=NAME)
+            raise
+        say(NAME, f"{nodes} nodes ready at {_urls(http_ports)} after {time.monotonic() - started:.1f}s")
+        return _urls(http_ports)
+
+
+def _port(recorded: int | None, taken: set[int]) -> int:
+    """The port a node had, while it is free and not given to another node; else a fresh free one."""
+    port = recorded if recorded and recorded not in taken and port_is_free(recorded) else free_port()
+    while port in taken:
+        port = free_port()
+    taken.add(port)
+    return port
+
+
+def _urls(ports: list[int]) -> str:
+    return ",".join(_url(port) for port in ports)
+
+
+def _cluster_nodes(port: int) -> int | None:
+    health = _get_json(f"{_url(port)}/_cluster/health", timeout=5.0)
+    count = health.get("number_of_nodes") if health else None
+    return count if isinstance(count, int) else None
+
+
+def _wait_joined(port: int, nodes: int, sdir: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _cluster_nodes(port) == nodes:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(
+        f"{NAME}: the cluster at {_url(port)} has {_cluster_nodes(port)} of {nodes} nodes after {timeout:.0f}s; "
+        f"last log lines:\n{tail(sdir / 'logs' / 'opensearch.log')}"
+    )
+
+
 def stop(home: str | os.PathLike[str], *, timeout: float = 30.0) -> bool:
-    """Stop the node: SIGTERM (the JVM closes the node), wait, then SIGKILL. True if it was running."""
-    sdir = service_dir(home)
+    """Stop every node: SIGTERM (the JVM closes the node), wait, then SIGKILL. True if any was running."""
+    stopped = [stop_node(home, number, timeout=timeout) for number in range(cluster_size(home), 0, -1)]
+    return any(stopped)
+
+
+def stop_node(home: str | os.PathLike[str], number: int, *, timeout: float = 30.0) -> bool:
+    """Stop one node of the cluster (the others go on without it). True if it was running."""
+    sdir = node_dir(home, number)
     return stop_service(
         sdir, NAME, pid_file=_pid_file(sdir), port_file=_port_file(sdir), running_pid=_running_pid, timeout=timeout
     )
 
 
 def url(home: str | os.PathLike[str]) -> str | None:
-    """The URL of the running node, or None when it isn't running (never starts anything)."""
-    sdir = service_dir(home)
-    port = read_int(_port_file(sdir))
-    return _url(port) if port and _running_pid(sdir) else None
+    """The URL of the running node (a cluster's: its running nodes', comma-separated), or None when none
+    runs (never starts anything)."""
+    ports = []
+    for number in range(1, cluster_size(home) + 1):
+        sdir = node_dir(home, number)
+        port = read_int(_port_file(sdir))
+        if port and _running_pid(sdir):
+            ports.append(port)
+    return _urls(ports) if ports else None
 
 
 def status(home: str | os.PathLike[str]) -> ServiceStatus:
@@ -411,7 +393,11 @@ def status(home: str | os.PathLike[str]) -> ServiceStatus:
         return ServiceStatus(NAME, False, None, None, "stopped")
     root = _get_json(f"{_url(port)}/")
     if not root:
-        return ServiceStatus(NAME, True, pid, _url(port), "process running, HTTP not answering")
+        return ServiceStatus(NAME, True, pid, url(home), "process running, HTTP not answering")
     version = root.get("version", {})
     number = version.get("number") if isinstance(version, dict) else None
-    return ServiceStatus(NAME, True, pid, _url(port), f"OpenSearch {number}, health {_health(port) or 'unknown'}")
+    nodes = cluster_size(home)
+    members = f", {_cluster_nodes(port)} of {nodes} nodes" if nodes > 1 else ""
+    return ServiceStatus(
+        NAME, True, pid, url(home), f"OpenSearch {number}, health {_health(port) or 'unknown'}{members}"
+    )

@@ -4,7 +4,8 @@ The concerns live apart: the mapping and the documents in ``opensearch_documents
 in ``opensearch_bulk``, the ranking in ``opensearch_search``. This module connects to the node and
 runs the build lifecycle.
 
-Publishing. Every publish creates ``<alias>-<build_id>`` (replicas 0, refresh off while loading),
+Publishing. Every publish creates ``<alias>-<build_id>`` (refresh off while loading; its replicas, if any,
+from the start, so that a node leaving a cluster mid-load loses no document: a replica takes over),
 streams the persona batches into it (each batch checked, encoded and sent while the next is read; a
 bounded number of ``_bulk`` requests in flight; failed documents retried with back-off), refreshes,
 restores the settings, and then moves the alias with one ``_aliases`` call (remove from the old indices
@@ -62,7 +63,9 @@ _STALE_BUILD_SECONDS = 24 * 3600
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (for messages and logs)."""
+    """``url`` (or a comma-separated list of node URLs) without its passwords (for messages and logs)."""
+    if "," in url:
+        return ",".join(redact_url(part) for part in url.split(","))
     parts = urllib.parse.urlsplit(url)
     if parts.password is None:
         return url
@@ -72,26 +75,57 @@ def redact_url(url: str) -> str:
 
 def _client_from_url(url: str, verify_certs: bool = True, ca_certs: str | None = None) -> Any:
     """An ``OpenSearch`` client; credentials and TLS come from the URL, an ``https`` node's certificate is
-    verified (against ``ca_certs`` when given) unless ``verify_certs`` is off."""
+    verified (against ``ca_certs`` when given) unless ``verify_certs`` is off.
+
+    ``url`` may list several nodes of one cluster, comma-separated (``http://a:9200,http://b:9200``):
+    the client spreads its requests over them and retries a request on another node when one stops
+    answering, so a node leaving the cluster costs no query. The nodes share scheme and credentials."""
     from opensearchpy import OpenSearch
 
-    parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"OpenSearch URL {redact_url(url)!r}: expected http(s)://[user:password@]host[:port]")
-    host: dict[str, Any] = {"host": parts.hostname, "port": parts.port or (443 if parts.scheme == "https" else 9200)}
-    if parts.path and parts.path != "/":
-        host["url_prefix"] = parts.path
-    kwargs: dict[str, Any] = {"hosts": [host], "timeout": 60, "pool_maxsize": 8}
-    if parts.username is not None or parts.password is not None:
+    hosts: list[dict[str, Any]] = []
+    first: urllib.parse.SplitResult | None = None
+    for text in (part.strip() for part in url.split(",")):
+        parts = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"OpenSearch URL {redact_url(url)!r}: expected http(s)://[user:password@]host[:port], "
+                "or several such URLs separated by commas"
+            )
+        if first is not None and (parts.scheme, parts.username, parts.password) != (
+            first.scheme,
+            first.username,
+            first.password,
+        ):
+            raise ValueError(f"OpenSearch URL {redact_url(url)!r}: every node must use the same scheme and credentials")
+        first = first or parts
+        host: dict[str, Any] = {
+            "host": parts.hostname,
+            "port": parts.port or (443 if parts.scheme == "https" else 9200),
+        }
+        if parts.path and parts.path != "/":
+            host["url_prefix"] = parts.path
+        hosts.append(host)
+    assert first is not None
+    kwargs: dict[str, Any] = {"hosts": hosts, "timeout": 60, "pool_maxsize": 8}
+    if len(hosts) > 1:
+        # a request that meets a node gone or going is sent again to another (refused, reset or timed out)
+        kwargs.update(max_retries=len(hosts), retry_on_timeout=True, retry_on_status=(502, 503, 504))
+    if first.username is not None or first.password is not None:
         kwargs["http_auth"] = (
-            urllib.parse.unquote(parts.username or ""),
-            urllib.parse.unquote(parts.password or ""),
+            urllib.parse.unquote(first.username or ""),
+            urllib.parse.unquote(first.password or ""),
         )
-    if parts.scheme == "https":
+    if first.scheme == "https":
         kwargs.update(use_ssl=True, verify_certs=verify_certs, ssl_show_warn=verify_certs)
         if ca_certs:
             kwargs["ca_certs"] = ca_certs
     return OpenSearch(**kwargs)
+
+
+def _waiting(seconds: float) -> dict[str, Any]:
+    """Arguments for an API call that waits on the node up to ``seconds``: the API's ``timeout`` and, a
+    little longer, the HTTP request's (opensearch-py takes a lone ``timeout`` as the request's own)."""
+    return {"timeout": f"{seconds:g}s", "request_timeout": seconds + 30}
 
 
 def _encoded(personas: PersonaBatches) -> Iterator[BulkDocuments]:
@@ -129,6 +163,8 @@ class OpenSearchBackend:
     window_cap: int = MAX_WINDOW
     #: Seconds one ``_bulk`` request may take.
     bulk_timeout: float = 120.0
+    #: Seconds a new build with replicas may take to have an active primary of every shard.
+    health_timeout: float = 300.0
 
     def __init__(
         self,
@@ -189,13 +225,15 @@ class OpenSearchBackend:
         started = time.perf_counter()
         build_id = datetime.now(UTC).strftime("%Y%m%dt%H%M%S%fz") + "-" + secrets.token_hex(3)
         index = self.index_name(build_id)
-        loading = {"number_of_shards": self.shards, "number_of_replicas": 0, "refresh_interval": "-1"}
+        loading = {"number_of_shards": self.shards, "number_of_replicas": self.replicas, "refresh_interval": "-1"}
         self.client.indices.create(
             index=index,
             body={"settings": {"index": {**loading, "max_result_window": MAX_WINDOW}}, "mappings": index_mapping()},
         )
         previous: list[str] = []
         try:
+            if self.replicas:  # every shard's copies active before loading, so a replica can take over from then on
+                self._wait_for_copies(index)
             loaded = self._loader(index).load(_encoded(personas))
             load_seconds = time.perf_counter() - started
             if loaded.documents and len(loaded.failed) > self.max_failed_fraction * loaded.documents:
@@ -206,11 +244,9 @@ class OpenSearchBackend:
                     f"First errors: {sample}"
                 )
             self.client.indices.refresh(index=index)
-            self.client.indices.put_settings(
-                index=index, body={"index": {"refresh_interval": None, "number_of_replicas": self.replicas}}
-            )
+            self.client.indices.put_settings(index=index, body={"index": {"refresh_interval": None}})
             if self.replicas:
-                self.client.cluster.health(index=index, wait_for_status="green", timeout="300s")
+                self._wait_for_copies(index)
             document_count = int(self.client.count(index=index)["count"])
             previous = [name for name in self._alias_targets() if name != index]
             self._swap_alias(index, previous)
@@ -248,6 +284,28 @@ class OpenSearchBackend:
                 "deleted_indices": len(deleted),
             },
         )
+
+    def _wait_for_copies(self, index: str) -> None:
+        """Before loading and before the swap: every shard's primary active (health yellow), which a cluster
+        that lost a node still reaches; then a short wait for the replicas (green), which it may not until
+        the node is back."""
+        health = self.client.cluster.health(
+            index=index, wait_for_status="yellow", ignore=[408], **_waiting(self.health_timeout)
+        )
+        if health.get("status") not in ("yellow", "green"):
+            raise RuntimeError(
+                f"OpenSearch build {index}: shards without an active copy after {self.health_timeout:g} s "
+                f"(health {health.get('status')}); the live build was kept"
+            )
+        if health.get("status") != "green":
+            health = self.client.cluster.health(index=index, wait_for_status="green", ignore=[408], **_waiting(10))
+            if health.get("status") != "green":
+                logger.warning(
+                    "OpenSearch build %s goes live with replicas missing (health %s: a node is away); the cluster "
+                    "allocates them when it can",
+                    index,
+                    health.get("status"),
+                )
 
     @staticmethod
     def _retry_details(loaded: LoadReport) -> dict[str, int]:

@@ -3,6 +3,7 @@ package persona.opensearch;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
+import java.util.ArrayList;
 import java.util.Collection;
 import java.util.Collections;
 import java.util.List;
@@ -23,7 +24,10 @@ import org.opensearch.transport.Netty4Plugin;
 /**
  * Runs one OpenSearch node in this JVM, bound to loopback only.
  *
- * <p>Usage: {@code Main HOME HTTP_PORT TRANSPORT_PORT}. Data goes to HOME/data, logs to HOME/logs.
+ * <p>Usage: {@code Main HOME HTTP_PORT TRANSPORT_PORT [NODE_NAME CLUSTER_TRANSPORT_PORTS CLUSTER_NODE_NAMES]}.
+ * Data goes to HOME/data, logs to HOME/logs. Alone, the node is a single-node cluster; with the three
+ * extra arguments it is one node of a cluster on loopback: it finds the others on the comma-separated
+ * transport ports, and the comma-separated names are the cluster-manager-eligible nodes that bootstrap it.
  * The modules that a distribution would load from its modules/ folder are passed to the node as
  * classpath plugins instead. SIGTERM closes the node cleanly (the JVM runs the shutdown hook).
  */
@@ -39,8 +43,9 @@ public final class Main {
     private Main() {}
 
     public static void main(String[] args) throws Exception {
-        if (args.length != 3) {
-            System.err.println("usage: Main HOME HTTP_PORT TRANSPORT_PORT");
+        if (args.length != 3 && args.length != 6) {
+            System.err.println(
+                "usage: Main HOME HTTP_PORT TRANSPORT_PORT [NODE_NAME CLUSTER_TRANSPORT_PORTS CLUSTER_NODE_NAMES]");
             System.exit(2);
         }
         Path home = Paths.get(args[0]).toAbsolutePath();
@@ -51,7 +56,7 @@ public final class Main {
         Files.createDirectories(home.resolve("data"));
         Files.createDirectories(home.resolve("logs"));
 
-        Settings settings = Settings.builder()
+        Settings.Builder builder = Settings.builder()
             .put("path.home", home.toString())
             .put("path.data", home.resolve("data").toString())
             .put("path.logs", home.resolve("logs").toString())
@@ -62,13 +67,23 @@ public final class Main {
             .put("transport.port", transportPort)
             .put("http.type", "netty4")
             .put("transport.type", "netty4")
-            .put("discovery.type", "single-node")
             // A throwaway node: never refuse writes because the shared disk looks full.
-            .put("cluster.routing.allocation.disk.threshold_enabled", false)
-            .build();
+            .put("cluster.routing.allocation.disk.threshold_enabled", false);
+        if (args.length == 6) {
+            List<String> seeds = new ArrayList<>();
+            for (String port : args[4].split(",")) {
+                seeds.add("127.0.0.1:" + port.trim());
+            }
+            builder.put("node.name", args[3])
+                .putList("discovery.seed_hosts", seeds)
+                .putList("cluster.initial_cluster_manager_nodes", List.of(args[5].split(",")));
+        } else {
+            builder.put("discovery.type", "single-node");
+        }
+        Settings settings = builder.build();
 
         Environment environment = InternalSettingsPreparer.prepareEnvironment(
-            settings, Collections.emptyMap(), config, () -> "persona-node");
+            settings, Collections.emptyMap(), config, () -> settings.get("node.name"));
         List<Class<? extends Plugin>> plugins = List.of(
             Netty4Plugin.class, PainlessPlugin.class, CommonAnalysisPlugin.class, MapperExtrasPlugin.class,
             IngestCommonPlugin.class);
