@@ -17,7 +17,7 @@ from persona_assets.contract.tokens import contains_name, tokenize
 from persona_assets.query.request import SegmentQuery, parse_segment_request
 from persona_assets.query.scoring import ScoreWeights
 from persona_assets.stores import relational
-from persona_assets.stores.search_backend import IndexNotBuiltError, IndexTooOld, SearchBackend
+from persona_assets.stores.search_backend import IncompleteAnswer, IndexNotBuiltError, IndexTooOld, SearchBackend
 
 MAX_PRODUCTS = 50
 MAX_SEARCH_TERMS = 20
@@ -45,6 +45,8 @@ def unavailable_reason(error: BaseException) -> str | None:
         return f"the relational store cannot be reached: {describe_error(error)}"
     if isinstance(error, OpenSearchConnectionError):
         return f"the search index cannot be reached: {describe_error(error)}"
+    if isinstance(error, IncompleteAnswer):
+        return f"the search index cannot answer from all of its shards now: {error}"
     return None
 
 

@@ -108,8 +108,11 @@ def _client_from_url(url: str, verify_certs: bool = True, ca_certs: str | None =
     assert first is not None
     kwargs: dict[str, Any] = {"hosts": hosts, "timeout": 60, "pool_maxsize": 8}
     if len(hosts) > 1:
-        # a request that meets a node gone or going is sent again to another (refused, reset or timed out)
-        kwargs.update(max_retries=len(hosts), retry_on_timeout=True, retry_on_status=(502, 503, 504))
+        # A request that meets a node gone or going is sent again to another (refused, reset, timed out,
+        # 502 or 504). Not a 503: that is the cluster's own answer (a shard with no copy left, no elected
+        # manager), the same from every node, and opensearch-py would mark each healthy node it came
+        # from as dead; searches retry it after a pause (``complete_search``), loads chunk by chunk.
+        kwargs.update(max_retries=len(hosts), retry_on_timeout=True, retry_on_status=(502, 504))
     if first.username is not None or first.password is not None:
         kwargs["http_auth"] = (
             urllib.parse.unquote(first.username or ""),

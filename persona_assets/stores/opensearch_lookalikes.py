@@ -33,6 +33,7 @@ from persona_assets.stores.opensearch_documents import (
     MAX_TERM_BYTES,
     escape_key,
 )
+from persona_assets.stores.opensearch_search import complete_search
 from persona_assets.stores.search_backend import (
     SIMILARITY_DIMENSIONS,
     IndexTooOld,
@@ -87,7 +88,7 @@ def key_frequencies(client: Any, alias: str, keys: Mapping[str, Sequence[str]], 
     counts: dict[str, dict[str, int]] = {dim: {} for dim in keys}
     if filters:
         body = {"size": 0, "track_total_hits": False, "aggs": {"df": {"filters": {"filters": filters}}}}
-        buckets = client.search(index=alias, body=body)["aggregations"]["df"]["buckets"]
+        buckets = complete_search(client, alias, body)["aggregations"]["df"]["buckets"]
         for name, bucket in buckets.items():
             dim, key = named[name]
             counts[dim][key] = int(bucket["doc_count"])
@@ -187,7 +188,7 @@ def _ranked(client: Any, alias: str, plan: _Plan, search: LookalikeSearch) -> li
         "size": min(max(math.ceil(1.25 * k) + 10, _FIRST_WINDOW), MAX_WINDOW),
         "track_total_hits": False,
     }
-    hits = client.search(index=alias, body=body)["hits"]["hits"]
+    hits = complete_search(client, alias, body)["hits"]["hits"]
     if not hits:
         return []
     physical = hits[0]["_index"]
@@ -205,7 +206,7 @@ def _ranked(client: Any, alias: str, plan: _Plan, search: LookalikeSearch) -> li
             break
         body = {**body, "size": min(MAX_WINDOW, max(len(candidates), k)), "search_after": last}
         try:
-            hits = client.search(index=physical, body=body)["hits"]["hits"]
+            hits = complete_search(client, physical, body)["hits"]["hits"]
         except NotFoundError:
             raise _BuildGone from None
         if not hits:

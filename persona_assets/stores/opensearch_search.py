@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +53,9 @@ from persona_assets.stores.opensearch_documents import (
     escape_key,
 )
 from persona_assets.stores.relational import MAX_NAME_LENGTH
-from persona_assets.stores.search_backend import Hit, SearchHits
+from persona_assets.stores.search_backend import Hit, IncompleteAnswer, SearchHits
 
-__all__ = ["IndexMissing", "RankWindow", "search_alias"]
+__all__ = ["IndexMissing", "RankWindow", "complete_search", "search_alias"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,41 @@ Candidate = tuple[float, str, dict[str, float], str]  # score, ext_id, component
 
 class IndexMissing(Exception):
     """The alias names no index (nothing published yet)."""
+
+
+#: Attempts at a search whose shards did not all answer (a node leaving: its copies move to others).
+SEARCH_ATTEMPTS = 4
+_RETRY_PAUSE = 0.25
+
+
+def complete_search(client: Any, index: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``client.search`` answered by every shard, or an error: never a partial answer.
+
+    OpenSearch answers from the shards it reached unless told otherwise, so a search while a node
+    leaves could silently miss the personas of a shard. ``allow_partial_search_results=false`` turns
+    that into an error, which is retried (with a short pause while the copies move), as is any answer
+    that still reports a failed shard or a timeout.
+    """
+    from opensearchpy import TransportError
+
+    problem = ""
+    for attempt in range(SEARCH_ATTEMPTS):
+        if attempt:
+            time.sleep(_RETRY_PAUSE * 2 ** (attempt - 1))
+        try:
+            response = client.search(index=index, body=body, allow_partial_search_results=False)
+        except TransportError as error:
+            if error.error != "search_phase_execution_exception":
+                raise
+            problem = f"{error.error}: {error.info}"[:500]
+            continue
+        shards = response.get("_shards") or {}
+        if not shards.get("failed") and not response.get("timed_out"):
+            return response
+        problem = f"{shards.get('successful')} of {shards.get('total')} shards answered"
+        problem += ", timed out" if response.get("timed_out") else ""
+    logger.warning("OpenSearch search on %s stayed incomplete after %d attempts: %s", index, SEARCH_ATTEMPTS, problem)
+    raise IncompleteAnswer(f"OpenSearch could not answer from every shard of {index} ({problem})")
 
 
 class _BuildGone(Exception):
@@ -163,7 +199,7 @@ class _Search:
         from opensearchpy import NotFoundError
 
         try:
-            return self.client.search(index=index, body=body)
+            return complete_search(self.client, index, body)
         except NotFoundError:
             if first:
                 raise IndexMissing(self.alias) from None

@@ -33,6 +33,7 @@ __all__ = [
     "TIERS",
     "Centroid",
     "Hit",
+    "IncompleteAnswer",
     "IndexNotBuiltError",
     "IndexTooOld",
     "KeyFrequencies",
@@ -89,6 +90,11 @@ class IndexNotBuiltError(FileNotFoundError):
 
 class IndexTooOld(RuntimeError):
     """The live build predates what was asked of it (lookalikes need OpenSearch builds of format 4)."""
+
+
+class IncompleteAnswer(RuntimeError):
+    """Part of the index could not answer (a shard with no copy left on a running node): an answer
+    without it would silently miss personas, so there is none; try again later."""
 
 
 @dataclass(frozen=True)
