@@ -56,6 +56,8 @@ PERSONA_ENV_VARS = (
     "PERSONA_SCORE_WEIGHTS",
     "PERSONA_EVENTS_START",
     "PERSONA_OPENSEARCH_ALIAS",
+    "PERSONA_OPENSEARCH_SHARDS",
+    "PERSONA_OPENSEARCH_REPLICAS",
     "PERSONA_MEMORY_LIMIT",
     "PERSONA_THREADS",
     "PERSONA_API_TOKEN",
@@ -84,6 +86,13 @@ def production_services() -> dict[str, str]:
     return {"db": started["PERSONA_DB_URL"], "opensearch": started["PERSONA_OPENSEARCH_URL"]}
 
 
+def production_search_client():
+    """A client of the session's OpenSearch: one node, or every node of a cluster (comma-separated URL)."""
+    from opensearchpy import OpenSearch
+
+    return OpenSearch(production_services()["opensearch"].split(","))
+
+
 _CREATED: dict[str, dict[str, str]] = {}
 
 
@@ -102,6 +111,10 @@ def backend_env(home: Path, backend: str = BACKEND) -> dict[str, str]:
                 "PERSONA_OPENSEARCH_URL": urls["opensearch"],
                 "PERSONA_OPENSEARCH_ALIAS": f"{tag}_personas",
             }
+            # On a cluster (scripts/test's production pass), builds spread shards and replicas over it.
+            for setting in ("SHARDS", "REPLICAS"):
+                if value := os.environ.get(f"PERSONA_TEST_OPENSEARCH_{setting}"):
+                    _CREATED[key][f"PERSONA_OPENSEARCH_{setting}"] = value
     return _CREATED[key]
 
 
@@ -123,9 +136,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         for env in _CREATED.values():
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{sa.engine.make_url(env['PERSONA_DB_URL']).database}`")
     engine.dispose()
-    from opensearchpy import OpenSearch
-
-    client = OpenSearch(urls["opensearch"].split(","))  # one node, or a cluster's nodes
+    client = production_search_client()
     for env in _CREATED.values():
         if "PERSONA_OPENSEARCH_ALIAS" in env:
             client.indices.delete(index=f"{env['PERSONA_OPENSEARCH_ALIAS']}*", ignore_unavailable=True)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from conftest import Pipeline, production_services, write_import_dir
+from conftest import Pipeline, production_search_client, write_import_dir
 from dagster import (
     AssetCheckKey,
     AssetCheckSeverity,
@@ -561,14 +561,13 @@ def test_a_user_left_at_2_fails_the_stuck_check(good: Pipeline):
 @pytest.mark.services
 def test_users_the_backend_refused_are_a_warning_and_are_not_counted_as_missing(tmp_path, monkeypatch):
     """A real refusal: an OpenSearch ingest pipeline fails the document of ``u02`` (as in test_index_failures)."""
-    from opensearchpy import OpenSearch
 
     from persona_assets.stores.opensearch_index import OpenSearchBackend
 
     monkeypatch.setattr(OpenSearchBackend, "retry_backoff", 0.01)
     pipeline = Pipeline(tmp_path / "refusing", backend="production")
     alias = pipeline.settings.opensearch_alias
-    client = OpenSearch(production_services()["opensearch"])
+    client = production_search_client()
     name = f"{alias}-refuse-u02"
     client.ingest.put_pipeline(
         id=name, body={"processors": [{"fail": {"if": "ctx.ext_id == 'u02'", "message": "refused for the test"}}]}

@@ -7,9 +7,8 @@ default pipeline of this test's indices by an index template. Nothing is mocked.
 from __future__ import annotations
 
 import pytest
-from conftest import Pipeline, production_services, write_import_dir
+from conftest import Pipeline, production_search_client, write_import_dir
 from dagster import SkipReason
-from opensearchpy import OpenSearch
 
 from persona_assets.stores.opensearch_index import OpenSearchBackend
 
@@ -27,7 +26,7 @@ def refusing_one_user(tmp_path, monkeypatch):
     monkeypatch.setattr(OpenSearchBackend, "retry_backoff", 0.01)  # keep the retries, not the waiting
     pipeline = Pipeline(tmp_path / "pair", backend="production")
     alias = pipeline.settings.opensearch_alias
-    client = OpenSearch(production_services()["opensearch"])
+    client = production_search_client()
     name = f"{alias}-refuse-u2"
     client.ingest.put_pipeline(
         id=name,
