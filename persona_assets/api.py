@@ -60,7 +60,7 @@ from persona_assets.query.service import describe_error, fetch_personas, unavail
 from persona_assets.settings import PersonaSettings
 from persona_assets.stores import relational
 from persona_assets.stores.backends import search_backend_for
-from persona_assets.stores.opensearch_index import redact_url
+from persona_assets.stores.opensearch_client import redact_url
 from persona_assets.stores.search_backend import TIERS, Centroid, LookalikeSearch, SearchBackend
 from persona_assets.worker_load import WorkerLoad
 

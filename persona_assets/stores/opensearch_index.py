@@ -1,8 +1,8 @@
 """The OpenSearch segment-search backend: one physical index per build behind an atomically swapped alias.
 
-The concerns live apart: the mapping and the documents in ``opensearch_documents``, the bulk pipeline
-in ``opensearch_bulk``, the ranking in ``opensearch_search``. This module connects to the node and
-runs the build lifecycle.
+The concerns live apart: the client (URL, TLS, a cluster's nodes) in ``opensearch_client``, the
+mapping and the documents in ``opensearch_documents``, the bulk pipeline in ``opensearch_bulk``, the
+ranking in ``opensearch_search``. This module runs the build lifecycle.
 
 Publishing. Every publish creates ``<alias>-<build_id>`` (refresh off while loading; its replicas, if any,
 from the start, so that a node leaving a cluster mid-load loses no document: a replica takes over),
@@ -24,7 +24,6 @@ import logging
 import re
 import secrets
 import time
-import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from persona_assets.query.request import MAX_WINDOW, SegmentQuery
 from persona_assets.query.scoring import ScoreWeights
 from persona_assets.stores.opensearch_bulk import BulkLoader, LoadReport
+from persona_assets.stores.opensearch_client import client_from_url, redact_url, waiting
 from persona_assets.stores.opensearch_documents import (
     FORMAT,
     BulkDocuments,
@@ -54,81 +54,12 @@ from persona_assets.stores.search_backend import (
     SearchHits,
 )
 
-__all__ = ["OpenSearchBackend", "redact_url"]
+__all__ = ["OpenSearchBackend"]
 
 logger = logging.getLogger(__name__)
 
 _BUILD_RE_TEMPLATE = r"{alias}-[0-9]{{8}}t[0-9]{{12}}z-[0-9a-f]{{6}}"
 _STALE_BUILD_SECONDS = 24 * 3600
-
-
-def redact_url(url: str) -> str:
-    """``url`` (or a comma-separated list of node URLs) without its passwords (for messages and logs)."""
-    if "," in url:
-        return ",".join(redact_url(part) for part in url.split(","))
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _client_from_url(url: str, verify_certs: bool = True, ca_certs: str | None = None) -> Any:
-    """An ``OpenSearch`` client; credentials and TLS come from the URL, an ``https`` node's certificate is
-    verified (against ``ca_certs`` when given) unless ``verify_certs`` is off.
-
-    ``url`` may list several nodes of one cluster, comma-separated (``http://a:9200,http://b:9200``):
-    the client spreads its requests over them and retries a request on another node when one stops
-    answering, so a node leaving the cluster costs no query. The nodes share scheme and credentials."""
-    from opensearchpy import OpenSearch
-
-    hosts: list[dict[str, Any]] = []
-    first: urllib.parse.SplitResult | None = None
-    for text in (part.strip() for part in url.split(",")):
-        parts = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"OpenSearch URL {redact_url(url)!r}: expected http(s)://[user:password@]host[:port], "
-                "or several such URLs separated by commas"
-            )
-        if first is not None and (parts.scheme, parts.username, parts.password) != (
-            first.scheme,
-            first.username,
-            first.password,
-        ):
-            raise ValueError(f"OpenSearch URL {redact_url(url)!r}: every node must use the same scheme and credentials")
-        first = first or parts
-        host: dict[str, Any] = {
-            "host": parts.hostname,
-            "port": parts.port or (443 if parts.scheme == "https" else 9200),
-        }
-        if parts.path and parts.path != "/":
-            host["url_prefix"] = parts.path
-        hosts.append(host)
-    assert first is not None
-    kwargs: dict[str, Any] = {"hosts": hosts, "timeout": 60, "pool_maxsize": 8}
-    if len(hosts) > 1:
-        # A request that meets a node gone or going is sent again to another (refused, reset, timed out,
-        # 502 or 504). Not a 503: that is the cluster's own answer (a shard with no copy left, no elected
-        # manager), the same from every node, and opensearch-py would mark each healthy node it came
-        # from as dead; searches retry it after a pause (``complete_search``), loads chunk by chunk.
-        kwargs.update(max_retries=len(hosts), retry_on_timeout=True, retry_on_status=(502, 504))
-    if first.username is not None or first.password is not None:
-        kwargs["http_auth"] = (
-            urllib.parse.unquote(first.username or ""),
-            urllib.parse.unquote(first.password or ""),
-        )
-    if first.scheme == "https":
-        kwargs.update(use_ssl=True, verify_certs=verify_certs, ssl_show_warn=verify_certs)
-        if ca_certs:
-            kwargs["ca_certs"] = ca_certs
-    return OpenSearch(**kwargs)
-
-
-def _waiting(seconds: float) -> dict[str, Any]:
-    """Arguments for an API call that waits on the node up to ``seconds``: the API's ``timeout`` and, a
-    little longer, the HTTP request's (opensearch-py takes a lone ``timeout`` as the request's own)."""
-    return {"timeout": f"{seconds:g}s", "request_timeout": seconds + 30}
 
 
 def _encoded(personas: PersonaBatches) -> Iterator[BulkDocuments]:
@@ -196,7 +127,7 @@ class OpenSearchBackend:
         self.max_retries = max_retries
         #: Primary shards and replicas of each new build (replicas are 0 while loading).
         self.shards, self.replicas = shards, replicas
-        self.client = client if client is not None else _client_from_url(url, verify_certs, ca_certs)
+        self.client = client if client is not None else client_from_url(url, verify_certs, ca_certs)
         self._build_re = re.compile(_BUILD_RE_TEMPLATE.format(alias=re.escape(alias)))
 
     def __repr__(self) -> str:
@@ -293,7 +224,7 @@ class OpenSearchBackend:
         that lost a node still reaches; then a short wait for the replicas (green), which it may not until
         the node is back."""
         health = self.client.cluster.health(
-            index=index, wait_for_status="yellow", ignore=[408], **_waiting(self.health_timeout)
+            index=index, wait_for_status="yellow", ignore=[408], **waiting(self.health_timeout)
         )
         if health.get("status") not in ("yellow", "green"):
             raise RuntimeError(
@@ -301,7 +232,7 @@ class OpenSearchBackend:
                 f"(health {health.get('status')}); the live build was kept"
             )
         if health.get("status") != "green":
-            health = self.client.cluster.health(index=index, wait_for_status="green", ignore=[408], **_waiting(10))
+            health = self.client.cluster.health(index=index, wait_for_status="green", ignore=[408], **waiting(10))
             if health.get("status") != "green":
                 logger.warning(
                     "OpenSearch build %s goes live with replicas missing (health %s: a node is away); the cluster "
