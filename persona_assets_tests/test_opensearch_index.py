@@ -36,8 +36,9 @@ from persona_assets.stores.opensearch_documents import (
     unescape_key,
 )
 from persona_assets.stores.opensearch_index import OpenSearchBackend
+from persona_assets.stores.opensearch_search import complete_search
 from persona_assets.stores.persona_stream import checked_batches, persona_batches_from_frames
-from persona_assets.stores.search_backend import IndexNotBuiltError
+from persona_assets.stores.search_backend import IncompleteAnswer, IndexNotBuiltError
 
 pytestmark = pytest.mark.services
 
@@ -496,6 +497,25 @@ def test_nothing_published_yet(backend: OpenSearchBackend):
         backend.document_count()
     with pytest.raises(IndexNotBuiltError):
         backend.search(SegmentQuery(), ScoreWeights())
+
+
+def test_a_refused_query_is_raised_at_once_not_retried_as_an_incomplete_answer(published):
+    """complete_search retries only shards that failed on the node's side; a query the node refuses (4xx)
+    is the caller's error, raised on the first attempt."""
+    _personas, _embedded, backend = published
+    from opensearchpy import TransportError
+
+    calls = []
+
+    class Counting:  # the real client, counting the searches sent
+        def search(self, **arguments):
+            calls.append(arguments)
+            return backend.client.search(**arguments)
+
+    with pytest.raises(TransportError) as raised:  # a rank_feature query on a keyword field
+        complete_search(Counting(), backend.alias, {"query": {"rank_feature": {"field": "gender"}}})
+    assert raised.value.status_code == 400 and not isinstance(raised.value, IncompleteAnswer)
+    assert len(calls) == 1
 
 
 def test_alias_swap_is_atomic_and_old_build_deleted(backend: OpenSearchBackend):

@@ -92,7 +92,9 @@ def complete_search(client: Any, index: str, body: dict[str, Any]) -> dict[str, 
         try:
             response = client.search(index=index, body=body, allow_partial_search_results=False)
         except TransportError as error:
-            if error.error != "search_phase_execution_exception":
+            # a shard that failed on the node's side (5xx); a 4xx (a query refused) is raised as it is
+            server_side = isinstance(error.status_code, int) and error.status_code >= 500
+            if error.error != "search_phase_execution_exception" or not server_side:
                 raise
             problem = f"{error.error}: {error.info}"[:500]
             continue
