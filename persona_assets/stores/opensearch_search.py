@@ -6,7 +6,7 @@ on ``<dim>`` and ``<dim>_lo``; the constants of the components not given (C = 1/
 the same for everyone and are added client-side. The gender is a ``post_filter``, not a ``filter``
 clause: a bool with a required clause makes Lucene 9 score every persona passing it, while a pure
 disjunction is scored by its max-score bulk scorer, which skips the personas that cannot enter the top
-k (at 1M, node ``took`` p50 15 → 3 ms; see docs/benchmarks.md). The post filter applies before the top
+k (at 1M, node ``took`` p50 15 → 4 ms, p99 32 → 16–20 ms; see docs/benchmarks.md). The post filter applies before the top
 k is collected, so the hits are the best of the personas passing it, and what the collector skips for
 its threshold could not have entered the page whatever their gender.
 Hits are sorted ``_score`` desc, ``ext_id`` asc. The ranking request does not count its matches
@@ -279,29 +279,26 @@ class _Search:
                 return  # every persona matched is fetched
             last_sort = hits[-1]["sort"]
 
-    def _fill(self, physical: str, count: int, candidates: list[Candidate]) -> None:
-        """The first ``count`` personas holding no key asked, in ``ext_id`` order (they tie on the constants)."""
-        body = {
+    def _rest_body(self, offset: int, size: int, *, count: bool) -> dict[str, Any]:
+        """Personas holding no key asked, in ``ext_id`` order (they tie on the constants)."""
+        return {
             "query": self.plan.rest_query,
             "sort": [{"ext_id": {"order": "asc"}}],
-            "size": count,
+            "track_total_hits": count,
+            "from": offset,
+            "size": size,
             "_source": {"includes": self.plan.includes},
-            "track_total_hits": False,
         }
+
+    def _fill(self, physical: str, count: int, candidates: list[Candidate]) -> None:
+        """The first ``count`` personas holding no key asked, after every persona matched."""
+        body = self._rest_body(0, count, count=False)
         self._score(self._request(physical, body, first=False)["hits"]["hits"], candidates)
 
     def _rest_page(self) -> SearchHits:
         """Nobody passing the filter is ranked by a feature (nothing asked to rank by, or nobody holds a key
         asked): everyone scores the constants, so the page is the ``ext_id`` order."""
-        query = self.query
-        body = {
-            "query": self.plan.rest_query,
-            "sort": [{"ext_id": {"order": "asc"}}],
-            "track_total_hits": True,
-            "from": query.offset,
-            "size": query.size,
-            "_source": {"includes": self.plan.includes},
-        }
+        body = self._rest_body(self.query.offset, self.query.size, count=True)
         response = self._request(self.alias, body, first=True)
         candidates: list[Candidate] = []
         self._score(response["hits"]["hits"], candidates)
