@@ -32,10 +32,10 @@ REBUILD_AFTER_INGEST = (
     )
     & ~AutomationCondition.in_progress()
 ).with_label("raw days published outside the command line, their run over, no blocking check of theirs failed")
-"""On the rebuild's first assets (``user_raw_affinities``, ``user_activity``)."""
+"""On the rebuild's first asset (``user_raw_affinities``, the one that reads the events)."""
 
 WITH_THE_REBUILD = AutomationCondition.any_deps_match(AutomationCondition.will_be_requested()).with_label(
-    "requested with the rebuild's first assets"
+    "requested with the rebuild's first asset"
 )
 """On the rest of the rebuild: requested on the same tick, so the rebuild is one run."""
 

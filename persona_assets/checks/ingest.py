@@ -10,6 +10,7 @@ from dagster import (
 )
 
 from persona_assets.assets.reference import load_pincode_tiers
+from persona_assets.builds import upstream_build
 from persona_assets.checks._common import SAMPLE_SIZE, judge_rate, report_failure
 from persona_assets.compute import affinities
 from persona_assets.ingest.importer import latest_import_file_summary
@@ -89,29 +90,28 @@ reject_rate_checks = [build_reject_rate_check(asset_name, file_name) for asset_n
 
 # --------------------------------------------------------------------------- unknown pincodes
 
+# Over the build's ``pincode_events`` (``affinities.create_pincode_events``: product events per pincode as
+# written), against ``tiers`` (the directory's pincodes).
 UNKNOWN_PINCODE_SQL = """
-    WITH product_events AS (
-        SELECT pincode FROM visits UNION ALL SELECT pincode FROM checkouts
-    ),
-    classified AS (
-        SELECT e.pincode,
+    WITH classified AS (
+        SELECT e.events,
                e.pincode IS NULL OR trim(e.pincode) = '' AS missing,
                t.pincode IS NULL AS unknown
-        FROM product_events e LEFT JOIN tiers t ON t.pincode = e.pincode
+        FROM pincode_events e LEFT JOIN tiers t ON t.pincode = e.pincode
     )
-    SELECT COUNT(*) AS product_events,
-           COUNT(*) FILTER (WHERE missing) AS missing_pincode_events,
-           COUNT(*) FILTER (WHERE NOT missing) AS events_with_pincode,
-           COUNT(*) FILTER (WHERE NOT missing AND unknown) AS unknown_pincode_events
+    SELECT COALESCE(SUM(events), 0) AS product_events,
+           COALESCE(SUM(events) FILTER (WHERE missing), 0) AS missing_pincode_events,
+           COALESCE(SUM(events) FILTER (WHERE NOT missing), 0) AS events_with_pincode,
+           COALESCE(SUM(events) FILTER (WHERE NOT missing AND unknown), 0) AS unknown_pincode_events
     FROM classified
 """
 
 TOP_UNKNOWN_PINCODES_SQL = """
-    SELECT e.pincode, COUNT(*) AS events
-    FROM (SELECT pincode FROM visits UNION ALL SELECT pincode FROM checkouts) e
+    SELECT e.pincode, e.events
+    FROM pincode_events e
     WHERE e.pincode IS NOT NULL AND trim(e.pincode) <> ''
       AND NOT EXISTS (SELECT 1 FROM tiers t WHERE t.pincode = e.pincode)
-    GROUP BY e.pincode ORDER BY events DESC, e.pincode LIMIT $limit
+    ORDER BY e.events DESC, e.pincode LIMIT $limit
 """
 
 
@@ -133,7 +133,9 @@ def unknown_pincode_rate(
 ) -> AssetCheckResult:
     settings = PersonaSettings.from_env().checks
     con = compute.connect()
-    affinities.register_events(con, event_store.store)
+    # The events as the build read them, counted per pincode in its one pass (no second scan of every day).
+    build = upstream_build(context.instance, context.run.run_id, "user_raw_affinities")
+    affinities.load_raw_affinities(con, event_store.layout.build_dir(build))
     con.register("tiers_df", load_pincode_tiers(event_store)[["pincode"]])
     con.execute("CREATE TABLE tiers AS SELECT DISTINCT pincode FROM tiers_df")
     row = con.execute(UNKNOWN_PINCODE_SQL).fetchall()[0]

@@ -212,9 +212,8 @@ def write_activity(
     con: duckdb.DuckDBPyConnection,
     only_users: Sequence[str] | None = None,
 ) -> int:
-    """Each user's products and search texts (``users`` and ``user_queries`` must exist; the products
-    table is built here)."""
-    affinities.create_user_products(con)
+    """Each user's products and search texts (needs ``users``, ``user_products`` and ``user_queries``: the
+    tables of ``affinities.compute_raw_affinities``, or their files through ``load_raw_affinities``)."""
     return _replace_rows(engine, relational.user_activity, con, affinities.USER_ACTIVITY_SQL, only_users)
 
 
