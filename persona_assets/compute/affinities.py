@@ -202,20 +202,28 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
         CREATE OR REPLACE TEMP TABLE pincode_key_ids AS
         SELECT t.pincode, k.kid FROM pincode_tiers t JOIN affinity_keys k ON k.dimension = 'city' AND k.key = t.tier;
 
-        -- The one pass over the product events, one row per (user, product, pincode): the weight for the
-        -- product maps, the event count for gender/city, and the latest visit and purchase (the activity read
-        -- model's products, :func:`create_user_products`). prod is NULL for a pid the catalog does not know:
-        -- such events add to no map (every join below is on prod) but are still activity.
+        -- The pass over the product events of catalogued products, one row per (user, product,
+        -- pincode): the weight for the product maps, the event count for gender/city, and the latest
+        -- visit and purchase (the activity read model's products, :func:`create_user_products`).
         CREATE OR REPLACE TEMP TABLE product_events AS
-        SELECT u.uid, e.pid, p.prod, e.pincode, SUM(e.weight) AS weight, COUNT(*) AS events,
+        SELECT u.uid, p.prod, e.pincode, SUM(e.weight) AS weight, COUNT(*) AS events,
+               MAX(e.ts) FILTER (WHERE NOT e.checkout) AS visited_at,
+               MAX(e.ts) FILTER (WHERE e.checkout) AS purchased_at
+        FROM ({PRODUCT_EVENTS_SQL}) e
+        JOIN product_ids p ON p.pid = e.pid
+        JOIN users u ON u.ext_id = e.ext_id
+        GROUP BY ALL;
+
+        -- Events of pids the catalog does not know (NULL included): in no map, but still activity, and
+        -- reported. Few in a healthy feed, so kept apart: the pass above groups by integers only.
+        CREATE OR REPLACE TEMP TABLE unknown_product_events AS
+        SELECT u.uid, e.pid, e.pincode, COUNT(*) AS events,
                MAX(e.ts) FILTER (WHERE NOT e.checkout) AS visited_at,
                MAX(e.ts) FILTER (WHERE e.checkout) AS purchased_at
         FROM (
-            SELECT ext_id, pid, pincode, ts, {VISIT_WEIGHT} AS weight, false AS checkout FROM visits
-            UNION ALL SELECT ext_id, pid, pincode, ts, {CHECKOUT_WEIGHT}, true FROM checkouts
+            SELECT * FROM ({PRODUCT_EVENTS_SQL}) a WHERE NOT EXISTS (SELECT 1 FROM product_ids p WHERE p.pid = a.pid)
         ) e
         JOIN users u ON u.ext_id = e.ext_id
-        LEFT JOIN product_ids p ON p.pid = e.pid
         GROUP BY ALL;
 
         CREATE OR REPLACE TEMP TABLE search_keys AS
@@ -236,7 +244,7 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
             FROM product_events e JOIN product_key_ids k ON k.prod = e.prod WHERE e.uid {IN_RANGE}
             UNION ALL
             SELECT e.uid, c.kid, e.events FROM product_events e JOIN pincode_key_ids c ON c.pincode = e.pincode
-            WHERE e.prod IS NOT NULL AND e.uid {IN_RANGE}
+            WHERE e.uid {IN_RANGE}
             UNION ALL
             SELECT uid, kid, {SEARCH_WEIGHT} FROM search_keys WHERE uid {IN_RANGE}
         )
@@ -245,7 +253,7 @@ def compute_raw_affinities(con: duckdb.DuckDBPyConnection) -> None:
     )
     create_user_products(con)
     create_pincode_events(con)
-    con.execute("DROP TABLE product_events; DROP TABLE search_keys")
+    con.execute("DROP TABLE product_events; DROP TABLE unknown_product_events; DROP TABLE search_keys")
     _name_view(con, "raw_affinity", "raw_affinity_ids", "weight")
     create_user_queries(con)
 
@@ -464,13 +472,21 @@ def create_user_queries(con: duckdb.DuckDBPyConnection) -> None:
 def create_user_products(con: duckdb.DuckDBPyConnection) -> None:
     """Table ``user_products(uid, pid, visited_us, purchased_us)``: every product a user touched, with the
     latest visit and purchase (epoch microseconds), from :func:`compute_raw_affinities`' ``product_events``
-    (one pass over the events serves the maps and the activity read model)."""
+    and ``unknown_product_events`` (one pass over the events serves the maps and the activity read model)."""
     con.execute(
         """
         CREATE OR REPLACE TABLE user_products AS
-        SELECT uid, pid, epoch_us(MAX(visited_at)) AS visited_us, epoch_us(MAX(purchased_at)) AS purchased_us
-        FROM product_events
-        GROUP BY uid, pid
+        SELECT uid, pid, epoch_us(visited_at) AS visited_us, epoch_us(purchased_at) AS purchased_us
+        FROM (
+            SELECT e.uid, p.pid, e.visited_at, e.purchased_at
+            FROM (
+                SELECT uid, prod, MAX(visited_at) AS visited_at, MAX(purchased_at) AS purchased_at
+                FROM product_events GROUP BY uid, prod
+            ) e
+            JOIN product_ids p USING (prod)
+            UNION ALL
+            SELECT uid, pid, MAX(visited_at), MAX(purchased_at) FROM unknown_product_events GROUP BY uid, pid
+        )
         ORDER BY uid
         """
     )
@@ -483,12 +499,21 @@ def create_pincode_events(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         """
         CREATE OR REPLACE TABLE pincode_events AS
-        SELECT pincode, SUM(events)::BIGINT AS events,
-               (SUM(events) FILTER (WHERE prod IS NULL))::BIGINT AS unknown_pid_events
-        FROM product_events
+        SELECT pincode, SUM(events)::BIGINT AS events, SUM(unknown)::BIGINT AS unknown_pid_events
+        FROM (
+            SELECT pincode, events, 0 AS unknown FROM product_events
+            UNION ALL SELECT pincode, events, events FROM unknown_product_events
+        )
         GROUP BY pincode
         """
     )
+
+
+PRODUCT_EVENTS_SQL = f"""
+    SELECT ext_id, pid, pincode, ts, {VISIT_WEIGHT} AS weight, false AS checkout FROM visits
+    UNION ALL SELECT ext_id, pid, pincode, ts, {CHECKOUT_WEIGHT}, true FROM checkouts
+"""
+"""Visits and checkouts as one relation, each with its map weight."""
 
 
 USER_ACTIVITY_SQL = f"""
