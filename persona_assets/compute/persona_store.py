@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import duckdb
 import pandas as pd
-import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -26,8 +25,8 @@ from persona_assets.stores import relational
 
 _DELETE_CHUNK = 500
 
-# Memory one user's rows may take on their way to the store (Arrow, then Python tuples), generously: a
-# wide user's legacy row is a few KiB. Two ranges are in flight at a time.
+# Memory one user's rows may take on their way to the store (Arrow, then Python lists), generously: a
+# wide user's legacy row is a few KiB. A range being written, one waiting and one being made.
 _BYTES_PER_USER = 48 * 1024
 _MIN_RANGE_USERS = 1_000
 # Small ranges keep the store busy from the start: DuckDB's first range is all the writer waits for, and the
@@ -51,13 +50,19 @@ def _delete_rows(conn: Connection, table: sa.Table, column: str, only_users: Seq
         conn.execute(table.delete().where(table.c[column].in_(only_users[start : start + _DELETE_CHUNK])))
 
 
+#: One range's rows as Python lists, one per result column (what the DB-API binds).
+Columns = dict[str, list]
+
+
 def _ranges_in_background(
     con: duckdb.DuckDBPyConnection, sql: str, ranges: list[tuple[int, int]], stop: threading.Event
-) -> Iterator[pa.Table]:
-    """The result of ``sql`` for each uid range, computed one range ahead on a cursor of its own."""
-    results: queue.Queue[pa.Table | BaseException | None] = queue.Queue(maxsize=1)
+) -> Iterator[Columns]:
+    """The result of ``sql`` for each uid range, computed one range ahead on a cursor of its own and turned
+    into Python lists there too: the writer's driver releases the GIL while the store works, so making the
+    next range's objects overlaps with it (they were a fifth of the writer's profile at 100k)."""
+    results: queue.Queue[Columns | BaseException | None] = queue.Queue(maxsize=1)
 
-    def hand_over(item: pa.Table | BaseException | None) -> bool:
+    def hand_over(item: Columns | BaseException | None) -> bool:
         while not stop.is_set():
             try:
                 results.put(item, timeout=0.1)
@@ -71,7 +76,7 @@ def _ranges_in_background(
         try:
             for first, last in ranges:
                 table = cursor.sql(sql, params={"first": first, "last": last}).to_arrow_table()
-                if not hand_over(table):
+                if not hand_over(table.to_pydict()):
                     return
             hand_over(None)
         except BaseException as error:  # handed to the consumer, which raises it
@@ -91,13 +96,13 @@ def _ranges_in_background(
         thread.join()
 
 
-def _renamed(rows: pa.Table, columns: Mapping[str, str]) -> pa.Table:
+def _renamed(rows: Columns, columns: Mapping[str, str]) -> Columns:
     """The ``columns`` of ``rows`` (table column <- column of ``rows``), under the table's names."""
-    return rows.select(list(columns.values())).rename_columns(list(columns))
+    return {name: rows[source] for name, source in columns.items()}
 
 
 #: Writes the rows of one range into a table beside the replaced one, in the same transaction.
-BesideWrite = Callable[[Connection, pa.Table], object]
+BesideWrite = Callable[[Connection, Columns], object]
 
 
 def _write_ranges(
@@ -114,7 +119,7 @@ def _write_ranges(
     written = 0
     for rows in _ranges_in_background(con, sql, ranges, threading.Event()):
         mine = rows if columns is None else _renamed(rows, columns)
-        written += relational.insert_arrow(conn, table, mine, upsert_columns=upsert_columns)
+        written += relational.insert_columns(conn, table, mine, upsert_columns=upsert_columns)
         if beside is not None:
             beside(conn, rows)
     return written
@@ -191,8 +196,8 @@ def write_personas(
     updated = [name for name in legacy_columns if name != "extId"]
     update = {} if has_changed is None else {"hasChanged": has_changed}
 
-    def write_legacy(conn: Connection, rows: pa.Table) -> None:
-        relational.insert_arrow(
+    def write_legacy(conn: Connection, rows: Columns) -> None:
+        relational.insert_columns(
             conn, relational.user_persona, _renamed(rows, legacy_columns), upsert_columns=updated, update=update
         )
 

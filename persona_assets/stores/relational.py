@@ -317,6 +317,28 @@ def bulk_insert(conn: Connection, table: sa.Table, rows: pd.DataFrame) -> int:
     return executemany(conn, stmt, columns, frame_rows(rows))
 
 
+def insert_columns(
+    conn: Connection,
+    table: sa.Table,
+    columns: Mapping[str, Sequence[Any]],
+    *,
+    upsert_columns: Sequence[str] = (),
+    update: Mapping[str, Any] | None = None,
+) -> int:
+    """Insert rows given as equally long Python lists, one per column of ``table`` (by name).
+
+    With ``upsert_columns``, existing keys get those columns overwritten, and the columns of ``update`` set
+    to its expressions (which may bind the incoming row's values by column name: ``sa.bindparam("extId")``).
+    """
+    names = list(columns)
+    values = {c: sa.bindparam(c) for c in names}
+    if upsert_columns:
+        stmt = upsert_statement(conn, table, values, dict(update or {}), update_from_insert=upsert_columns)
+    else:
+        stmt = sa.insert(table).values(values)
+    return executemany(conn, stmt, names, zip(*columns.values(), strict=True))
+
+
 def insert_arrow(
     conn: Connection,
     table: sa.Table,
@@ -325,23 +347,12 @@ def insert_arrow(
     upsert_columns: Sequence[str] = (),
     update: Mapping[str, Any] | None = None,
 ) -> int:
-    """Insert an Arrow table whose columns are named like ``table``'s, in chunks (no pandas round trip).
-
-    With ``upsert_columns``, existing keys get those columns overwritten, and the columns of ``update`` set
-    to its expressions (which may bind the incoming row's values by column name: ``sa.bindparam("extId")``).
-    """
-    columns = rows.column_names
-    values = {c: sa.bindparam(c) for c in columns}
-    if upsert_columns:
-        stmt = upsert_statement(conn, table, values, dict(update or {}), update_from_insert=upsert_columns)
-    else:
-        stmt = sa.insert(table).values(values)
-
-    def tuples() -> Iterable[tuple]:
-        for batch in rows.to_batches(CHUNK_ROWS):
-            yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
-
-    return executemany(conn, stmt, columns, tuples())
+    """Insert an Arrow table whose columns are named like ``table``'s (:func:`insert_columns`), a chunk of
+    rows at a time (no pandas round trip)."""
+    return sum(
+        insert_columns(conn, table, batch.to_pydict(), upsert_columns=upsert_columns, update=update)
+        for batch in rows.to_batches(CHUNK_ROWS)
+    )
 
 
 def bulk_upsert(conn: Connection, table: sa.Table, rows: pd.DataFrame, update: Sequence[str]) -> int:
