@@ -63,7 +63,7 @@ RAW = {"raw_visits", "raw_checkouts", "raw_searches"}
 REFERENCE = {"product_catalog", "category_hierarchy", "pincode_tiers"}
 UPSTREAM = {
     "user_raw_affinities": RAW | REFERENCE,
-    "user_activity": RAW,
+    "user_activity": {"user_raw_affinities"},  # read from its build: one pass over the events
     "attribute_vocabulary": {"user_raw_affinities"},
     "user_personas": {"user_raw_affinities", "attribute_vocabulary", "category_hierarchy"},
     "persona_index": {"user_personas"},
